@@ -1,0 +1,46 @@
+"""fsmtrain: machine-learning training as a resumable state machine.
+
+The engine (this package's top level) never imports torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .actions import Action, Input, action
+from .conditions import Condition, all_of, any_of, default, when
+from .errors import FsmtrainError
+from .hooks import Hook, HookBus
+from .log import EventLog
+from .machine import Machine, Transition
+from .replay import fold, fork, state_at
+from .runner import Halt, Runner, StepResult, give_input
+from .state import Ref, State, append
+
+__all__ = [
+    "Action",
+    "Condition",
+    "EventLog",
+    "FsmtrainError",
+    "Halt",
+    "Hook",
+    "HookBus",
+    "Input",
+    "Machine",
+    "Ref",
+    "Runner",
+    "State",
+    "StepResult",
+    "Transition",
+    "__version__",
+    "action",
+    "all_of",
+    "any_of",
+    "append",
+    "default",
+    "fold",
+    "fork",
+    "give_input",
+    "state_at",
+    "when",
+]

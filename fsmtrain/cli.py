@@ -1,0 +1,279 @@
+"""The ``fsmtrain`` command line: thin wrappers that parse, call the library, and format.
+
+Library errors become one-line messages and stable exit codes, never tracebacks.
+``replay`` and ``verify`` open the log read-only and never import code named in it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import FsmtrainError
+from .log import Event, EventLog, RunInfo
+from .replay import state_at
+from .state import dumps, thaw
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FsmtrainError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except sqlite3.DatabaseError as e:
+            click.echo(f"Error: SQLite: {e}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="fsmtrain")
+def main() -> None:
+    """fsmtrain: machine-learning training as a resumable state machine.
+
+    \b
+    Example:
+        fsmtrain demo --log runs.db && fsmtrain replay runs.db
+    """
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else dumps(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(headers: Sequence[str], rows: list[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def _run_json(r: RunInfo) -> dict[str, Any]:
+    return {"id": r.id, "machine": r.machine, "status": r.status, "steps": r.steps, "events": r.last_seq,
+            "last_action": r.last_action, "next_action": r.next, "started": r.created, "updated": r.last_time,
+            "parent_id": r.parent_id, "parent_seq": r.parent_seq, "tags": r.tags, "fingerprint": r.fingerprint}
+
+
+def _event_json(e: Event) -> dict[str, Any]:
+    return {"seq": e.seq, "step": e.step, "time": e.time, "kind": e.kind, "action": e.action, "attempt": e.attempt,
+            "inputs": e.inputs, "updates": e.updates, "next": e.next, "info": e.info, "error": e.error,
+            "hash": e.hash}
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, default=lambda o: thaw(o) if not hasattr(o, "to_json") else o.to_json(),
+                          allow_nan=True, ensure_ascii=False))
+
+
+@main.command()
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run", "run_id", type=int, help="Show this run's timeline.")
+@click.option("--at", "at_seq", type=int, help="With --run: the full state after this event.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool) -> None:
+    """Inspect a log: its runs, one run's timeline, or a run's state at any event.
+
+    Opens LOG read-only; never runs or imports code. JSON output writes
+    non-finite floats as NaN / Infinity / -Infinity.
+
+    \b
+    Examples:
+        fsmtrain replay runs.db
+        fsmtrain replay runs.db --run 1
+        fsmtrain replay runs.db --run 1 --at 5 --json
+    """
+    if at_seq is not None and run_id is None:
+        raise click.UsageError("--at needs --run ID")
+    with EventLog(log, readonly=True) as lg:
+        if run_id is None:
+            runs = lg.runs()
+            if as_json:
+                _print_json([_run_json(r) for r in runs])
+                return
+            if not runs:
+                click.echo(f"{log}: no runs yet")
+                return
+            click.echo(_table(["run", "machine", "status", "steps", "last action", "started", "updated"],
+                              [[r.id, r.machine, r.status, r.steps, r.last_action or "-", _when(r.created),
+                                _when(r.last_time)] for r in runs]))
+            return
+        info = lg.run(run_id)
+        if at_seq is not None:
+            ev = lg.event(run_id, at_seq)
+            state = state_at(lg, run_id, at_seq)
+            if as_json:
+                _print_json({"run": run_id, "seq": at_seq, "step": ev.step, "state": state.to_dict()})
+                return
+            click.echo(f"run {run_id} after event {at_seq} (step {ev.step}, {ev.kind} {ev.action or ''}):".rstrip())
+            for k in sorted(state):
+                click.echo(f"  {k} = {_short(state[k], 200)}")
+            return
+        events = list(lg.events(run_id))
+        if as_json:
+            _print_json({"run": _run_json(info), "events": [_event_json(e) for e in events]})
+            return
+        click.echo(f"run {info.id} · machine {info.machine} · {info.status} · {info.steps} steps"
+                   + (f" · forked from run {info.parent_id} at event {info.parent_seq}" if info.parent_id else ""))
+        rows = []
+        for e in events:
+            detail = []
+            if e.updates:
+                detail.append(_short(e.updates))
+            if e.inputs:
+                detail.append("inputs " + _short(e.inputs, 40))
+            if e.kind == "waiting" and isinstance(e.info, dict):
+                detail.append("needs " + ", ".join(e.info.get("missing", [])))
+            if e.error:
+                detail.append("error " + _short(e.error.strip().splitlines()[-1], 80))
+            nxt = "" if e.kind not in ("start", "step") else ("-> " + e.next if e.next else "(end)")
+            rows.append([e.seq, _when(e.time), e.kind, e.action or "", nxt, "  ".join(detail)])
+        click.echo(_table(["seq", "time", "kind", "action", "next", "details"], rows))
+
+
+@main.command()
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def verify(log: Path, as_json: bool) -> None:
+    """Check a log: SQLite integrity, gapless sequence numbers, and every hash chain.
+
+    Exits 0 when intact, 1 naming the first bad event otherwise. Opens LOG read-only.
+
+    \b
+    Example:
+        fsmtrain verify runs.db
+    """
+    with EventLog(log, readonly=True) as lg:
+        problems = lg.verify()
+        n_runs = lg.conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+        n_events = lg.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    if as_json:
+        _print_json({"ok": not problems, "runs": n_runs, "events": n_events, "problems": problems})
+    elif problems:
+        click.echo(f"CORRUPT: {problems[0]}", err=True)
+        for p in problems[1:]:
+            click.echo(f"  also: {p}", err=True)
+    else:
+        click.echo(f"OK: {n_runs} run(s), {n_events} event(s); sequences gapless, hash chains intact")
+    if problems:
+        sys.exit(1)
+
+
+def load_machine(target: str) -> Any:
+    """Import ``module:attr`` (the operator names it; never taken from a log) and return the Machine."""
+    from .errors import InvalidDefinition
+    from .machine import Machine
+
+    if ":" not in target:
+        raise click.BadParameter(f"{target!r} must be MODULE:ATTR, e.g. fsmtrain.demo:machine")
+    mod_name, _, attr = target.partition(":")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise click.BadParameter(f"cannot import module {mod_name!r}: {e}") from None
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise click.BadParameter(f"module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, Machine) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, Machine):
+        raise InvalidDefinition(f"{target}", [f"is a {type(obj).__name__}, not an fsmtrain Machine"])
+    return obj
+
+
+@main.command()
+@click.argument("target")
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True)
+def graph(target: str, fmt: str) -> None:
+    """Print a machine's graph as Mermaid or Graphviz DOT text.
+
+    TARGET is MODULE:ATTR naming a Machine (or a function returning one).
+
+    \b
+    Example:
+        fsmtrain graph fsmtrain.demo:machine --format dot | dot -Tsvg > demo.svg
+    """
+    m = load_machine(target)
+    click.echo(m.to_mermaid() if fmt == "mermaid" else m.to_dot(), nl=False)
+
+
+@main.command()
+@click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The event log (created if missing).")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Max epochs of a new run.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of a new run.")
+@click.option("--new", is_flag=True, help="Start a new run even if an unfinished one exists.")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON summary line.")
+@click.option("--delay", type=float, default=0.0, hidden=True, help="Seconds to sleep per epoch (for crash tests).")
+def demo(log_path: Path, epochs: int, seed: int, new: bool, as_json: bool, delay: float) -> None:
+    """Run the demo machine: a small deterministic training loop with early stopping.
+
+    Running it again on the same log resumes the unfinished run; on a finished
+    run it prints that run's summary (use --new for another run).
+
+    \b
+    Example:
+        fsmtrain demo --log runs.db
+    """
+    from . import demo as d
+    from .hooks import Hook
+    from .runner import Runner
+
+    class Progress(Hook):
+        t0 = time.perf_counter()
+
+        def on_step_end(self, *, action: str, state: Any, **_: Any) -> None:
+            if action == "evaluate" and not as_json:
+                ms = (time.perf_counter() - self.t0) * 1000
+                click.echo(f"epoch {state['epoch']:3d}  train_loss {state['train_loss'][-1]:.4f}  "
+                           f"val_loss {state['val_loss'][-1]:.4f}  best {state['best_val_loss']:.4f}  ({ms:.0f} ms)")
+                Progress.t0 = time.perf_counter()
+
+    with EventLog(log_path) as lg:
+        hooks = [Progress()]
+        runner = None if new else Runner.latest(d.machine, lg, hooks=hooks)
+        if runner is None and not new:
+            finished = [r for r in lg.runs(machine="demo") if r.status == "finished"]
+            if finished:
+                state = state_at(lg, finished[-1].id)
+                _summary(finished[-1].id, "finished", state, as_json, note="already finished (use --new for another run)")
+                return
+        if runner is None:
+            runner = Runner.start(d.machine, log=lg, state=d.initial_state(epochs=epochs, seed=seed, delay=delay),
+                                  hooks=hooks, tags={"demo": True})
+            if not as_json:
+                click.echo(f"run {runner.run_id}: new demo run (epochs={epochs}, seed={seed}) in {log_path}")
+        elif not as_json:
+            click.echo(f"run {runner.run_id}: resuming at `{runner.next_action}` after {runner.steps} steps")
+        halt = runner.run()
+        _summary(runner.run_id, runner.status, halt.state, as_json)
+
+
+def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: str = "") -> None:
+    summary = {"run_id": run_id, "status": status, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
+               "best_val_loss": state["best_val_loss"], "w": state["w"]}
+    if as_json:
+        _print_json(summary)
+    else:
+        click.echo(f"run {run_id} {status}{' (' + note + ')' if note else ''}: {state['epoch']} epochs, "
+                   f"best val_loss {state['best_val_loss']:.4f} at epoch {state['best_epoch']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

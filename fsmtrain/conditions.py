@@ -1,0 +1,169 @@
+"""Conditions: pure, named predicates over State that compose with ``&``, ``|``, ``~``.
+
+A condition returns whether it fired and why.  Transitions are guarded by
+conditions; termination rules over metric history are conditions too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .errors import ConditionError, FsmtrainError
+from .state import State
+
+__all__ = ["Condition", "all_of", "any_of", "default", "when"]
+
+Verdict = tuple[bool, str]
+
+
+class Condition:
+    """A named predicate over State.
+
+    ``fn`` returns a bool, or ``(bool, reason)`` to say why.
+
+    >>> done = Condition(lambda s: s["epoch"] >= 3, keys=["epoch"], name="epoch>=3")
+    >>> (done | when(stop=True)).name
+    'epoch>=3 | when(stop=True)'
+    >>> (~~done) is done
+    True
+    """
+
+    __slots__ = ("fn", "keys", "name")
+
+    def __init__(self, fn: Callable[[State], bool | Verdict], *, keys: Iterable[str] = (), name: str | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"Condition needs a callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.keys = frozenset(keys)
+        self.name = name or getattr(fn, "__name__", "condition")
+
+    def evaluate(self, state: State) -> Verdict:
+        """``(fired, reason)`` for this state."""
+        try:
+            out = self.fn(state)
+        except FsmtrainError:
+            raise
+        except Exception as e:
+            raise ConditionError(f"condition `{self.name}` raised {type(e).__name__}: {e}") from e
+        if isinstance(out, tuple):
+            fired, reason = out
+            return bool(fired), str(reason)
+        return bool(out), self.name
+
+    def __call__(self, state: State | Mapping[str, Any]) -> bool:
+        return self.evaluate(state if isinstance(state, State) else State(state))[0]
+
+    def __and__(self, other: Condition) -> Condition:
+        return _And(self, _check(other))
+
+    def __or__(self, other: Condition) -> Condition:
+        return _Or(self, _check(other))
+
+    def __invert__(self) -> Condition:
+        return _Not(self)
+
+    def __repr__(self) -> str:
+        return f"Condition({self.name})"
+
+
+def _check(c: Any) -> Condition:
+    if not isinstance(c, Condition):
+        raise TypeError(f"conditions combine only with conditions, got {type(c).__name__} {c!r}")
+    return c
+
+
+def _paren(c: Condition, inside: type) -> str:
+    return f"({c.name})" if isinstance(c, (_And, _Or)) and not isinstance(c, inside) else c.name
+
+
+class _And(Condition):
+    __slots__ = ("parts",)
+
+    def __init__(self, *parts: Condition) -> None:
+        flat: list[Condition] = []
+        for p in parts:
+            flat.extend(p.parts if isinstance(p, _And) else [p])
+        self.parts = tuple(flat)
+        super().__init__(self._eval, keys=frozenset().union(*(p.keys for p in flat)),
+                         name=" & ".join(_paren(p, _And) for p in flat))
+
+    def _eval(self, state: State) -> Verdict:
+        reasons = []
+        for p in self.parts:
+            fired, why = p.evaluate(state)
+            if not fired:
+                return False, f"not {why}"
+            reasons.append(why)
+        return True, " & ".join(reasons)
+
+
+class _Or(Condition):
+    __slots__ = ("parts",)
+
+    def __init__(self, *parts: Condition) -> None:
+        flat: list[Condition] = []
+        for p in parts:
+            flat.extend(p.parts if isinstance(p, _Or) else [p])
+        self.parts = tuple(flat)
+        super().__init__(self._eval, keys=frozenset().union(*(p.keys for p in flat)),
+                         name=" | ".join(_paren(p, _Or) for p in flat))
+
+    def _eval(self, state: State) -> Verdict:
+        for p in self.parts:
+            fired, why = p.evaluate(state)
+            if fired:
+                return True, why
+        return False, f"none of {self.name}"
+
+
+class _Not(Condition):
+    __slots__ = ("inner",)
+
+    def __new__(cls, inner: Condition) -> Any:
+        if isinstance(inner, _Not):
+            return inner.inner  # ~~c is c
+        return super().__new__(cls)
+
+    def __init__(self, inner: Condition) -> None:
+        self.inner = inner
+        inner_name = f"({inner.name})" if isinstance(inner, (_And, _Or)) else inner.name
+        super().__init__(self._eval, keys=inner.keys, name=f"~{inner_name}")
+
+    def _eval(self, state: State) -> Verdict:
+        fired, why = self.inner.evaluate(state)
+        return (not fired), (f"not {why}" if fired else f"~{why}")
+
+
+def any_of(*conditions: Condition) -> Condition:
+    """Fires when any of ``conditions`` fires (same as ``a | b | ...``)."""
+    if not conditions:
+        raise ValueError("any_of() needs at least one condition")
+    return _Or(*map(_check, conditions)) if len(conditions) > 1 else _check(conditions[0])
+
+
+def all_of(*conditions: Condition) -> Condition:
+    """Fires when all of ``conditions`` fire (same as ``a & b & ...``)."""
+    if not conditions:
+        raise ValueError("all_of() needs at least one condition")
+    return _And(*map(_check, conditions)) if len(conditions) > 1 else _check(conditions[0])
+
+
+def when(**expected: Any) -> Condition:
+    """Fires when every given key equals its value: ``when(decision="go")``."""
+    if not expected:
+        raise ValueError("when() needs at least one key=value")
+    items = tuple(expected.items())
+    name = "when(" + ", ".join(f"{k}={v!r}" for k, v in items) + ")"
+
+    def check(state: State) -> bool:
+        for k, v in items:
+            if state[k] != v:
+                return False
+        return True
+
+    return Condition(check, keys=expected, name=name)
+
+
+default = Condition(lambda state: True, name="default")
+"""Always fires; the fallback transition, tried last."""

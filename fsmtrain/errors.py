@@ -1,0 +1,128 @@
+"""Every error fsmtrain raises.
+
+One base class, :class:`FsmtrainError`; each subclass also inherits the built-in
+exception a user would already catch (``ValueError``, ``LookupError``...).
+Messages say what happened, where, and how to fix it.  ``exit_code`` is what the
+CLI exits with when the error reaches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class FsmtrainError(Exception):
+    """Base class of every fsmtrain error."""
+
+    exit_code = 1
+
+
+# --- definition time -------------------------------------------------------------
+
+
+class InvalidDefinition(FsmtrainError, ValueError):
+    """A machine, action or condition is defined wrongly; lists every problem found."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, problems: Iterable[str]) -> None:
+        self.what = what
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{what} is invalid ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class UnknownAction(FsmtrainError, LookupError):
+    """An action name (from code or from the log) does not exist in the machine."""
+
+    def __str__(self) -> str:  # LookupError would wrap the message in quotes
+        return str(self.args[0])
+
+
+# --- run time ----------------------------------------------------------------------
+
+
+class UndeclaredWrite(FsmtrainError, ValueError):
+    """An action returned an update for a key it does not declare in ``writes``."""
+
+
+class UndeclaredRead(FsmtrainError, KeyError):
+    """An action read a state key it does not declare in ``reads``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnserializableValue(FsmtrainError, TypeError):
+    """A value written to state is not a JSON value or a :class:`~fsmtrain.Ref`."""
+
+
+class InvalidInput(FsmtrainError, ValueError):
+    """Input given to an action does not match its declared inputs."""
+
+    exit_code = 2
+
+
+class NoTransition(FsmtrainError, RuntimeError):
+    """No transition out of a non-terminal action matched the state."""
+
+
+class ConditionError(FsmtrainError, RuntimeError):
+    """A condition raised while it was being evaluated."""
+
+
+class ActionFailed(FsmtrainError, RuntimeError):
+    """An action raised on every allowed attempt; the run is marked failed."""
+
+
+class RunNotRunnable(FsmtrainError, RuntimeError):
+    """The run is finished, failed or waiting for input, so it cannot step."""
+
+
+class HookFailed(FsmtrainError, RuntimeError):
+    """A hook that declared itself fatal raised; the log is intact."""
+
+
+# --- the log -----------------------------------------------------------------------
+
+
+class LogError(FsmtrainError):
+    """Base class of the event log's errors."""
+
+
+class NotALog(LogError, ValueError):
+    """The file is not SQLite, is empty, or is SQLite without fsmtrain's tables."""
+
+
+class SchemaVersionError(LogError, RuntimeError):
+    """The log was written by a newer fsmtrain whose schema this one does not know."""
+
+
+class RunNotFound(LogError, LookupError):
+    """No run with that id exists in the log."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class EventNotFound(LogError, LookupError):
+    """No event with that sequence number exists in the run."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class WriteConflict(LogError, RuntimeError):
+    """Another writer appended to this run since this one last read it."""
+
+
+class ReadOnlyLog(LogError, PermissionError):
+    """A write was attempted on a log opened read-only."""
+
+
+class MachineMismatch(LogError, RuntimeError):
+    """The machine given to resume differs from the one that wrote the run."""
+
+
+class CorruptLog(LogError, RuntimeError):
+    """The log fails verification (integrity, sequence gaps or hash chain)."""

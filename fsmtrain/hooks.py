@@ -1,0 +1,83 @@
+"""The lifecycle hook bus.
+
+A hook is any object with ``on_<event>`` methods; it subscribes to the events
+whose methods it defines.  Every method takes keyword-only arguments plus
+``**future_kwargs``, so new fields never break user hooks.
+
+Events: ``run_start``, ``run_resume``, ``step_start``, ``step_end``,
+``step_failed``, ``waiting``, ``input``, ``run_end`` (and any other name a layer
+emits, e.g. ``checkpoint``).  Hooks run after the step's commit, so a failing
+hook never corrupts the log.  A hook whose ``fatal`` attribute is true stops
+the run with :class:`~fsmtrain.errors.HookFailed`; any other failure is a
+:class:`HookWarning` and is kept in ``HookBus.failures``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import HookFailed
+
+__all__ = ["EVENTS", "Hook", "HookBus", "HookWarning"]
+
+EVENTS = ("run_start", "run_resume", "step_start", "step_end", "step_failed", "waiting", "input", "run_end")
+
+
+class HookWarning(UserWarning):
+    """A non-fatal hook raised; the run goes on."""
+
+
+class Hook:
+    """Optional base class documenting the hook methods; override the ones you need."""
+
+    fatal: bool = False
+
+    def on_run_start(self, *, run_id: int | None, state: Any, **future_kwargs: Any) -> None: ...
+    def on_run_resume(self, *, run_id: int | None, state: Any, next_action: str | None, **future_kwargs: Any) -> None: ...
+    def on_step_start(self, *, run_id: int | None, step: int, action: str, state: Any, inputs: dict[str, Any], **future_kwargs: Any) -> None: ...
+    def on_step_end(self, *, run_id: int | None, step: int, action: str, state: Any, updates: dict[str, Any], next_action: str | None, **future_kwargs: Any) -> None: ...
+    def on_step_failed(self, *, run_id: int | None, step: int, action: str, error: BaseException, attempt: int, will_retry: bool, **future_kwargs: Any) -> None: ...
+    def on_waiting(self, *, run_id: int | None, action: str, needs: list[dict[str, Any]], state: Any, **future_kwargs: Any) -> None: ...
+    def on_input(self, *, run_id: int | None, action: str, inputs: dict[str, Any], **future_kwargs: Any) -> None: ...
+    def on_run_end(self, *, run_id: int | None, state: Any, status: str, **future_kwargs: Any) -> None: ...
+
+
+class HookBus:
+    """Dispatches lifecycle events to the hooks that subscribe to them."""
+
+    def __init__(self, hooks: Iterable[Any] = ()) -> None:
+        self.hooks = list(hooks)
+        self.failures: list[tuple[str, Any, BaseException]] = []
+        self._subs: dict[str, list[Any]] = {}
+        for h in self.hooks:
+            self.add(h, _rebuild=False)
+
+    def add(self, hook: Any, *, _rebuild: bool = True) -> None:
+        if _rebuild:
+            self.hooks.append(hook)
+        for attr in dir(type(hook)):
+            if not attr.startswith("on_"):
+                continue
+            method = getattr(type(hook), attr)
+            if method is getattr(Hook, attr, None):
+                continue  # not overridden: not subscribed
+            self._subs.setdefault(attr[3:], []).append(hook)
+
+    def __bool__(self) -> bool:
+        return bool(self._subs)
+
+    def wants(self, event: str) -> bool:
+        return event in self._subs
+
+    def emit(self, event: str, **kwargs: Any) -> None:
+        for hook in self._subs.get(event, ()):
+            try:
+                getattr(hook, "on_" + event)(**kwargs)
+            except Exception as e:
+                self.failures.append((event, hook, e))
+                name = type(hook).__name__
+                if getattr(hook, "fatal", False):
+                    raise HookFailed(f"hook {name}.on_{event} failed: {type(e).__name__}: {e}") from e
+                warnings.warn(f"hook {name}.on_{event} failed: {type(e).__name__}: {e}", HookWarning, stacklevel=2)

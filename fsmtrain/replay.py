@@ -1,0 +1,145 @@
+"""Replay: fold a run's events into its state, find where it stands, fork it.
+
+Replay never runs actions and never re-evaluates conditions: a run's state at
+any event is the last full snapshot at or before it plus the updates recorded
+after it, and the next action is the one the log recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from .errors import EventNotFound, InvalidInput, RunNotRunnable
+from .log import Event, EventLog
+from .state import State, loads
+
+__all__ = ["Position", "apply_updates", "encode_updates", "fold", "fork", "position", "state_at"]
+
+
+def encode_updates(updates: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The log form of a step's updates: ``{"set": {...}, "append": {...}}`` (empty parts left out; None if none)."""
+    from .state import Append
+
+    sets: dict[str, Any] = {}
+    appends: dict[str, Any] = {}
+    for k, v in updates.items():
+        if type(v) is Append:
+            appends[k] = list(v.items)
+        else:
+            sets[k] = v
+    out: dict[str, Any] = {}
+    if sets:
+        out["set"] = sets
+    if appends:
+        out["append"] = appends
+    return out or None
+
+
+def apply_updates(data: dict[str, Any], logged: Mapping[str, Any]) -> None:
+    """Apply one logged update to a plain, mutable state dict (in place)."""
+    s = logged.get("set")
+    if s:
+        data.update(s)
+    a = logged.get("append")
+    if a:
+        for k, items in a.items():
+            cur = data.get(k)
+            if cur is None:
+                data[k] = list(items)
+            else:
+                cur.extend(items)
+
+
+def fold(snapshot: Mapping[str, Any], updates: Iterable[str | Mapping[str, Any]]) -> State:
+    """The State reached from ``snapshot`` by the logged ``updates`` (JSON text or decoded), in order."""
+    data = {k: (list(v) if isinstance(v, list) else v) for k, v in snapshot.items()}
+    for u in updates:
+        apply_updates(data, loads(u) if isinstance(u, str) else u)
+    return State(data)
+
+
+def state_at(log: EventLog, run_id: int, seq: int | None = None) -> State:
+    """The full state of ``run_id`` after event ``seq`` (default: its last event)."""
+    last = log.run(run_id).last_seq
+    if seq is None:
+        seq = last
+    if not 1 <= seq <= last:
+        raise EventNotFound(f"run {run_id} has no event {seq} (its events are 1..{last})")
+    snap_seq, snap = log.snapshot_before(run_id, seq)
+    return fold(snap, log.updates_between(run_id, snap_seq, seq))
+
+
+@attrs.frozen
+class Position:
+    """Where a run stands after its last event: what a runner needs to resume it."""
+
+    run_id: int
+    machine: str
+    fingerprint: str
+    seq: int
+    step: int
+    status: str
+    next_action: str | None
+    pending_inputs: dict[str, Any]
+    waiting_for: list[dict[str, Any]] | None
+    attempts: int
+    state: State
+
+
+def position(log: EventLog, run_id: int) -> Position:
+    """Read the run's position from the log (one backwards scan to its last progress event)."""
+    info = log.run(run_id)
+    attempts = 0
+    pending: dict[str, Any] = {}
+    waiting: list[dict[str, Any]] | None = None
+    # What follows the last start/step event says what is pending: input given,
+    # a gate waiting, and how many attempts (resumes, errors) the next action had.
+    (since,) = log.conn.execute(
+        "SELECT max(seq) FROM events WHERE run_id = ? AND kind IN ('start', 'step')", (run_id,)).fetchone()
+    tail = list(log.events(run_id, start=since))
+    next_action = tail[0].next
+    for ev in tail[1:]:
+        if ev.kind in ("resume", "error"):
+            attempts = max(attempts, ev.attempt or 0)
+        elif ev.kind == "waiting":
+            waiting = ev.info.get("needs") if isinstance(ev.info, dict) else None
+            pending = {}
+        elif ev.kind == "input":
+            pending.update(ev.inputs or {})
+            waiting = None
+            attempts = 0
+    status = info.status
+    return Position(run_id, info.machine, info.fingerprint, info.last_seq, info.steps, status,
+                    next_action, pending, waiting if status == "waiting" else None, attempts,
+                    state_at(log, run_id, info.last_seq))
+
+
+def fork(log: EventLog, run_id: int, seq: int | None = None, *, updates: Mapping[str, Any] | None = None,
+         tags: Mapping[str, Any] | None = None) -> int:
+    """Start a new run from ``run_id`` as it stood after event ``seq``; returns the new run's id.
+
+    ``updates`` (optional) are set on the forked state, e.g. a new learning rate;
+    they are recorded in the new run's start event.
+    """
+    info = log.run(run_id)
+    seq = info.last_seq if seq is None else seq
+    state = state_at(log, run_id, seq)
+    row = log.conn.execute(
+        "SELECT next FROM events WHERE run_id = ? AND seq <= ? AND kind IN ('start', 'step') "
+        "ORDER BY seq DESC LIMIT 1", (run_id, seq)).fetchone()
+    next_action = row[0]
+    if next_action is None:
+        raise RunNotRunnable(f"run {run_id} had finished by event {seq}; there is nothing to continue from there")
+    if updates:
+        bad = [k for k in updates if not isinstance(k, str)]
+        if bad:
+            raise InvalidInput(f"fork updates must have str keys, got {bad!r}")
+        state = state.apply(dict(updates))
+    ev = log.create_run(info.machine, info.fingerprint, snapshot=state._data, next_action=next_action,
+                        tags=tags if tags is not None else info.tags, parent=(run_id, seq),
+                        info={"forked_from": {"run": run_id, "seq": seq},
+                              "updates": dict(updates) if updates else {}})
+    return ev.run_id

@@ -1,0 +1,343 @@
+"""The runner: executes a machine one action at a time, writing each step to the log.
+
+``Runner.start`` begins a run, ``Runner.resume`` continues one from the log,
+``step`` runs one action, ``run``/``iterate`` run until a halt: a terminal action
+ran, an action needs input it was not given (the run is then *waiting*), or an
+explicit ``halt_before``/``halt_after``.  See ``spec/engine.md``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+import traceback
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import attrs
+
+from .actions import Input, validate_inputs
+from .errors import ActionFailed, FsmtrainError, InvalidInput, MachineMismatch, RunNotRunnable, UnknownAction
+from .hooks import HookBus
+from .log import Event, EventLog
+from .machine import Machine
+from .replay import encode_updates, position
+from .state import State
+
+__all__ = ["Halt", "Runner", "StepResult", "give_input"]
+
+
+@attrs.frozen
+class StepResult:
+    """What one step did."""
+
+    action: str
+    step: int
+    seq: int | None
+    inputs: dict[str, Any]
+    updates: dict[str, Any]
+    state: State
+    next_action: str | None
+    reason: str | None
+
+
+@attrs.frozen
+class Halt:
+    """Why ``run`` returned: ``finished``, ``waiting``, ``halt_before``, ``halt_after`` or ``max_steps``."""
+
+    reason: str
+    action: str | None
+    state: State
+    steps: int
+
+
+class Runner:
+    """Drives one run of a machine.  Create it with :meth:`start` or :meth:`resume`."""
+
+    def __init__(self, machine: Machine, *, log: EventLog | None, run_id: int | None, state: State,
+                 next_action: str | None, hooks: Iterable[Any] = (), resources: Any = None,
+                 max_attempts: int = 3, snapshot_every: int = 100) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be >= 1, got {snapshot_every}")
+        self.machine = machine
+        self.log = log
+        self.run_id = run_id
+        self.resources = resources
+        self.max_attempts = max_attempts
+        self.snapshot_every = snapshot_every
+        self.hooks = HookBus(hooks)
+        self._state = state
+        self._next = next_action
+        self._seq = 1
+        self._step = 0
+        self._status = "running" if next_action is not None else "finished"
+        self._pending: dict[str, Any] = {}
+        self._attempts = 0
+        self._resume_info: dict[str, Any] | None = None
+        self._halt: Halt | None = None
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def start(cls, machine: Machine, *, log: EventLog | None = None, state: Mapping[str, Any] | None = None,
+              hooks: Iterable[Any] = (), resources: Any = None, tags: Mapping[str, Any] | None = None,
+              max_attempts: int = 3, snapshot_every: int = 100) -> Runner:
+        """Begin a new run at the machine's entry; with a ``log``, it is recorded there."""
+        initial = machine.initial.apply(dict(state)) if state else machine.initial
+        r = cls(machine, log=log, run_id=None, state=initial, next_action=machine.entry, hooks=hooks,
+                resources=resources, max_attempts=max_attempts, snapshot_every=snapshot_every)
+        if log is not None:
+            ev = log.create_run(machine.name, machine.fingerprint, snapshot=initial._data,
+                                next_action=machine.entry, tags=tags)
+            r.run_id, r._seq = ev.run_id, ev.seq
+        r.hooks.emit("run_start", run_id=r.run_id, state=initial, machine=machine)
+        return r
+
+    @classmethod
+    def resume(cls, machine: Machine, log: EventLog, run_id: int, *, hooks: Iterable[Any] = (),
+               resources: Any = None, allow_changed_machine: bool = False, max_attempts: int = 3,
+               snapshot_every: int = 100) -> Runner:
+        """Continue ``run_id`` from its last committed event.
+
+        The machine must have the name and fingerprint the run was recorded with;
+        ``allow_changed_machine=True`` accepts a changed graph (recorded in the log).
+        """
+        pos = position(log, run_id)
+        if pos.machine != machine.name:
+            raise MachineMismatch(f"run {run_id} was recorded by machine `{pos.machine}`, not `{machine.name}`")
+        (last_fp,) = log.conn.execute(
+            "SELECT info FROM events WHERE run_id = ? AND kind = 'resume' ORDER BY seq DESC LIMIT 1",
+            (run_id,)).fetchone() or (None,)
+        recorded = pos.fingerprint
+        if last_fp is not None:
+            from .state import loads
+
+            recorded = loads(last_fp).get("fingerprint", recorded)
+        changed = recorded != machine.fingerprint
+        if changed and not allow_changed_machine:
+            raise MachineMismatch(
+                f"run {run_id} was recorded with machine `{machine.name}` fingerprint {recorded[:12]}, but this "
+                f"machine's is {machine.fingerprint[:12]}: its actions or transitions changed. Pass "
+                "allow_changed_machine=True to resume with the new graph anyway"
+            )
+        if pos.next_action is not None and pos.next_action not in machine.actions:
+            raise UnknownAction(f"run {run_id} is due to run `{pos.next_action}`, which machine `{machine.name}` lacks")
+        r = cls(machine, log=log, run_id=run_id, state=pos.state, next_action=pos.next_action, hooks=hooks,
+                resources=resources, max_attempts=max_attempts, snapshot_every=snapshot_every)
+        r._seq, r._step, r._status = pos.seq, pos.step, pos.status
+        r._pending, r._attempts = dict(pos.pending_inputs), pos.attempts
+        if pos.status == "running":
+            r._resume_info = {"fingerprint": machine.fingerprint, "pid": os.getpid(),
+                              **({"changed_from": recorded} if changed else {})}
+        r.hooks.emit("run_resume", run_id=run_id, state=pos.state, next_action=pos.next_action)
+        return r
+
+    @classmethod
+    def latest(cls, machine: Machine, log: EventLog, **kwargs: Any) -> Runner | None:
+        """Resume the newest unfinished (running or waiting) run of this machine, or None."""
+        for info in reversed(log.runs(machine=machine.name)):
+            if info.status in ("running", "waiting"):
+                return cls.resume(machine, log, info.id, **kwargs)
+        return None
+
+    # -- properties -----------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def next_action(self) -> str | None:
+        """The action the next step will run (None once finished)."""
+        return self._next
+
+    @property
+    def status(self) -> str:
+        """running, waiting, finished or failed."""
+        return self._status
+
+    @property
+    def steps(self) -> int:
+        """Steps committed so far in this run."""
+        return self._step
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the run's last event this runner wrote or read."""
+        return self._seq
+
+    # -- stepping -------------------------------------------------------------------
+    def step(self, inputs: Mapping[str, Any] | None = None) -> StepResult | None:
+        """Run the next action once; None when the run waits for input it was not given."""
+        if self._status in ("finished", "failed"):
+            raise RunNotRunnable(f"run {self.run_id} is {self._status}; there is no next action")
+        name = self._next
+        assert name is not None
+        act = self.machine.actions[name]
+        given = dict(inputs or {})
+        both = sorted(set(given) & set(self._pending))
+        if both:
+            raise InvalidInput(f"input {', '.join(both)} for `{name}` was already given in the log; do not pass it again")
+        values, missing = validate_inputs(act.inputs, {**self._pending, **given}, name)
+        if missing:
+            self._wait(name, act.inputs, missing)
+            return None
+        self._write_resume_event()
+        state = self._state
+        while True:
+            attempt = self._attempts + 1
+            if attempt > self.max_attempts:
+                self._fail(name, attempt - 1, f"gave up: `{name}` did not complete in {self.max_attempts} attempt(s)", None)
+            if self.hooks:
+                self.hooks.emit("step_start", run_id=self.run_id, step=self._step + 1, action=name,
+                                state=state, inputs=values, attempt=attempt)
+            try:
+                updates = act.execute(state, values, self.resources)
+                new_state = state.apply(updates) if updates else state
+                if name in self.machine.terminal:
+                    target: str | None = None
+                    cond = reason = None
+                else:
+                    target, cond, reason = self.machine.next(name, new_state)
+            except FsmtrainError:
+                raise  # a broken contract (undeclared write, bad value...): nothing is written
+            except Exception as e:
+                self._attempts = attempt
+                final = attempt >= self.max_attempts
+                err = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-8000:]
+                if self.hooks:
+                    self.hooks.emit("step_failed", run_id=self.run_id, step=self._step + 1, action=name,
+                                    error=e, attempt=attempt, will_retry=not final)
+                if final:
+                    self._fail(name, attempt, err, e)
+                self._append(kind="error", step=self._step, action=name, attempt=attempt, error=err)
+                continue
+            break
+        step = self._step + 1
+        if self.log is not None:
+            snap = new_state._data if (target is None or step % self.snapshot_every == 0) else None
+            self._append(kind="step", step=step, action=name, attempt=attempt, inputs=values or None,
+                         updates=encode_updates(updates), next_action=target,
+                         info=None if cond is None else {"condition": cond, "reason": reason}, snapshot=snap)
+        self._state, self._next, self._step = new_state, target, step
+        self._pending, self._attempts = {}, 0
+        self._status = "running" if target is not None else "finished"
+        result = StepResult(name, step, self._seq if self.log else None, values, updates, new_state, target, reason)
+        if self.hooks:
+            self.hooks.emit("step_end", run_id=self.run_id, step=step, action=name, state=new_state,
+                            updates=updates, next_action=target, reason=reason, inputs=values)
+            if target is None:
+                self.hooks.emit("run_end", run_id=self.run_id, state=new_state, status="finished")
+        return result
+
+    def iterate(self, *, halt_before: Iterable[str] = (), halt_after: Iterable[str] = (),
+                inputs: Mapping[str, Any] | None = None, max_steps: int | None = None) -> Iterator[StepResult]:
+        """Yield each step's result until the run halts; ``last_halt`` then says why.
+
+        ``inputs`` go to the first action run.  ``halt_before`` stops before any
+        listed action runs, including the one due when the call begins.
+        """
+        before, after = self._names(halt_before), self._names(halt_after)
+        n = 0
+        while True:
+            if self._status in ("finished", "failed"):
+                return self._stop("finished" if self._status == "finished" else "failed", None, n)
+            if self._next in before:
+                return self._stop("halt_before", self._next, n)
+            if max_steps is not None and n >= max_steps:
+                return self._stop("max_steps", self._next, n)
+            result = self.step(inputs if n == 0 else None)
+            if result is None:
+                return self._stop("waiting", self._next, n)
+            n += 1
+            yield result
+            if result.action in after:
+                return self._stop("halt_after", result.action, n)
+
+    def run(self, *, halt_before: Iterable[str] = (), halt_after: Iterable[str] = (),
+            inputs: Mapping[str, Any] | None = None, max_steps: int | None = None) -> Halt:
+        """Run until a halt and say why (see :class:`Halt`)."""
+        for _ in self.iterate(halt_before=halt_before, halt_after=halt_after, inputs=inputs, max_steps=max_steps):
+            pass
+        assert self._halt is not None
+        return self._halt
+
+    @property
+    def last_halt(self) -> Halt | None:
+        return self._halt
+
+    # -- internals ------------------------------------------------------------------
+    def _names(self, names: Iterable[str]) -> frozenset[str]:
+        out = frozenset([names] if isinstance(names, str) else names)
+        for n in out:
+            self.machine.action(n)  # raises UnknownAction with the list of actions
+        return out
+
+    def _stop(self, reason: str, action: str | None, n: int) -> None:
+        self._halt = Halt(reason, action, self._state, n)
+
+    def _append(self, **fields: Any) -> Event | None:
+        if self.log is None:
+            return None
+        assert self.run_id is not None
+        ev = self.log.append(self.run_id, self._seq, **fields)
+        self._seq = ev.seq
+        return ev
+
+    def _write_resume_event(self) -> None:
+        if self._resume_info is not None:
+            info, self._resume_info = self._resume_info, None
+            # The resume event records this process's attempt at the due action, so a
+            # crash loop is counted even though crashes themselves write nothing.
+            self._append(kind="resume", step=self._step, action=self._next, attempt=self._attempts + 1, info=info)
+
+    def _wait(self, name: str, specs: tuple[Input, ...], missing: list[Input]) -> None:
+        if self._status == "waiting":
+            return
+        needs = [s.to_json() for s in specs]
+        self._append(kind="waiting", step=self._step, action=name,
+                     info={"needs": needs, "missing": [m.name for m in missing]})
+        self._status = "waiting"
+        self._resume_info = None
+        if self.hooks:
+            self.hooks.emit("waiting", run_id=self.run_id, action=name, needs=needs, state=self._state)
+
+    def _fail(self, name: str, attempt: int, err: str, cause: BaseException | None) -> None:
+        self._append(kind="failed", step=self._step, action=name, attempt=attempt, error=err)
+        self._status = "failed"
+        if self.hooks:
+            self.hooks.emit("run_end", run_id=self.run_id, state=self._state, status="failed")
+        msg = f"action `{name}` of run {self.run_id} failed on attempt {attempt}/{self.max_attempts}; the run is marked failed"
+        if cause is not None:
+            raise ActionFailed(f"{msg}: {type(cause).__name__}: {cause}") from cause
+        raise ActionFailed(f"{msg}: {err}")
+
+
+def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str | None = None) -> Event:
+    """Record input for a waiting run, validated against what its gate declared.
+
+    Invalid input, or a run that is not waiting, raises before anything is written.
+    """
+    info = log.run(run_id)
+    last = log.last_event(run_id)
+    if info.status != "waiting":
+        if last.kind == "input":
+            raise RunNotRunnable(f"run {run_id} already has input for `{last.action}` "
+                                 f"(given by {last.info.get('by')} at event {last.seq}); the first decision wins")
+        raise RunNotRunnable(f"run {run_id} is {info.status}, not waiting for input")
+    specs = [Input.from_json(d) for d in last.info["needs"]]
+    checked, missing = validate_inputs(specs, dict(values), last.action or "?")
+    if missing:
+        names = ", ".join(m.name for m in missing)
+        raise InvalidInput(f"run {run_id} needs input {names} for `{last.action}`; give every required input")
+    who = by or os.environ.get("FSMTRAIN_USER") or _user()
+    return log.append(run_id, last.seq, kind="input", step=last.step, action=last.action, inputs=checked,
+                      info={"by": who, "at": time.time()})
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"

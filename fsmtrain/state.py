@@ -1,0 +1,352 @@
+"""Immutable run state: JSON values (non-finite floats included) plus :class:`Ref`.
+
+A :class:`State` is a read-only mapping.  Updating one returns a new State that
+shares every unchanged value with the old one; lists are stored as :class:`Seq`,
+an immutable sequence whose appends share the prefix, so appending to a long
+metric history costs O(1) instead of O(len).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, overload
+
+import attrs
+
+from .errors import UndeclaredRead, UnserializableValue
+
+__all__ = ["Append", "FrozenDict", "Ref", "Seq", "State", "append", "dumps", "freeze", "loads", "thaw"]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_relative(_: Any, __: Any, path: str) -> None:
+    if not isinstance(path, str) or not path:
+        raise ValueError("Ref.path must be a non-empty string")
+    parts = path.replace("\\", "/").split("/")
+    if path.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", path):
+        raise ValueError(
+            f"Ref.path {path!r} must be relative to the log's artifact folder, without '..'"
+        )
+
+
+def _check_sha(_: Any, __: Any, digest: str) -> None:
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise ValueError(f"Ref.sha256 must be 64 lowercase hex digits, got {digest!r}")
+
+
+def _check_size(_: Any, __: Any, size: int) -> None:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"Ref.size must be a non-negative int, got {size!r}")
+
+
+@attrs.frozen
+class Ref:
+    """A reference to an artifact file: path relative to the artifact folder, sha256, size."""
+
+    path: str = attrs.field(validator=_check_relative)
+    sha256: str = attrs.field(validator=_check_sha)
+    size: int = attrs.field(validator=_check_size)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"$ref": {"path": self.path, "sha256": self.sha256, "size": self.size}}
+
+
+class Seq(Sequence[Any]):
+    """An immutable list.  ``appended`` shares storage with the original when it can."""
+
+    __slots__ = ("_items", "_n")
+
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        self._items = [freeze(v) for v in items]
+        self._n = len(self._items)
+
+    @classmethod
+    def _share(cls, items: list[Any], n: int) -> Seq:
+        new = cls.__new__(cls)
+        new._items = items
+        new._n = n
+        return new
+
+    def appended(self, *values: Any) -> Seq:
+        """A new Seq with ``values`` added at the end; this one is unchanged."""
+        frozen = [freeze(v) for v in values]
+        if self._n == len(self._items):
+            # Nobody has appended past our end yet: extend the shared list in place.
+            # Older Seqs keep seeing only their own prefix (their _n is smaller).
+            self._items.extend(frozen)
+            return Seq._share(self._items, self._n + len(frozen))
+        return Seq._share(self._items[: self._n] + frozen, self._n + len(frozen))
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return self._items[: self._n][i]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError("Seq index out of range")
+        return self._items[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        items, n = self._items, self._n
+        for i in range(n):
+            yield items[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Seq, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Seq({list(self)!r})"
+
+    def tolist(self) -> list[Any]:
+        return self._items[: self._n]
+
+
+class FrozenDict(Mapping[str, Any]):
+    """An immutable dict with string keys."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: Mapping[str, Any] = ()) -> None:  # type: ignore[assignment]
+        self._d = dict(d)
+
+    def __getitem__(self, k: str) -> Any:
+        return self._d[k]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._d) == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._d!r})"
+
+
+@attrs.frozen
+class Append:
+    """An update that appends ``items`` to a list in state instead of replacing it."""
+
+    items: tuple[Any, ...]
+
+
+def append(*items: Any) -> Append:
+    """Return an update that appends ``items`` to the list at that key.
+
+    >>> s = State({"h": [1]})
+    >>> s.apply({"h": append(2, 3)})["h"]
+    Seq([1, 2, 3])
+    """
+    return Append(tuple(items))
+
+
+_set = object.__setattr__
+
+_ATOMS = frozenset({type(None), bool, int, float, str, Ref, Seq, FrozenDict})
+
+
+def freeze(value: Any, where: str = "value") -> Any:
+    """Validate that ``value`` is a JSON value or Ref and return its immutable form."""
+    t = type(value)
+    if t in _ATOMS:
+        return value
+    if isinstance(value, (list, tuple)):
+        return Seq._share([freeze(v, f"{where}[{i}]") for i, v in enumerate(value)], len(value))
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise UnserializableValue(
+                    f"{where} has key {k!r} of type {type(k).__name__}; state dict keys must be str"
+                )
+            if k == "$ref":
+                raise UnserializableValue(f"{where} uses the reserved key '$ref'; use fsmtrain.Ref")
+            out[k] = freeze(v, f"{where}[{k!r}]")
+        fd = FrozenDict.__new__(FrozenDict)
+        fd._d = out
+        return fd
+    if isinstance(value, (bool, int, float, str)):  # subclasses such as IntEnum or numpy scalars
+        base = bool if isinstance(value, bool) else int if isinstance(value, int) else float if isinstance(value, float) else str
+        return base(value)
+    raise UnserializableValue(
+        f"{where} is a {t.__module__}.{t.__qualname__}, which is not a JSON value or a Ref; "
+        "store plain numbers/strings/lists/dicts, or save the object as an artifact and store its Ref"
+    )
+
+
+def thaw(value: Any) -> Any:
+    """The plain-Python (list/dict) form of a frozen value; Refs stay Refs."""
+    if isinstance(value, Seq):
+        return [thaw(v) for v in value]
+    if isinstance(value, FrozenDict):
+        return {k: thaw(v) for k, v in value.items()}
+    return value
+
+
+def _default(o: Any) -> Any:
+    if type(o) is Seq:
+        return o.tolist()
+    if type(o) is FrozenDict:
+        return o._d
+    if type(o) is Ref:
+        return o.to_json()
+    raise TypeError(f"{type(o).__qualname__} is not serialisable")
+
+
+_encoder = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), allow_nan=True, ensure_ascii=False, default=_default
+)
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON text: sorted keys, no spaces, NaN/Infinity tokens, Refs as ``{"$ref": ...}``."""
+    return _encoder.encode(value)
+
+
+def _hook(d: dict[str, Any]) -> Any:
+    if "$ref" in d and len(d) == 1:
+        return Ref(**d["$ref"])
+    return d
+
+
+_decoder = json.JSONDecoder(object_hook=_hook)
+
+
+def loads(text: str) -> Any:
+    """Inverse of :func:`dumps` (Refs come back as :class:`Ref`; lists and dicts are plain)."""
+    return _decoder.decode(text)
+
+
+class State(Mapping[str, Any]):
+    """An immutable mapping from str keys to JSON values and Refs.
+
+    >>> s = State({"epoch": 0, "loss": []})
+    >>> t = s.apply({"epoch": 1, "loss": append(float("nan"))})
+    >>> s["epoch"], t["epoch"], len(t["loss"])
+    (0, 1, 1)
+    """
+
+    __slots__ = ("_data", "_allowed", "_reader")
+
+    def __init__(self, values: Mapping[str, Any] | None = None, /, **kw: Any) -> None:
+        data: dict[str, Any] = {}
+        for source in (values or {}), kw:
+            for k, v in source.items():
+                if not isinstance(k, str):
+                    raise UnserializableValue(f"state key {k!r} must be a str")
+                data[k] = freeze(v, f"state[{k!r}]")
+        _set(self, "_data", data)
+        _set(self, "_allowed", None)
+        _set(self, "_reader", "")
+
+    @classmethod
+    def _wrap(cls, data: dict[str, Any], allowed: frozenset[str] | None = None, reader: str = "") -> State:
+        s = cls.__new__(cls)
+        _set(s, "_data", data)
+        _set(s, "_allowed", allowed)
+        _set(s, "_reader", reader)
+        return s
+
+    # -- reading ---------------------------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        if self._allowed is not None and key not in self._allowed:
+            raise UndeclaredRead(
+                f"action `{self._reader}` read `{key}`, which it does not declare; "
+                f"add it to reads=[...]"
+            )
+        try:
+            return self._data[key]
+        except KeyError:
+            raise KeyError(f"state has no key {key!r} (keys: {sorted(self._data)})") from None
+
+    def __contains__(self, key: object) -> bool:
+        if self._allowed is not None and key not in self._allowed:
+            return False
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        if self._allowed is None:
+            return iter(self._data)
+        return (k for k in self._data if k in self._allowed)
+
+    def __len__(self) -> int:
+        if self._allowed is None:
+            return len(self._data)
+        return sum(1 for _ in self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, State):
+            return self._data == other._data
+        if isinstance(other, Mapping):
+            return self._data == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"State({self.to_dict()!r})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("State is immutable; use state.apply({...}) to get a new one")
+
+    def only(self, keys: frozenset[str], reader: str) -> State:
+        """A view that raises :class:`UndeclaredRead` for any key not in ``keys``."""
+        return State._wrap(self._data, keys, reader)
+
+    # -- updating --------------------------------------------------------------------
+    def apply(self, updates: Mapping[str, Any]) -> State:
+        """A new State with ``updates`` applied (values set, or appended via :func:`append`)."""
+        data = dict(self._data)
+        for k, v in updates.items():
+            if type(v) is Append:
+                data[k] = _append(data.get(k), v.items, k)
+            else:
+                data[k] = freeze(v, f"state[{k!r}]")
+        return State._wrap(data)
+
+    def update(self, **values: Any) -> State:
+        """A new State with these keys set."""
+        return self.apply(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and dicts (Refs stay Refs)."""
+        return {k: thaw(v) for k, v in self._data.items()}
+
+    def to_json(self) -> str:
+        """Canonical JSON text of the whole state."""
+        return dumps(self._data)
+
+    @classmethod
+    def from_json(cls, text: str) -> State:
+        return cls(loads(text))
+
+
+def _append(current: Any, items: tuple[Any, ...], key: str) -> Seq:
+    if current is None:
+        return Seq(items)
+    if type(current) is not Seq:
+        raise UnserializableValue(
+            f"cannot append to state[{key!r}]: it holds a {type(current).__name__}, not a list"
+        )
+    return current.appended(*items)
+
