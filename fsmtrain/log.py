@@ -181,17 +181,18 @@ class EventLog:
                 raise NotALog(f"{self.path} is a SQLite database but not an fsmtrain log (no fsmtrain_schema table)")
             self._check_version()
             return
-        c.execute(f"PRAGMA busy_timeout={int(30000)}")
+        # Decide before touching anything, so a foreign or too-new file is left byte-for-byte as it was.
+        if tables - {"fsmtrain_schema", "runs", "events"}:
+            raise NotALog(f"{self.path} is a SQLite database with other tables, not an fsmtrain log; use a new file")
+        if "fsmtrain_schema" in tables:
+            self._check_version()
         mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
             warnings.warn(f"{self.path}: SQLite refused WAL mode (got {mode}); writes will be slower", stacklevel=3)
         c.execute(f"PRAGMA synchronous={self.synchronous}")
         _warn_if_network_fs(self.path)
         if "fsmtrain_schema" in tables:
-            self._check_version()
             return
-        if tables - {"fsmtrain_schema", "runs", "events"}:
-            raise NotALog(f"{self.path} is a SQLite database with other tables, not an fsmtrain log; use a new file")
         c.execute("BEGIN IMMEDIATE")
         try:
             if "fsmtrain_schema" not in set(self.db.table_names()):  # another process may have won the race

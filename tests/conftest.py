@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # so `tests.machines` imports in-process and in subprocesses
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    """Path of a fresh (not yet created) log file."""
+    return tmp_path / "runs.db"
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (to prove a command left it byte-for-byte unchanged)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
