@@ -218,10 +218,12 @@ def graph(target: str, fmt: str) -> None:
               help="The event log (created if missing).")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Max epochs of a new run.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of a new run.")
+@click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Early stopping: epochs without improvement before a new run stops.")
 @click.option("--new", is_flag=True, help="Start a new run even if an unfinished one exists.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary line.")
 @click.option("--delay", type=float, default=0.0, hidden=True, help="Seconds to sleep per epoch (for crash tests).")
-def demo(log_path: Path, epochs: int, seed: int, new: bool, as_json: bool, delay: float) -> None:
+def demo(log_path: Path, epochs: int, seed: int, patience: int, new: bool, as_json: bool, delay: float) -> None:
     """Run the demo machine: a small deterministic training loop with early stopping.
 
     Running it again on the same log resumes the unfinished run; on a finished
@@ -255,7 +257,7 @@ def demo(log_path: Path, epochs: int, seed: int, new: bool, as_json: bool, delay
                 _summary(finished[-1].id, "finished", state, as_json, note="already finished (use --new for another run)")
                 return
         if runner is None:
-            runner = Runner.start(d.machine, log=lg, state=d.initial_state(epochs=epochs, seed=seed, delay=delay),
+            runner = Runner.start(d.machine, log=lg, state=d.initial_state(epochs=epochs, seed=seed, patience=patience, delay=delay),
                                   hooks=hooks, tags={"demo": True})
             if not as_json:
                 click.echo(f"run {runner.run_id}: new demo run (epochs={epochs}, seed={seed}) in {log_path}")

@@ -98,9 +98,3 @@ def run_counter_to_end(log_path: str, limit: int, delay: float, max_attempts: in
         r.run()
         return {"run_id": r.run_id, "status": r.status}
 
-
-if __name__ == "__main__":  # python -m tests.machines LOG LIMIT DELAY
-    import json
-    import sys
-
-    print(json.dumps(run_counter_to_end(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))), flush=True)
