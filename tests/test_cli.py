@@ -1,0 +1,199 @@
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from fsmtrain import EventLog, Runner
+from fsmtrain.cli import main
+from fsmtrain.log import SCHEMA_VERSION
+from tests.conftest import ROOT, file_digest
+from tests.machines import gated
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def demo_log(log_path):
+    r = invoke("demo", "--log", log_path)
+    assert r.exit_code == 0, r.output
+    return log_path
+
+
+class TestDemo:
+    def test_prints_one_line_per_epoch_and_a_summary(self, log_path):
+        r = invoke("demo", "--log", log_path)
+        lines = r.output.splitlines()
+        assert lines[0] == f"run 1: new demo run (epochs=30, seed=0) in {log_path}"
+        assert sum(line.startswith("epoch ") for line in lines) == 8
+        assert lines[-1] == "run 1 finished: 8 epochs, best val_loss 1.0038 at epoch 5"
+
+    def test_running_again_resumes_the_unfinished_run(self, log_path):
+        with EventLog(log_path) as log:
+            from fsmtrain.demo import initial_state, machine
+            Runner.start(machine, log=log, state=initial_state()).run(max_steps=5)
+        r = invoke("demo", "--log", log_path, "--json")
+        assert r.exit_code == 0
+        summary = json.loads(r.output.splitlines()[-1])
+        assert summary["run_id"] == 1 and summary["status"] == "finished" and summary["epochs"] == 8
+        again = invoke("demo", "--log", log_path)
+        assert "already finished" in again.output
+        assert "run 2" in invoke("demo", "--log", log_path, "--new").output
+
+
+class TestReplay:
+    def test_lists_runs(self, demo_log):
+        r = invoke("replay", demo_log)
+        assert r.exit_code == 0
+        header, row = r.output.splitlines()
+        assert header.split()[:5] == ["run", "machine", "status", "steps", "last"]
+        assert row.split()[:5] == ["1", "demo", "finished", "17", "finish"]
+
+    def test_lists_runs_as_json(self, demo_log):
+        runs = json.loads(invoke("replay", demo_log, "--json").output)
+        assert [(x["id"], x["status"], x["steps"], x["last_action"]) for x in runs] == [(1, "finished", 17, "finish")]
+
+    def test_timeline(self, demo_log):
+        out = invoke("replay", demo_log, "--run", 1).output.splitlines()
+        assert out[0] == "run 1 · machine demo · finished · 17 steps"
+        assert out[2].split()[0:5] == ["1", out[2].split()[1], out[2].split()[2], "start", "->"]
+        assert len(out) == 2 + 18
+        data = json.loads(invoke("replay", demo_log, "--run", 1, "--json").output)
+        assert [e["seq"] for e in data["events"]] == list(range(1, 19))
+        assert data["events"][-1]["action"] == "finish" and data["events"][-1]["next"] is None
+
+    def test_state_at_a_step(self, demo_log):
+        data = json.loads(invoke("replay", demo_log, "--run", 1, "--at", 4, "--json").output)
+        assert data["state"]["epoch"] == 2 and len(data["state"]["train_loss"]) == 2
+        text = invoke("replay", demo_log, "--run", 1, "--at", 4).output
+        assert "  epoch = 2" in text.splitlines()
+
+    def test_replay_never_writes(self, demo_log):
+        digest = file_digest(demo_log)
+        for args in ([], ["--json"], ["--run", 1], ["--run", 1, "--at", 3, "--json"]):
+            assert invoke("replay", demo_log, *args).exit_code == 0
+        invoke("verify", demo_log)
+        assert file_digest(demo_log) == digest
+
+
+class TestVerify:
+    def test_an_intact_log(self, demo_log):
+        r = invoke("verify", demo_log)
+        assert r.exit_code == 0 and r.output.startswith("OK: 1 run(s), 18 event(s)")
+
+    def test_an_edited_log_names_the_first_bad_event(self, demo_log):
+        conn = sqlite3.connect(demo_log)
+        conn.execute("DROP TRIGGER events_no_update")
+        conn.execute("UPDATE events SET error = 'x' WHERE run_id = 1 AND seq = 5")
+        conn.commit()
+        conn.close()
+        r = invoke("verify", demo_log)
+        assert r.exit_code == 1
+        assert "CORRUPT: run 1 event 5: hash does not match its contents" in r.output
+
+
+class TestGraph:
+    def test_mermaid_and_dot(self):
+        r = invoke("graph", "fsmtrain.demo:machine")
+        assert r.exit_code == 0 and r.output.startswith("stateDiagram-v2\n    [*] --> train_epoch")
+        r = invoke("graph", "tests.machines:gated", "--format", "dot")
+        assert r.exit_code == 0 and r.output.startswith('digraph "gated" {')
+
+    @pytest.mark.parametrize("target, msg", [
+        ("nocolon", "must be MODULE:ATTR"),
+        ("no_such_module_xyz:m", "cannot import module"),
+        ("fsmtrain.demo:nothing", "has no attribute"),
+        ("fsmtrain.demo:TARGET", "not an fsmtrain Machine"),
+    ])
+    def test_bad_targets(self, target, msg):
+        r = invoke("graph", target)
+        assert r.exit_code != 0 and msg in r.output
+
+
+def make_bad_logs(tmp_path, log_path):
+    """Every kind of bad log file the commands must refuse cleanly."""
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("just some notes\n")
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    newer = tmp_path / "newer.db"
+    with EventLog(newer) as log:
+        Runner.start(gated(), log=log).run()
+    conn = sqlite3.connect(newer)
+    conn.execute("INSERT INTO fsmtrain_schema VALUES (?, 0, 'future')", (SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    with EventLog(log_path) as log:
+        Runner.start(gated(), log=log).run()
+    return {"not_sqlite": not_sqlite, "empty": empty, "newer": newer, "good": log_path}
+
+
+BAD_CASES = [
+    (["replay", "{not_sqlite}"], "is not a SQLite database"),
+    (["verify", "{not_sqlite}"], "is not a SQLite database"),
+    (["replay", "{empty}"], "is an empty file"),
+    (["verify", "{empty}"], "is an empty file"),
+    (["replay", "{newer}"], "newer than this fsmtrain supports"),
+    (["verify", "{newer}"], "newer than this fsmtrain supports"),
+    (["demo", "--log", "{newer}"], "newer than this fsmtrain supports"),
+    (["demo", "--log", "{not_sqlite}"], "is not a SQLite database"),
+    (["replay", "{good}", "--run", "42"], "run 42 does not exist"),
+    (["replay", "{good}", "--run", "1", "--at", "99"], "run 1 has no event 99 (its events are 1..3)"),
+    (["replay", "{good}", "--at", "2"], "--at needs --run"),
+    (["replay", "{good}", "--run", "abc"], "'abc' is not a valid integer"),
+]
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("args, msg", BAD_CASES)
+    def test_a_clear_message_a_nonzero_exit_no_traceback_and_no_change(self, tmp_path, log_path, args, msg):
+        """Run as a real subprocess: the message names the problem, and every file is unchanged."""
+        files = make_bad_logs(tmp_path, log_path)
+        before = {k: file_digest(p) for k, p in files.items()}
+        argv = [a.format(**{k: str(p) for k, p in files.items()}) for a in args]
+        p = subprocess.run([sys.executable, "-m", "fsmtrain", *argv], cwd=ROOT, capture_output=True, text=True)
+        assert p.returncode != 0
+        assert msg in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr + p.stdout
+        assert {k: file_digest(p) for k, p in files.items()} == before
+
+    def test_an_undeclared_write_from_a_user_machine_is_a_clean_error(self, tmp_path):
+        """A machine whose action writes an undeclared key: clear message, exit 1, log unchanged."""
+        mod = tmp_path / "usermachine.py"
+        mod.write_text(
+            "from fsmtrain import Machine, action\n"
+            "@action(writes=['a'])\n"
+            "def bad(state):\n"
+            "    return {'a': 1, 'lr': 0.1}\n"
+            "machine = Machine('user', [bad], [], entry='bad', terminal=['bad'])\n"
+        )
+        script = ("import sys; sys.path.insert(0, sys.argv[1]); from usermachine import machine\n"
+                  "from fsmtrain import EventLog, Runner\n"
+                  "log = EventLog(sys.argv[2]); Runner.start(machine, log=log).run()\n")
+        log = tmp_path / "user.db"
+        p = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(log)], capture_output=True, text=True)
+        assert p.returncode == 1 and "action `bad` wrote `lr`, which it does not declare" in p.stderr
+        with EventLog(log, readonly=True) as lg:
+            assert [e.kind for e in lg.events(1)] == ["start"]
+
+    def test_an_invalid_machine_definition_lists_its_problems(self, tmp_path):
+        mod = tmp_path / "broken.py"
+        mod.write_text("from fsmtrain import Machine, action\n"
+                       "@action()\ndef a(state): return None\n"
+                       "machine = lambda: Machine('m', [a], [('a', 'zz')], entry='a')\n")
+        p = subprocess.run([sys.executable, "-m", "fsmtrain", "graph", "broken:machine"], cwd=tmp_path,
+                           capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+        assert p.returncode == 2, p.stderr
+        assert "machine `m` is invalid" in p.stderr and "target `zz` is not an action" in p.stderr
+        assert "Traceback" not in p.stderr
+
+
+def test_every_command_has_help_ending_with_an_example():
+    for name, cmd in main.commands.items():
+        help_text = invoke(name, "--help").output
+        assert "Example" in help_text, name
+        assert cmd.help and "Example" in cmd.help.split("\n\n")[-1], name
