@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import attrs
@@ -44,10 +44,10 @@ _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs"
 _EVENT_COLS = ("run_id", "seq", "step", "time", "kind", "action", "attempt", "inputs",
                "updates", "next", "info", "snapshot", "error", "prev_hash", "hash")
 _SELECT_EVENT = f"SELECT {', '.join(_EVENT_COLS)} FROM events"
+_INSERT = f"INSERT INTO events ({', '.join(_EVENT_COLS)}) VALUES ({', '.join('?' * len(_EVENT_COLS))})"
 
 
-@attrs.frozen
-class Event:
+class Event(NamedTuple):
     """One row of ``events``; JSON columns are decoded (``None`` when absent)."""
 
     run_id: int
@@ -72,7 +72,7 @@ class Event:
         for i in (7, 8, 10, 11):  # inputs, updates, info, snapshot
             if r[i] is not None:
                 r[i] = loads(r[i])
-        return cls(*r)
+        return cls._make(r)
 
 
 @attrs.frozen
@@ -120,9 +120,12 @@ def event_hash(prev_hash: str, run_id: int, seq: int, step: int, t: float, kind:
                action: str | None, attempt: int | None, inputs: str | None, updates: str | None,
                next_action: str | None, info: str | None, snapshot: str | None, error: str | None) -> str:
     """sha256 of the JSON array of the previous hash and every stored column (see spec/log.md)."""
-    doc = json.dumps([prev_hash, run_id, seq, step, t, kind, action, attempt, inputs, updates,
-                      next_action, info, snapshot, error], ensure_ascii=False, allow_nan=False)
+    doc = _hash_encoder.encode([prev_hash, run_id, seq, step, t, kind, action, attempt, inputs, updates,
+                                next_action, info, snapshot, error])
     return hashlib.sha256(doc.encode()).hexdigest()
+
+
+_hash_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 
 
 _SCHEMA_TRIGGERS = [
@@ -280,11 +283,14 @@ class EventLog:
     def append(self, run_id: int, expected_seq: int, *, kind: str, step: int, action: str | None = None,
                attempt: int | None = None, inputs: Mapping[str, Any] | None = None, updates: Any = None,
                next_action: str | None = None, info: Any = None, snapshot: Mapping[str, Any] | None = None,
-               error: str | None = None) -> Event:
+               error: str | None = None, prev_hash: str | None = None) -> Event:
         """Append one event as one ``BEGIN IMMEDIATE`` transaction.
 
-        Raises :class:`WriteConflict` unless the run's last sequence number is
-        ``expected_seq`` (another writer got there first).
+        Raises :class:`WriteConflict` unless the run's last event is ``expected_seq``
+        (another writer got there first).  A writer that knows the hash of that
+        event passes it as ``prev_hash`` and saves a read: the database itself
+        then refuses the insert if the run has moved on (primary key and the
+        gapless trigger), which is reported as the same conflict.
         """
         self._writable()
         if kind not in EVENT_KINDS:
@@ -293,35 +299,48 @@ class EventLog:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            row = c.execute("SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (run_id,)).fetchone()
-            if row is None:
-                raise RunNotFound(f"run {run_id} does not exist in {self.path}")
-            if row[0] != expected_seq:
-                raise WriteConflict(
-                    f"run {run_id} in {self.path} is at event {row[0]}, but this writer expected {expected_seq}: "
-                    "another process wrote to it. Only one runner may drive a run at a time; resume it afresh "
-                    "to continue from the log"
-                )
-            ev = self._insert(run_id, expected_seq + 1, step, kind, action, attempt, texts[0], texts[1],
-                              next_action, texts[2], texts[3], error, row[1], time.time())
+            if prev_hash is None:
+                row = c.execute("SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
+                                (run_id,)).fetchone()
+                if row is None:
+                    raise RunNotFound(f"run {run_id} does not exist in {self.path}")
+                if row[0] != expected_seq:
+                    raise self._conflict(run_id, expected_seq)
+                prev_hash = row[1]
+            t = time.time()
+            seq = expected_seq + 1
+            h = event_hash(prev_hash, run_id, seq, step, t, kind, action, attempt, texts[0], texts[1],
+                           next_action, texts[2], texts[3], error)
+            try:
+                c.execute(_INSERT, (run_id, seq, step, t, kind, action, attempt, texts[0], texts[1], next_action,
+                                    texts[2], texts[3], error, prev_hash, h))
+            except sqlite3.IntegrityError as e:
+                if "gapless" in str(e) or "UNIQUE" in str(e):
+                    raise self._conflict(run_id, expected_seq) from None
+                raise
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        return ev
+        return Event(run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info, snapshot,
+                     error, prev_hash, h)
+
+    def _conflict(self, run_id: int, expected_seq: int) -> WriteConflict:
+        (last,) = self.conn.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
+        return WriteConflict(
+            f"run {run_id} in {self.path} is at event {last}, but this writer expected {expected_seq}: "
+            "another process wrote to it. Only one runner may drive a run at a time; resume it afresh "
+            "to continue from the log"
+        )
 
     def _insert(self, run_id: int, seq: int, step: int, kind: str, action: str | None, attempt: int | None,
                 inputs: str | None, updates: str | None, next_action: str | None, info: str | None,
                 snapshot: str | None, error: str | None, prev: str, t: float) -> Event:
         h = event_hash(prev, run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info, snapshot, error)
-        self.conn.execute(
-            "INSERT INTO events (run_id, seq, step, time, kind, action, attempt, inputs, updates, next, info, "
-            "snapshot, error, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info, snapshot, error, prev, h),
-        )
-        return Event(run_id, seq, step, t, kind, action, attempt,
-                     None if inputs is None else loads(inputs), None if updates is None else loads(updates),
-                     next_action, None if info is None else loads(info), None, error, prev, h)
+        self.conn.execute(_INSERT, (run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info,
+                                    snapshot, error, prev, h))
+        return Event.from_row((run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info,
+                               snapshot, error, prev, h))
 
     # -- reading --------------------------------------------------------------------
     _RUNS_SQL = """

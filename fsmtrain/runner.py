@@ -72,6 +72,7 @@ class Runner:
         self._state = state
         self._next = next_action
         self._seq = 1
+        self._hash: str | None = None  # hash of event _seq when this runner knows it (saves a read per append)
         self._step = 0
         self._status = "running" if next_action is not None else "finished"
         self._pending: dict[str, Any] = {}
@@ -91,7 +92,7 @@ class Runner:
         if log is not None:
             ev = log.create_run(machine.name, machine.fingerprint, snapshot=initial._data,
                                 next_action=machine.entry, tags=tags)
-            r.run_id, r._seq = ev.run_id, ev.seq
+            r.run_id, r._seq, r._hash = ev.run_id, ev.seq, ev.hash
         r.hooks.emit("run_start", run_id=r.run_id, state=initial, machine=machine)
         return r
 
@@ -179,7 +180,10 @@ class Runner:
         both = sorted(set(given) & set(self._pending))
         if both:
             raise InvalidInput(f"input {', '.join(both)} for `{name}` was already given in the log; do not pass it again")
-        values, missing = validate_inputs(act.inputs, {**self._pending, **given}, name)
+        if act.inputs or given or self._pending:
+            values, missing = validate_inputs(act.inputs, {**self._pending, **given}, name)
+        else:
+            values, missing = {}, []
         if missing:
             self._wait(name, act.inputs, missing)
             return None
@@ -281,8 +285,8 @@ class Runner:
         if self.log is None:
             return None
         assert self.run_id is not None
-        ev = self.log.append(self.run_id, self._seq, **fields)
-        self._seq = ev.seq
+        ev = self.log.append(self.run_id, self._seq, prev_hash=self._hash, **fields)
+        self._seq, self._hash = ev.seq, ev.hash
         return ev
 
     def _write_resume_event(self) -> None:

@@ -1,0 +1,170 @@
+"""Engine speed: per-step cost in memory and durable, against the raw SQLite floor; fold and listing.
+
+    python benchmarks/engine.py            # full sizes (20,000 steps, 1,000,000 events, 10,000 runs)
+    python benchmarks/engine.py --quick    # tiny sizes, to check that it runs
+
+Every ratio is against a baseline measured in the same run.  The last line is
+one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fsmtrain import Condition, EventLog, Machine, Runner, action, default  # noqa: E402
+from fsmtrain.log import event_hash, run_hash  # noqa: E402
+from fsmtrain.replay import state_at  # noqa: E402
+from fsmtrain.state import dumps  # noqa: E402
+
+
+@action(reads=["n"], writes=["n"])
+def inc(state):
+    return {"n": state["n"] + 1}
+
+
+@action(reads=["n"], writes=["checked"])
+def check(state):
+    return {"checked": state["n"]}
+
+
+@action()
+def stop(state):
+    return None
+
+
+def counter_machine() -> Machine:
+    done = Condition(lambda s: s["n"] >= s["limit"], keys=["n", "limit"], name="n>=limit")
+    return Machine("bench", [inc, check, stop], [("inc", "check"), ("check", "stop", done), ("check", "inc", default)],
+                   entry="inc", terminal=["stop"])
+
+
+def per_step_us(steps: int, log: EventLog | None) -> float:
+    m = counter_machine()
+    r = Runner.start(m, log=log, state={"n": 0, "limit": steps // 2, "checked": 0})
+    t = time.perf_counter()
+    r.run()
+    elapsed = time.perf_counter() - t
+    assert r.status == "finished" and r.steps == steps + 1, (r.status, r.steps)
+    return elapsed / r.steps * 1e6
+
+
+def durable_us(tmp: Path, steps: int, synchronous: str, chunks: int = 20) -> tuple[float, float]:
+    """Per-step cost of the engine on a durable log, and of the raw floor: a bare sqlite3
+    BEGIN/INSERT/COMMIT per step with the same pragmas and a row the size of a step event.
+    The two are measured in alternating chunks so that disk noise hits both alike."""
+    conn = sqlite3.connect(tmp / f"floor-{synchronous}.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("CREATE TABLE t (run_id INTEGER, seq INTEGER, payload TEXT, PRIMARY KEY (run_id, seq))")
+    payload = "x" * 300
+    log = EventLog(tmp / f"engine-{synchronous}.db", synchronous=synchronous)
+    r = Runner.start(counter_machine(), log=log, state={"n": 0, "limit": steps, "checked": 0})
+    per = steps // chunks
+    floor_s = ours_s = 0.0
+    i = 0
+    for _ in range(chunks):
+        t = time.perf_counter()
+        for _ in range(per):
+            i += 1
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO t VALUES (1, ?, ?)", (i, payload))
+            conn.execute("COMMIT")
+        floor_s += time.perf_counter() - t
+        t = time.perf_counter()
+        r.run(max_steps=per)
+        ours_s += time.perf_counter() - t
+    assert r.steps == per * chunks
+    conn.close()
+    log.close()
+    return ours_s / (per * chunks) * 1e6, floor_s / (per * chunks) * 1e6
+
+
+def build_long_run(path: Path, events: int) -> int:
+    """One run of ``events`` step events (no snapshots after the start), written in one transaction."""
+    with EventLog(path, synchronous="NORMAL") as log:
+        m = counter_machine()
+        ev = log.create_run(m.name, m.fingerprint, snapshot={"n": 0, "h": []}, next_action="inc")
+        prev, rows = ev.hash, []
+        for seq in range(2, events + 2):
+            updates = dumps({"set": {"n": seq - 1}, "append": {"h": [seq * 0.5]}})
+            h = event_hash(prev, ev.run_id, seq, seq - 1, 0.0, "step", "inc", 1, None, updates, "inc", None, None, None)
+            rows.append((ev.run_id, seq, seq - 1, 0.0, "step", "inc", 1, updates, "inc", prev, h))
+            prev = h
+        log.conn.execute("BEGIN")
+        log.conn.executemany("INSERT INTO events (run_id, seq, step, time, kind, action, attempt, updates, next, "
+                             "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        log.conn.execute("COMMIT")
+        return ev.run_id
+
+
+def build_many_runs(path: Path, runs: int) -> None:
+    """``runs`` runs of three events each, written in one transaction."""
+    with EventLog(path, synchronous="NORMAL") as log:
+        c = log.conn
+        c.execute("BEGIN")
+        for rid in range(1, runs + 1):
+            created = 1.0e9 + rid
+            c.execute("INSERT INTO runs (id, machine, fingerprint, created, tags) VALUES (?, 'bench', 'f', ?, '{}')",
+                      (rid, created))
+            prev = run_hash(rid, "bench", "f", created, None, None, "{}")
+            for seq, kind, nxt in ((1, "start", "inc"), (2, "step", "check"), (3, "step", None)):
+                h = event_hash(prev, rid, seq, seq - 1, created, kind, None, None, None, None, nxt, None, None, None)
+                c.execute("INSERT INTO events (run_id, seq, step, time, kind, next, prev_hash, hash) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (rid, seq, seq - 1, created, kind, nxt, prev, h))
+                prev = h
+        c.execute("COMMIT")
+
+
+def best_of(n: int, fn, *args) -> float:
+    return min(fn(*args) for _ in range(n))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    args = ap.parse_args()
+    steps, durable_steps, fold_n, runs_n = (2000, 300, 5000, 200) if args.quick else (40000, 20000, 1_000_000, 10_000)
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        memory = best_of(3, per_step_us, steps, None)
+        print(f"in memory:           {memory:8.2f} us/step   (target <= 10)")
+        figures = {"memory_us": memory}
+        for sync in ("FULL", "NORMAL"):
+            ours, floor = durable_us(tmp, durable_steps, sync)
+            print(f"durable WAL+{sync:6s}:  {ours:8.2f} us/step   raw floor {floor:8.2f} us   "
+                  f"ratio {ours / floor:5.2f}x (target <= 1.30)")
+            figures[f"{sync.lower()}_us"] = ours
+            figures[f"floor_{sync.lower()}_us"] = floor
+
+        run_id = build_long_run(tmp / "long.db", fold_n)
+        with EventLog(tmp / "long.db", readonly=True) as log:
+            t = time.perf_counter()
+            final = state_at(log, run_id)
+            fold_s = time.perf_counter() - t
+        assert final["n"] == fold_n and len(final["h"]) == fold_n
+        print(f"fold {fold_n:,} events:   {fold_s:8.3f} s        (target <= 3 for 1,000,000)")
+
+        build_many_runs(tmp / "many.db", runs_n)
+        with EventLog(tmp / "many.db", readonly=True) as log:
+            t = time.perf_counter()
+            listed = log.runs()
+            list_s = time.perf_counter() - t
+        assert len(listed) == runs_n and all(r.status == "finished" for r in listed)
+        print(f"list {runs_n:,} runs:       {list_s:8.3f} s        (target <= 0.5 for 10,000)")
+        figures.update(fold_1m_s=fold_s, list_10k_s=list_s, steps=durable_steps, fold_events=fold_n, runs=runs_n,
+                       sqlite=sqlite3.sqlite_version, cpus=os.cpu_count())
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
