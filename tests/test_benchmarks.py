@@ -1,0 +1,16 @@
+"""The benchmark scripts run and end with one JSON line of figures (timings are not asserted)."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_engine_benchmark_quick_run_prints_its_figures():
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine.py"), "--quick"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    figures = json.loads(p.stdout.strip().splitlines()[-1])
+    for key in ("memory_us", "full_us", "normal_us", "floor_full_us", "floor_normal_us", "fold_1m_s", "list_10k_s"):
+        assert isinstance(figures[key], float) and figures[key] > 0, key
