@@ -13,7 +13,7 @@ import os
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -23,13 +23,12 @@ from .hooks import HookBus
 from .log import Event, EventLog
 from .machine import Machine
 from .replay import encode_updates, position
-from .state import State
+from .state import Encoded, State, dumps
 
 __all__ = ["Halt", "Runner", "StepResult", "give_input"]
 
 
-@attrs.frozen
-class StepResult:
+class StepResult(NamedTuple):
     """What one step did."""
 
     action: str
@@ -79,6 +78,7 @@ class Runner:
         self._attempts = 0
         self._resume_info: dict[str, Any] | None = None
         self._halt: Halt | None = None
+        self._decisions: dict[tuple[str, str | None], Encoded] = {}
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -223,7 +223,7 @@ class Runner:
             snap = new_state._data if (target is None or step % self.snapshot_every == 0) else None
             self._append(kind="step", step=step, action=name, attempt=attempt, inputs=values or None,
                          updates=encode_updates(updates), next_action=target,
-                         info=None if cond is None else {"condition": cond, "reason": reason}, snapshot=snap)
+                         info=None if cond is None else self._decision(cond, reason), snapshot=snap)
         self._state, self._next, self._step = new_state, target, step
         self._pending, self._attempts = {}, 0
         self._status = "running" if target is not None else "finished"
@@ -288,6 +288,16 @@ class Runner:
         ev = self.log.append(self.run_id, self._seq, prev_hash=self._hash, **fields)
         self._seq, self._hash = ev.seq, ev.hash
         return ev
+
+    def _decision(self, cond: str, reason: str | None) -> Encoded:
+        """The JSON of a transition decision; cached, since most steps repeat a few decisions."""
+        key = (cond, reason)
+        text = self._decisions.get(key)
+        if text is None:
+            if len(self._decisions) > 512:
+                self._decisions.clear()
+            text = self._decisions[key] = Encoded(dumps({"condition": cond, "reason": reason}))
+        return text
 
     def _write_resume_event(self) -> None:
         if self._resume_info is not None:

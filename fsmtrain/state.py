@@ -17,7 +17,7 @@ import attrs
 
 from .errors import UndeclaredRead, UnserializableValue
 
-__all__ = ["Append", "FrozenDict", "Ref", "Seq", "State", "append", "dumps", "freeze", "loads", "thaw"]
+__all__ = ["Append", "Encoded", "FrozenDict", "Ref", "Seq", "State", "append", "dumps", "freeze", "loads", "thaw"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -218,8 +218,16 @@ _encoder = json.JSONEncoder(
 )
 
 
+class Encoded(str):
+    """JSON text that is already canonical; :func:`dumps` passes it through unchanged."""
+
+    __slots__ = ()
+
+
 def dumps(value: Any) -> str:
     """Canonical JSON text: sorted keys, no spaces, NaN/Infinity tokens, Refs as ``{"$ref": ...}``."""
+    if type(value) is Encoded:
+        return value
     return _encoder.encode(value)
 
 

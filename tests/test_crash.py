@@ -27,36 +27,57 @@ def history(log_path: Path, run_id: int) -> list[tuple]:
         return steps + [state_at(log, run_id).to_json()]
 
 
-def kill_until_done(cmd: list[str], rng: random.Random, kills: int, window: tuple[float, float]) -> tuple[int, str]:
-    """Start ``cmd``, SIGKILL it after a random delay, ``kills`` times; then let it finish."""
+def events_in(log_path: Path) -> int:
+    """How many events the log holds now (0 before it exists); read-only, from outside the writer."""
+    if not log_path.exists() or log_path.stat().st_size == 0:
+        return 0
+    try:
+        with EventLog(log_path, readonly=True) as log:
+            return log.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    except Exception:
+        return 0  # the writer is still creating the schema
+
+
+def kill_until_done(cmd: list[str], log_path: Path, rng: random.Random, kills: int, jitter: float) -> tuple[int, str]:
+    """Start ``cmd``; once it has committed something new, SIGKILL it after a random ``0..jitter`` s.
+
+    Waiting for progress first makes every kill land inside the run (mid-action,
+    mid-commit or between commits) however fast or slow the machine is.
+    """
     killed = 0
     for _ in range(kills):
+        before = events_in(log_path)
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(*window))
+        deadline = time.monotonic() + 30
+        while p.poll() is None and events_in(log_path) <= before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, jitter))
         if p.poll() is None:
             os.kill(p.pid, signal.SIGKILL)
             killed += 1
         out, err = p.communicate(timeout=60)
         assert p.returncode in (0, -signal.SIGKILL), err
+        if p.returncode == 0:
+            break
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     return killed, p.stdout
 
 
 def test_counter_machine_survives_random_kills(tmp_path):
-    """30 steps with a commit every few ms, killed 12 times anywhere (mid-action, mid-commit)."""
+    """60 steps with a commit every few ms, killed up to 12 times anywhere (mid-action, mid-commit)."""
     ref, crashed = tmp_path / "ref.db", tmp_path / "crashed.db"
     cmd = [sys.executable, "-m", "tests.machines"]
-    subprocess.run(cmd + [str(ref), "30", "0.004"], cwd=ROOT, check=True, capture_output=True)
-    killed, out = kill_until_done(cmd + [str(crashed), "30", "0.004"], random.Random(7), 12, (0.15, 0.45))
-    assert killed >= 6  # most kills landed while the run was in progress
+    subprocess.run(cmd + [str(ref), "60", "0.004"], cwd=ROOT, check=True, capture_output=True)
+    killed, out = kill_until_done(cmd + [str(crashed), "60", "0.004"], crashed, random.Random(7), 12, 0.03)
+    assert killed >= 8  # most kills landed while the run was in progress
     run_id = json.loads(out)["run_id"]
     assert run_id == 1  # every restart resumed the same run
     assert history(crashed, 1) == history(ref, 1)
     with EventLog(crashed, readonly=True) as log:
         assert log.verify() == []
         steps = [e.step for e in log.events(1) if e.kind == "step"]
-        assert steps == list(range(1, 32))  # no step lost, none applied twice
+        assert steps == list(range(1, 62))  # no step lost, none applied twice
         assert log.run(1).status == "finished"
 
 
@@ -65,8 +86,8 @@ def test_the_demo_cli_survives_random_kills(tmp_path):
     ref, crashed = tmp_path / "ref.db", tmp_path / "crashed.db"
     demo = [sys.executable, "-m", "fsmtrain", "demo", "--delay", "0.05", "--epochs", "25", "--patience", "100", "--json", "--log"]
     done = subprocess.run(demo + [str(ref)], cwd=ROOT, check=True, capture_output=True, text=True)
-    killed, out = kill_until_done(demo + [str(crashed)], random.Random(11), 10, (0.25, 0.6))
-    assert killed >= 5
+    killed, out = kill_until_done(demo + [str(crashed)], crashed, random.Random(11), 10, 0.12)
+    assert killed >= 6
     assert json.loads(out.splitlines()[-1]) == json.loads(done.stdout.splitlines()[-1])
     assert history(crashed, 1) == history(ref, 1)
     verify = subprocess.run([sys.executable, "-m", "fsmtrain", "verify", str(crashed)], capture_output=True, text=True)
