@@ -277,5 +277,43 @@ def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: s
                    f"best val_loss {state['best_val_loss']:.4f} at epoch {state['best_epoch']}")
 
 
+@main.command()
+@click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), help="Also inspect this log (read-only).")
+def doctor(log_path: Path | None) -> None:
+    """Print versions and settings that matter for a log's safety and speed.
+
+    \b
+    Example:
+        fsmtrain doctor --log runs.db
+    """
+    import platform
+    from importlib import metadata
+
+    from . import __version__
+    from .log import _filesystem_of
+
+    def version(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    click.echo(f"fsmtrain     {__version__}")
+    click.echo(f"python       {platform.python_version()} ({sys.executable})")
+    for pkg in ("attrs", "click", "sqlite-utils", "torch"):
+        click.echo(f"{pkg:12s} {version(pkg)}")
+    v = tuple(int(x) for x in sqlite3.sqlite_version.split("."))
+    note = ""
+    if (3, 7, 0) <= v < (3, 51, 3):
+        note = "  (inside the range of SQLite's rare WAL-reset bug, fixed in 3.51.3; see sqlite.org/wal.html)"
+    click.echo(f"sqlite       {sqlite3.sqlite_version}{note}")
+    if log_path is not None:
+        with EventLog(log_path, readonly=True) as lg:
+            mode = lg.conn.execute("PRAGMA journal_mode").fetchone()[0]
+            n = lg.conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+            click.echo(f"log          {log_path}: schema v{lg.schema_version}, journal {mode}, {n} run(s), "
+                       f"filesystem {_filesystem_of(log_path) or 'unknown'}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -479,17 +479,24 @@ def _check_file(path: Path, readonly: bool) -> None:
         raise NotALog(f"{path} is not a SQLite database (it starts with {head[:8]!r}); not an fsmtrain log")
 
 
-def _warn_if_network_fs(path: Path) -> None:
+def _filesystem_of(path: Path) -> str | None:
+    """The filesystem type of the folder holding ``path``, from /proc/mounts (None where unknown)."""
     try:
         target = str(path.resolve().parent)
-        best, fstype = "", ""
+        best, fstype = "", None
         with open("/proc/mounts") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 3 and target.startswith(parts[1]) and len(parts[1]) > len(best):
+                if len(parts) >= 3 and (target == parts[1] or target.startswith(parts[1].rstrip("/") + "/")) \
+                        and len(parts[1]) > len(best):
                     best, fstype = parts[1], parts[2]
+        return fstype
     except OSError:
-        return
+        return None
+
+
+def _warn_if_network_fs(path: Path) -> None:
+    fstype = _filesystem_of(path)
     if fstype in _NETWORK_FS:
         warnings.warn(f"{path} is on a network filesystem ({fstype}); SQLite's WAL mode does not work "
                       "reliably there. Keep the log on a local disk.", stacklevel=4)

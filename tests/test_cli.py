@@ -197,3 +197,9 @@ def test_every_command_has_help_ending_with_an_example():
         help_text = invoke(name, "--help").output
         assert "Example" in help_text, name
         assert cmd.help and "Example" in cmd.help.split("\n\n")[-1], name
+
+
+def test_doctor_reports_versions_and_the_log(demo_log):
+    r = invoke("doctor", "--log", demo_log)
+    assert r.exit_code == 0, r.output
+    assert "sqlite       " in r.output and "schema v1, journal wal, 1 run(s)" in r.output

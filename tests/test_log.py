@@ -171,3 +171,46 @@ class TestConcurrency:
         with EventLog(log_path, readonly=True) as log:
             assert log.verify() == []
             assert all(r.status == "finished" and r.steps == 151 for r in log.runs())
+
+
+RACER = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    from fsmtrain import EventLog, Runner
+    from fsmtrain.errors import WriteConflict
+    from tests.machines import counter
+    log_path, me, other = sys.argv[1], sys.argv[2], sys.argv[3]
+    with EventLog(log_path) as log:
+        r = Runner.resume(counter(40), log, 1)
+        open(me, "w").close()
+        while not os.path.exists(other):  # both have read the same position before either writes
+            time.sleep(0.001)
+        try:
+            r.run()
+            print("finished")
+        except WriteConflict as e:
+            print("conflict")
+""")
+
+
+def test_two_processes_driving_one_run_get_exactly_one_conflict(log_path, tmp_path):
+    """Both resume the same position; the first to append wins, the other is refused; history intact."""
+    with EventLog(log_path) as log:
+        Runner.start(counter(40), log=log).run(max_steps=3)
+    script = RACER.format(root=str(ROOT))
+    a, b = tmp_path / "a.ready", tmp_path / "b.ready"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(log_path), str(x), str(y)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for x, y in ((a, b), (b, a))]
+    outcomes = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outcomes.append(out.strip())
+    assert sorted(outcomes) == ["conflict", "finished"]
+    with EventLog(log_path, readonly=True) as log:
+        assert log.verify() == []
+        assert log.run(1).status == "finished"
+        steps = [e.step for e in log.events(1) if e.kind == "step"]
+        assert steps == list(range(1, 42))
+        from fsmtrain import state_at
+        assert state_at(log, 1)["n"] == 40
