@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fsmtrain import Condition, EventLog, Machine, Runner, action, default  # noqa: E402
-from fsmtrain.log import event_hash, run_hash  # noqa: E402
-from fsmtrain.replay import state_at  # noqa: E402
-from fsmtrain.state import dumps  # noqa: E402
+from fsmtrain import Condition, EventLog, Machine, Runner, action, default
+from fsmtrain.log import event_hash, run_hash
+from fsmtrain.replay import state_at
+from fsmtrain.state import dumps
 
 
 @action(reads=["n"], writes=["n"])

@@ -12,7 +12,7 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, overload
 
 import attrs
 
@@ -34,6 +34,10 @@ def _type_name(t: Any) -> str:
     raise InvalidDefinition("input", [f"type {t!r} is not one of str, int, float, bool"])
 
 
+def _tuple_or_none(c: Iterable[Any] | None) -> tuple[Any, ...] | None:
+    return None if c is None else tuple(c)
+
+
 @attrs.frozen
 class Input:
     """A declared input of an action: ``Input("decision", choices=["go", "no-go"])``."""
@@ -41,9 +45,7 @@ class Input:
     name: str
     type: str = attrs.field(default="str", converter=_type_name)
     required: bool = True
-    choices: tuple[Any, ...] | None = attrs.field(
-        default=None, converter=lambda c: None if c is None else tuple(c)
-    )
+    choices: tuple[Any, ...] | None = attrs.field(default=None, converter=_tuple_or_none)
     min: float | None = None
     max: float | None = None
     help: str = ""
@@ -116,7 +118,7 @@ def validate_inputs(specs: Iterable[Input], given: Mapping[str, Any], action: st
 class Action:
     """A named step of a machine.  Build one with :func:`action`."""
 
-    __slots__ = ("name", "fn", "reads", "writes", "inputs", "wants_resources", "_input_names")
+    __slots__ = ("_input_names", "fn", "inputs", "name", "reads", "wants_resources", "writes")
 
     def __init__(
         self,
@@ -127,7 +129,7 @@ class Action:
         writes: Iterable[str] = (),
         inputs: Iterable[Input | str] = (),
     ) -> None:
-        self.name = name or getattr(fn, "__name__", "")
+        self.name: str = name or str(getattr(fn, "__name__", ""))
         problems = []
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             problems.append(f"name {self.name!r} must be an identifier (letters, digits, _ or -)")
@@ -172,10 +174,7 @@ class Action:
     def execute(self, state: State, inputs: Mapping[str, Any], resources: Any) -> dict[str, Any]:
         """Run on a read-restricted view of ``state``; return frozen, declared updates."""
         view = state.only(self.reads, self.name)
-        if self.wants_resources:
-            result = self.fn(view, resources=resources, **inputs)
-        else:
-            result = self.fn(view, **inputs)
+        result = self.fn(view, resources=resources, **inputs) if self.wants_resources else self.fn(view, **inputs)
         if result is None:
             return {}
         if not isinstance(result, Mapping):
@@ -194,7 +193,10 @@ class Action:
         for k, v in result.items():
             where = f"action `{self.name}` wrote `{k}`:"
             try:
-                out[k] = Append(tuple(freeze(x, "an appended item") for x in v.items)) if type(v) is Append else freeze(v, "the value")
+                if type(v) is Append:
+                    out[k] = Append(tuple(freeze(x, "an appended item") for x in v.items))
+                else:
+                    out[k] = freeze(v, "the value")
             except UnserializableValue as e:
                 raise UnserializableValue(f"{where} {e}") from None
         return out
@@ -211,6 +213,12 @@ def _keys(what: str, keys: Iterable[str], problems: list[str]) -> frozenset[str]
     return out
 
 
+@overload
+def action(fn: Callable[..., Any], *, name: str | None = None, reads: Iterable[str] = (),
+           writes: Iterable[str] = (), inputs: Iterable[Input | str] = ()) -> Action: ...
+@overload
+def action(fn: None = None, *, name: str | None = None, reads: Iterable[str] = (),
+           writes: Iterable[str] = (), inputs: Iterable[Input | str] = ()) -> Callable[[Callable[..., Any]], Action]: ...
 def action(
     fn: Callable[..., Any] | None = None,
     *,
@@ -218,7 +226,7 @@ def action(
     reads: Iterable[str] = (),
     writes: Iterable[str] = (),
     inputs: Iterable[Input | str] = (),
-) -> Any:
+) -> Action | Callable[[Callable[..., Any]], Action]:
     """Decorate a function ``f(state, [resources], **inputs) -> dict`` as an :class:`Action`.
 
     >>> @action(reads=["count"], writes=["count"])

@@ -55,10 +55,10 @@ def _short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(headers: Sequence[str], rows: list[Sequence[Any]]) -> str:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(c) for c in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
 def _run_json(r: RunInfo) -> dict[str, Any]:
@@ -257,8 +257,8 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, new: bool, as_js
                 _summary(finished[-1].id, "finished", state, as_json, note="already finished (use --new for another run)")
                 return
         if runner is None:
-            runner = Runner.start(d.machine, log=lg, state=d.initial_state(epochs=epochs, seed=seed, patience=patience, delay=delay),
-                                  hooks=hooks, tags={"demo": True})
+            initial = d.initial_state(epochs=epochs, seed=seed, patience=patience, delay=delay)
+            runner = Runner.start(d.machine, log=lg, state=initial, hooks=hooks, tags={"demo": True})
             if not as_json:
                 click.echo(f"run {runner.run_id}: new demo run (epochs={epochs}, seed={seed}) in {log_path}")
         elif not as_json:

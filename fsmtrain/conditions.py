@@ -36,7 +36,7 @@ class Condition:
             raise TypeError(f"Condition needs a callable, got {type(fn).__name__}")
         self.fn = fn
         self.keys = frozenset(keys)
-        self.name = name or getattr(fn, "__name__", "condition")
+        self.name: str = name or str(getattr(fn, "__name__", "condition"))
 
     def evaluate(self, state: State) -> Verdict:
         """``(fired, reason)`` for this state."""
@@ -79,6 +79,7 @@ def _paren(c: Condition, inside: type) -> str:
 
 class _And(Condition):
     __slots__ = ("parts",)
+    parts: tuple[Condition, ...]
 
     def __init__(self, *parts: Condition) -> None:
         flat: list[Condition] = []
@@ -100,6 +101,7 @@ class _And(Condition):
 
 class _Or(Condition):
     __slots__ = ("parts",)
+    parts: tuple[Condition, ...]
 
     def __init__(self, *parts: Condition) -> None:
         flat: list[Condition] = []
@@ -157,10 +159,7 @@ def when(**expected: Any) -> Condition:
     name = "when(" + ", ".join(f"{k}={v!r}" for k, v in items) + ")"
 
     def check(state: State) -> bool:
-        for k, v in items:
-            if state[k] != v:
-                return False
-        return True
+        return all(state[k] == v for k, v in items)
 
     return Condition(check, keys=expected, name=name)
 

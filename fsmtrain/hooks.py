@@ -34,14 +34,33 @@ class Hook:
 
     fatal: bool = False
 
-    def on_run_start(self, *, run_id: int | None, state: Any, **future_kwargs: Any) -> None: ...
-    def on_run_resume(self, *, run_id: int | None, state: Any, next_action: str | None, **future_kwargs: Any) -> None: ...
-    def on_step_start(self, *, run_id: int | None, step: int, action: str, state: Any, inputs: dict[str, Any], **future_kwargs: Any) -> None: ...
-    def on_step_end(self, *, run_id: int | None, step: int, action: str, state: Any, updates: dict[str, Any], next_action: str | None, **future_kwargs: Any) -> None: ...
-    def on_step_failed(self, *, run_id: int | None, step: int, action: str, error: BaseException, attempt: int, will_retry: bool, **future_kwargs: Any) -> None: ...
-    def on_waiting(self, *, run_id: int | None, action: str, needs: list[dict[str, Any]], state: Any, **future_kwargs: Any) -> None: ...
-    def on_input(self, *, run_id: int | None, action: str, inputs: dict[str, Any], **future_kwargs: Any) -> None: ...
-    def on_run_end(self, *, run_id: int | None, state: Any, status: str, **future_kwargs: Any) -> None: ...
+    def on_run_start(self, *, run_id: int | None, state: Any, **future_kwargs: Any) -> None:
+        """A run was created (its start event is committed)."""
+
+    def on_run_resume(self, *, run_id: int | None, state: Any, next_action: str | None, **future_kwargs: Any) -> None:
+        """A runner was rebuilt from the log."""
+
+    def on_step_start(self, *, run_id: int | None, step: int, action: str, state: Any, inputs: dict[str, Any],
+                      **future_kwargs: Any) -> None:
+        """An action is about to run (nothing is committed yet)."""
+
+    def on_step_end(self, *, run_id: int | None, step: int, action: str, state: Any, updates: dict[str, Any],
+                    next_action: str | None, **future_kwargs: Any) -> None:
+        """A step was committed; ``state`` is the new state."""
+
+    def on_step_failed(self, *, run_id: int | None, step: int, action: str, error: BaseException, attempt: int,
+                       will_retry: bool, **future_kwargs: Any) -> None:
+        """An attempt of an action raised."""
+
+    def on_waiting(self, *, run_id: int | None, action: str, needs: list[dict[str, Any]], state: Any,
+                   **future_kwargs: Any) -> None:
+        """The run waits for input at ``action``; ``needs`` are its input declarations."""
+
+    def on_input(self, *, run_id: int | None, action: str, inputs: dict[str, Any], **future_kwargs: Any) -> None:
+        """Input was received for a waiting run."""
+
+    def on_run_end(self, *, run_id: int | None, state: Any, status: str, **future_kwargs: Any) -> None:
+        """The run finished or failed."""
 
 
 class HookBus:

@@ -34,7 +34,7 @@ from .errors import (
 )
 from .state import dumps, loads
 
-__all__ = ["EVENT_KINDS", "Event", "EventLog", "RunInfo", "SCHEMA_VERSION", "event_hash", "run_hash", "status_of"]
+__all__ = ["EVENT_KINDS", "SCHEMA_VERSION", "Event", "EventLog", "RunInfo", "event_hash", "run_hash", "status_of"]
 
 SCHEMA_VERSION = 1
 EVENT_KINDS = ("start", "step", "resume", "waiting", "input", "error", "failed")
@@ -216,7 +216,8 @@ class EventLog:
                                  "parent_id": int, "parent_seq": int, "tags": str},
                         pk="id", not_null=["machine", "fingerprint", "created", "tags"],
                         foreign_keys=[("parent_id", "runs", "id")])
-        db.create_table("events", {c: t for c, t in zip(_EVENT_COLS, (int, int, int, float, str, str, int, str, str, str, str, str, str, str, str))},
+        types = (int, int, int, float, str, str, int, str, str, str, str, str, str, str, str)
+        db.create_table("events", dict(zip(_EVENT_COLS, types, strict=True)),
                         pk=("run_id", "seq"), not_null=["step", "time", "kind", "prev_hash", "hash"],
                         foreign_keys=[("run_id", "runs", "id")])
         self.conn.execute("CREATE INDEX IF NOT EXISTS events_snapshots ON events(run_id, seq) WHERE snapshot IS NOT NULL")
@@ -245,10 +246,10 @@ class EventLog:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> EventLog:
+    def __enter__(self) -> EventLog:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- writing --------------------------------------------------------------------
@@ -352,7 +353,7 @@ class EventLog:
 
     def runs(self, *, machine: str | None = None, parent_id: int | None = None) -> list[RunInfo]:
         """Every run with its status, oldest first."""
-        sql, params = self._RUNS_SQL, []
+        sql, params = self._RUNS_SQL, list[Any]()
         where = []
         if machine is not None:
             where.append("r.machine = ?")

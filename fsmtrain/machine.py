@@ -24,7 +24,7 @@ TransitionSpec = Union[tuple[Any, str], tuple[Any, str, Condition]]
 class Transition:
     """``source -> target`` taken when ``condition`` fires."""
 
-    __slots__ = ("source", "target", "condition")
+    __slots__ = ("condition", "source", "target")
 
     def __init__(self, source: str, target: str, condition: Condition = default) -> None:
         self.source, self.target, self.condition = source, target, condition
@@ -160,7 +160,7 @@ class Machine:
         for n in sorted(self.terminal):
             lines.append(f"    {n} --> [*]")
         if highlight is not None:
-            lines.append(f"    classDef current fill:#fde68a,stroke:#b45309")
+            lines.append("    classDef current fill:#fde68a,stroke:#b45309")
             lines.append(f"    class {highlight} current")
         return "\n".join(lines) + "\n"
 

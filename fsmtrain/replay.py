@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from .errors import EventNotFound, InvalidInput, RunNotRunnable
-from .log import Event, EventLog
+from .log import EventLog
 from .state import State, loads
 
 __all__ = ["Position", "apply_updates", "encode_updates", "fold", "fork", "position", "state_at"]

@@ -103,7 +103,7 @@ class Seq(Sequence[Any]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (Seq, list, tuple)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
@@ -254,7 +254,10 @@ class State(Mapping[str, Any]):
     (0, 1, 1)
     """
 
-    __slots__ = ("_data", "_allowed", "_reader")
+    __slots__ = ("_allowed", "_data", "_reader")
+    _data: dict[str, Any]
+    _allowed: frozenset[str] | None
+    _reader: str
 
     def __init__(self, values: Mapping[str, Any] | None = None, /, **kw: Any) -> None:
         data: dict[str, Any] = {}
@@ -290,7 +293,7 @@ class State(Mapping[str, Any]):
     def __contains__(self, key: object) -> bool:
         if self._allowed is not None and key not in self._allowed:
             return False
-        return key in self._data
+        return bool(key in self._data)
 
     def __iter__(self) -> Iterator[str]:
         if self._allowed is None:
@@ -304,9 +307,9 @@ class State(Mapping[str, Any]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, State):
-            return self._data == other._data
+            return bool(self._data == other._data)
         if isinstance(other, Mapping):
-            return self._data == dict(other)
+            return bool(self._data == dict(other))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]

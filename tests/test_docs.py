@@ -13,7 +13,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def blocks(lang):
-    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+    return re.findall(rf"```{lang}\n(.*?)```", README, re.DOTALL)
 
 
 @pytest.mark.parametrize("code", blocks("python"))

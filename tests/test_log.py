@@ -42,8 +42,8 @@ class TestAppendOnly:
         conn = sqlite3.connect(finished_log)
         row = conn.execute("SELECT * FROM events WHERE run_id = 1 ORDER BY seq DESC LIMIT 1").fetchone()
         with pytest.raises(sqlite3.DatabaseError, match="gapless"):
-            conn.execute("INSERT INTO events (run_id, seq, step, time, kind, prev_hash, hash) VALUES (1, ?, 0, 0, 'step', '', '')",
-                         (row[1] + 2,))
+            conn.execute("INSERT INTO events (run_id, seq, step, time, kind, prev_hash, hash) "
+                         "VALUES (1, ?, 0, 0, 'step', '', '')", (row[1] + 2,))
 
     def test_verify_finds_an_edit_made_after_dropping_the_triggers(self, finished_log):
         with EventLog(finished_log, readonly=True) as log:
@@ -114,14 +114,12 @@ class TestOpening:
         assert file_digest(finished_log) == digest
 
     def test_read_only_logs_refuse_writes(self, finished_log):
-        with EventLog(finished_log, readonly=True) as log:
-            with pytest.raises(ReadOnlyLog):
-                log.append(1, 1, kind="step", step=1)
+        with EventLog(finished_log, readonly=True) as log, pytest.raises(ReadOnlyLog):
+            log.append(1, 1, kind="step", step=1)
 
     def test_unknown_run(self, finished_log):
-        with EventLog(finished_log, readonly=True) as log:
-            with pytest.raises(RunNotFound, match="run 7 does not exist"):
-                log.run(7)
+        with EventLog(finished_log, readonly=True) as log, pytest.raises(RunNotFound, match="run 7 does not exist"):
+            log.run(7)
 
     def test_pragmas(self, log_path):
         with EventLog(log_path) as log:

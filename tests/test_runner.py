@@ -1,11 +1,15 @@
-import os
-import warnings
 
 import pytest
 
-from fsmtrain import EventLog, Hook, Input, Machine, Runner, action, give_input, when
+from fsmtrain import EventLog, Hook, Machine, Runner, action, give_input, when
 from fsmtrain.errors import (
-    ActionFailed, HookFailed, InvalidInput, MachineMismatch, RunNotRunnable, UndeclaredWrite, WriteConflict,
+    ActionFailed,
+    HookFailed,
+    InvalidInput,
+    MachineMismatch,
+    RunNotRunnable,
+    UndeclaredWrite,
+    WriteConflict,
 )
 from fsmtrain.hooks import HookWarning
 from tests.conftest import file_digest
