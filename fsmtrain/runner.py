@@ -188,6 +188,8 @@ class Runner:
             self._wait(name, act.inputs, missing)
             return None
         self._write_resume_event()
+        if values and self.hooks and (self._status == "waiting" or self._pending):
+            self.hooks.emit("input", run_id=self.run_id, action=name, inputs=values)
         state = self._state
         while True:
             attempt = self._attempts + 1

@@ -29,6 +29,9 @@ class Recorder(Hook):
     def on_waiting(self, *, action, needs, **kw):
         self.calls.append(("waiting", action, [n["name"] for n in needs]))
 
+    def on_input(self, *, action, inputs, **kw):
+        self.calls.append(("input", action, inputs))
+
     def on_run_end(self, *, status, **kw):
         self.calls.append(("run_end", status))
 
@@ -81,11 +84,12 @@ class TestGates:
             assert halt.reason == "waiting" and halt.action == "review" and r.status == "waiting"
             assert ("waiting", "review", ["decision", "comment"]) in rec.calls
             assert log.run(r.run_id).status == "waiting"
-            assert r.run().reason == "waiting"  # nothing new written while still waiting
             before = log.run(r.run_id).last_seq
-            assert log.run(r.run_id).last_seq == before
+            assert r.run().reason == "waiting"
+            assert log.run(r.run_id).last_seq == before  # nothing new written while still waiting
             halt = r.run(inputs={"decision": "no-go"})
             assert r.state["decision"] == "no-go" and halt.reason == "waiting"
+            assert ("input", "review", {"decision": "no-go"}) in rec.calls
             r.run(inputs={"decision": "go", "comment": "ship it"})
             assert r.status == "finished" and r.state["shipped"] is True and r.state["comment"] == "ship it"
 
