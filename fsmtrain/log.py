@@ -17,6 +17,7 @@ import sqlite3
 import time
 import warnings
 from collections.abc import Iterator, Mapping
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -120,12 +121,22 @@ def event_hash(prev_hash: str, run_id: int, seq: int, step: int, t: float, kind:
                action: str | None, attempt: int | None, inputs: str | None, updates: str | None,
                next_action: str | None, info: str | None, snapshot: str | None, error: str | None) -> str:
     """sha256 of the JSON array of the previous hash and every stored column (see spec/log.md)."""
-    doc = _hash_encoder.encode([prev_hash, run_id, seq, step, t, kind, action, attempt, inputs, updates,
-                                next_action, info, snapshot, error])
+    doc = _hash_doc([prev_hash, run_id, seq, step, t, kind, action, attempt, inputs, updates,
+                     next_action, info, snapshot, error])
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
-_hash_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+def _hash_doc(fields: list[Any]) -> str:
+    """``json.dumps(fields, ensure_ascii=False, allow_nan=False)``, with the C encoder built once."""
+    if _c_hash_encode is not None:
+        return "".join(_c_hash_encode(fields, 0))
+    return json.dumps(fields, ensure_ascii=False, allow_nan=False)
+
+
+_c_hash_encode = (
+    None if c_make_encoder is None
+    else c_make_encoder(None, None, encode_basestring, None, ": ", ", ", False, False, False)
+)
 
 
 _SCHEMA_TRIGGERS = [

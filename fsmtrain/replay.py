@@ -14,15 +14,13 @@ import attrs
 
 from .errors import EventNotFound, InvalidInput, RunNotRunnable
 from .log import EventLog
-from .state import State, loads
+from .state import Append, State, loads
 
 __all__ = ["Position", "apply_updates", "encode_updates", "fold", "fork", "position", "state_at"]
 
 
 def encode_updates(updates: Mapping[str, Any]) -> dict[str, Any] | None:
     """The log form of a step's updates: ``{"set": {...}, "append": {...}}`` (empty parts left out; None if none)."""
-    from .state import Append
-
     sets: dict[str, Any] = {}
     appends: dict[str, Any] = {}
     for k, v in updates.items():

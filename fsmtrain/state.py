@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, overload
 
 import attrs
@@ -216,6 +217,13 @@ def _default(o: Any) -> Any:
 _encoder = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), allow_nan=True, ensure_ascii=False, default=_default
 )
+# The same encoder, built once: JSONEncoder.encode rebuilds its C encoder on every call,
+# which costs more than encoding a step's small update.  (markers=None: no cycle check;
+# frozen values cannot be cyclic.)
+_c_encode = (
+    None if c_make_encoder is None
+    else c_make_encoder(None, _default, encode_basestring, None, ":", ",", True, False, True)
+)
 
 
 class Encoded(str):
@@ -228,6 +236,8 @@ def dumps(value: Any) -> str:
     """Canonical JSON text: sorted keys, no spaces, NaN/Infinity tokens, Refs as ``{"$ref": ...}``."""
     if type(value) is Encoded:
         return value
+    if _c_encode is not None:
+        return "".join(_c_encode(value, 0))
     return _encoder.encode(value)
 
 

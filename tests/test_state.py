@@ -1,10 +1,13 @@
+import json
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fsmtrain import Ref, State, append
 from fsmtrain.errors import UnserializableValue
-from fsmtrain.state import Seq, dumps, loads
+from fsmtrain.state import Seq, dumps, freeze, loads
 
 
 class TestState:
@@ -86,3 +89,27 @@ class TestSeq:
         assert Seq([1, 2]) == [1, 2] == Seq((1, 2))
         assert Seq([1]) != [1, 2]
         assert Seq([1, 2, 3])[-1] == 3 and Seq([1, 2, 3])[1:] == [2, 3]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5).filter(lambda k: k != "$ref"), children, max_size=4),
+    max_leaves=20,
+)
+
+
+class TestCanonicalJson:
+    @given(json_values)
+    def test_dumps_equals_the_reference_encoding(self, value):
+        """The fast path writes exactly what json.dumps(sort_keys, compact, NaN tokens) writes."""
+        expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+        assert dumps(value) == expected
+        assert dumps(freeze(value)) == expected
+
+    @given(st.lists(st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+                    min_size=14, max_size=14))
+    def test_hash_document_equals_json_dumps(self, fields):
+        """The event hash covers exactly json.dumps(fields, ensure_ascii=False), as spec/log.md says."""
+        from fsmtrain.log import _hash_doc
+
+        assert _hash_doc(fields) == json.dumps(fields, ensure_ascii=False, allow_nan=False)
