@@ -105,6 +105,8 @@ class TestCanonicalJson:
         expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
         assert dumps(value) == expected
         assert dumps(freeze(value)) == expected
+        assert dumps(loads(expected)) == expected  # the fast decoder reads back what it wrote
+        assert dumps(loads(f" {expected}\n")) == expected  # and, slower, text with spaces
 
     @given(st.lists(st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
                     min_size=14, max_size=14))
