@@ -250,7 +250,7 @@ def _hook(d: dict[str, Any]) -> Any:
 
 _decoder = json.JSONDecoder(object_hook=_hook)
 _plain_decoder = json.JSONDecoder()
-_scan = json.scanner.make_scanner(_plain_decoder)  # type: ignore[attr-defined]
+_scan = json.scanner.make_scanner(_plain_decoder)  # type: ignore[arg-type]
 
 
 def loads(text: str) -> Any:

@@ -93,7 +93,8 @@ class TestSeq:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5).filter(lambda k: k != "$ref"), children, max_size=4),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=5).filter(lambda k: k != "$ref"), children, max_size=4),
     max_leaves=20,
 )
 
