@@ -191,14 +191,13 @@ class Action:
             )
         out: dict[str, Any] = {}
         for k, v in result.items():
-            where = f"action `{self.name}` wrote `{k}`:"
             try:
                 if type(v) is Append:
                     out[k] = Append(tuple(freeze(x, "an appended item") for x in v.items))
                 else:
                     out[k] = freeze(v, "the value")
             except UnserializableValue as e:
-                raise UnserializableValue(f"{where} {e}") from None
+                raise UnserializableValue(f"action `{self.name}` wrote `{k}`: {e}") from None
         return out
 
 

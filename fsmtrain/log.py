@@ -307,7 +307,8 @@ class EventLog:
         self._writable()
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
-        texts = [None if v is None else dumps(v) for v in (inputs, updates, info, snapshot)]
+        texts = (None if inputs is None else dumps(inputs), None if updates is None else dumps(updates),
+                 None if info is None else dumps(info), None if snapshot is None else dumps(snapshot))
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:

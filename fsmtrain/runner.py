@@ -176,8 +176,8 @@ class Runner:
         name = self._next
         assert name is not None
         act = self.machine.actions[name]
-        given = dict(inputs or {})
-        both = sorted(set(given) & set(self._pending))
+        given = dict(inputs) if inputs else {}
+        both = sorted(set(given) & set(self._pending)) if given and self._pending else None
         if both:
             raise InvalidInput(f"input {', '.join(both)} for `{name}` was already given in the log; do not pass it again")
         if act.inputs or given or self._pending:
