@@ -13,7 +13,7 @@ import os
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import attrs
 
@@ -194,7 +194,9 @@ class Runner:
         while True:
             attempt = self._attempts + 1
             if attempt > self.max_attempts:
-                self._fail(name, attempt - 1, f"gave up: `{name}` did not complete in {self.max_attempts} attempt(s)", None)
+                err = f"gave up: `{name}` did not complete in {self.max_attempts} attempt(s)"
+                self._append(kind="failed", step=self._step, action=name, attempt=attempt - 1, error=err)
+                self._failed(name, attempt - 1, RuntimeError(err))
             if self.hooks:
                 self.hooks.emit("step_start", run_id=self.run_id, step=self._step + 1, action=name,
                                 state=state, inputs=values, attempt=attempt)
@@ -212,12 +214,13 @@ class Runner:
                 self._attempts = attempt
                 final = attempt >= self.max_attempts
                 err = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-8000:]
-                if self.hooks:
+                self._append(kind="failed" if final else "error", step=self._step, action=name,
+                             attempt=attempt, error=err)
+                if self.hooks:  # after the commit, like every hook
                     self.hooks.emit("step_failed", run_id=self.run_id, step=self._step + 1, action=name,
                                     error=e, attempt=attempt, will_retry=not final)
                 if final:
-                    self._fail(name, attempt, err, e)
-                self._append(kind="error", step=self._step, action=name, attempt=attempt, error=err)
+                    self._failed(name, attempt, e)
                 continue
             break
         step = self._step + 1
@@ -319,15 +322,13 @@ class Runner:
         if self.hooks:
             self.hooks.emit("waiting", run_id=self.run_id, action=name, needs=needs, state=self._state)
 
-    def _fail(self, name: str, attempt: int, err: str, cause: BaseException | None) -> None:
-        self._append(kind="failed", step=self._step, action=name, attempt=attempt, error=err)
+    def _failed(self, name: str, attempt: int, cause: BaseException) -> NoReturn:
+        """The `failed` event is committed: mark the run failed, tell the hooks, raise."""
         self._status = "failed"
         if self.hooks:
             self.hooks.emit("run_end", run_id=self.run_id, state=self._state, status="failed")
-        msg = f"action `{name}` of run {self.run_id} failed on attempt {attempt}/{self.max_attempts}; the run is marked failed"
-        if cause is not None:
-            raise ActionFailed(f"{msg}: {type(cause).__name__}: {cause}") from cause
-        raise ActionFailed(f"{msg}: {err}")
+        raise ActionFailed(f"action `{name}` of run {self.run_id} failed on attempt {attempt}/{self.max_attempts}; "
+                           f"the run is marked failed: {type(cause).__name__}: {cause}") from cause
 
 
 def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str | None = None) -> Event:

@@ -147,6 +147,24 @@ class TestFailures:
             with pytest.raises(RunNotRunnable):
                 Runner.resume(flaky_machine(), log, r.run_id).step()
 
+    def test_failure_hooks_run_after_the_failure_is_committed(self, log_path, tmp_path, monkeypatch):
+        fail = tmp_path / "fail"
+        fail.write_text("100")
+        monkeypatch.setenv(FAIL_FILE, str(fail))
+        seen = []
+
+        class Watch:
+            def on_step_failed(self, *, attempt, will_retry, **kw):
+                seen.append((attempt, will_retry, log.last_event(1).kind))
+
+            def on_run_end(self, *, status, **kw):
+                seen.append(status)
+
+        with EventLog(log_path) as log:
+            with pytest.raises(ActionFailed):
+                Runner.start(flaky_machine(), log=log, max_attempts=2, hooks=[Watch()]).run()
+        assert seen == [(1, True, "error"), (2, False, "failed"), "failed"]
+
     def test_crash_loops_are_bounded_through_resume_events(self, log_path):
         """Each resume records an attempt, so a step that kills its process every time ends failed."""
         with EventLog(log_path) as log:
