@@ -222,7 +222,8 @@ def graph(target: str, fmt: str) -> None:
               help="Early stopping: epochs without improvement before a new run stops.")
 @click.option("--new", is_flag=True, help="Start a new run even if an unfinished one exists.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary line.")
-@click.option("--delay", type=float, default=0.0, hidden=True, help="Seconds to sleep per epoch (for crash tests).")
+@click.option("--delay", type=click.FloatRange(min=0), default=0.0,
+              help="Sleep this many seconds per epoch: slow enough to press Ctrl-C and then resume.")
 def demo(log_path: Path, epochs: int, seed: int, patience: int, new: bool, as_json: bool, delay: float) -> None:
     """Run the demo machine: a small deterministic training loop with early stopping.
 
@@ -254,7 +255,8 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, new: bool, as_js
             finished = [r for r in lg.runs(machine="demo") if r.status == "finished"]
             if finished:
                 state = state_at(lg, finished[-1].id)
-                _summary(finished[-1].id, "finished", state, as_json, note="already finished (use --new for another run)")
+                _summary(finished[-1].id, "finished", state, as_json,
+                         note="already finished (use --new for another run)")
                 return
         if runner is None:
             initial = d.initial_state(epochs=epochs, seed=seed, patience=patience, delay=delay)
@@ -263,18 +265,22 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, new: bool, as_js
                 click.echo(f"run {runner.run_id}: new demo run (epochs={epochs}, seed={seed}) in {log_path}")
         elif not as_json:
             click.echo(f"run {runner.run_id}: resuming at `{runner.next_action}` after {runner.steps} steps")
-        halt = runner.run()
+        try:
+            halt = runner.run()
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted after {runner.steps} steps; run the same command again to resume "
+                       f"run {runner.run_id}", err=True)
+            sys.exit(130)
         _summary(runner.run_id, runner.status, halt.state, as_json)
 
 
 def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: str = "") -> None:
-    summary = {"run_id": run_id, "status": status, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-               "best_val_loss": state["best_val_loss"], "w": state["w"]}
     if as_json:
-        _print_json(summary)
-    else:
-        click.echo(f"run {run_id} {status}{' (' + note + ')' if note else ''}: {state['epoch']} epochs, "
-                   f"best val_loss {state['best_val_loss']:.4f} at epoch {state['best_epoch']}")
+        _print_json({"run_id": run_id, "status": status, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
+                     "best_val_loss": state["best_val_loss"], "w": state["w"]})
+        return
+    click.echo(f"run {run_id} {note or status}: {state['epoch']} epochs, "
+               f"best val_loss {state['best_val_loss']:.4f} at epoch {state['best_epoch']}")
 
 
 @main.command()

@@ -203,3 +203,29 @@ def test_doctor_reports_versions_and_the_log(demo_log):
     r = invoke("doctor", "--log", demo_log)
     assert r.exit_code == 0, r.output
     assert "sqlite       " in r.output and "schema v1, journal wal, 1 run(s)" in r.output
+
+
+def test_ctrl_c_in_the_demo_says_how_to_resume(tmp_path):
+    """SIGINT mid-run: exit 130, a one-line hint, no traceback; the same command then resumes."""
+    import signal
+    import time
+
+    log = tmp_path / "slow.db"
+    cmd = [sys.executable, "-m", "fsmtrain", "demo", "--log", str(log), "--delay", "0.2"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    def steps() -> int:
+        try:
+            with EventLog(log, readonly=True) as lg:
+                return lg.run(1).steps
+        except Exception:  # not created yet, or the schema is being written
+            return 0
+
+    while p.poll() is None and time.monotonic() < deadline and steps() < 2:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert "run the same command again to resume run 1" in err and "Traceback" not in err
+    again = subprocess.run(cmd[:-2], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout.startswith("run 1: resuming at")
