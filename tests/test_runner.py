@@ -160,9 +160,8 @@ class TestFailures:
             def on_run_end(self, *, status, **kw):
                 seen.append(status)
 
-        with EventLog(log_path) as log:
-            with pytest.raises(ActionFailed):
-                Runner.start(flaky_machine(), log=log, max_attempts=2, hooks=[Watch()]).run()
+        with EventLog(log_path) as log, pytest.raises(ActionFailed):
+            Runner.start(flaky_machine(), log=log, max_attempts=2, hooks=[Watch()]).run()
         assert seen == [(1, True, "error"), (2, False, "failed"), "failed"]
 
     def test_crash_loops_are_bounded_through_resume_events(self, log_path):
