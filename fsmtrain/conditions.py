@@ -73,21 +73,30 @@ def _check(c: Any) -> Condition:
     return c
 
 
-def _paren(c: Condition, inside: type) -> str:
-    return f"({c.name})" if isinstance(c, (_And, _Or)) and not isinstance(c, inside) else c.name
+class _Composite(Condition):
+    """``a & b & ...`` or ``a | b | ...``: nested composites of the same kind are flattened."""
 
-
-class _And(Condition):
     __slots__ = ("parts",)
     parts: tuple[Condition, ...]
+    joiner = ""
 
     def __init__(self, *parts: Condition) -> None:
         flat: list[Condition] = []
         for p in parts:
-            flat.extend(p.parts if isinstance(p, _And) else [p])
+            flat.extend(p.parts if isinstance(p, _Composite) and type(p) is type(self) else [p])
         self.parts = tuple(flat)
-        super().__init__(self._eval, keys=frozenset().union(*(p.keys for p in flat)),
-                         name=" & ".join(_paren(p, _And) for p in flat))
+        name = f" {self.joiner} ".join(
+            f"({p.name})" if isinstance(p, _Composite) and type(p) is not type(self) else p.name for p in flat
+        )
+        super().__init__(self._eval, keys=frozenset().union(*(p.keys for p in flat)), name=name)
+
+    def _eval(self, state: State) -> Verdict:
+        raise NotImplementedError
+
+
+class _And(_Composite):
+    __slots__ = ()
+    joiner = "&"
 
     def _eval(self, state: State) -> Verdict:
         reasons = []
@@ -99,17 +108,9 @@ class _And(Condition):
         return True, " & ".join(reasons)
 
 
-class _Or(Condition):
-    __slots__ = ("parts",)
-    parts: tuple[Condition, ...]
-
-    def __init__(self, *parts: Condition) -> None:
-        flat: list[Condition] = []
-        for p in parts:
-            flat.extend(p.parts if isinstance(p, _Or) else [p])
-        self.parts = tuple(flat)
-        super().__init__(self._eval, keys=frozenset().union(*(p.keys for p in flat)),
-                         name=" | ".join(_paren(p, _Or) for p in flat))
+class _Or(_Composite):
+    __slots__ = ()
+    joiner = "|"
 
     def _eval(self, state: State) -> Verdict:
         for p in self.parts:
@@ -129,7 +130,7 @@ class _Not(Condition):
 
     def __init__(self, inner: Condition) -> None:
         self.inner = inner
-        inner_name = f"({inner.name})" if isinstance(inner, (_And, _Or)) else inner.name
+        inner_name = f"({inner.name})" if isinstance(inner, _Composite) else inner.name
         super().__init__(self._eval, keys=inner.keys, name=f"~{inner_name}")
 
     def _eval(self, state: State) -> Verdict:
