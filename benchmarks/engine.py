@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fsmtrain import Condition, EventLog, Machine, Runner, action, default
+from fsmtrain import Condition, EventLog, Machine, Runner, State, action, append, default
 from fsmtrain.log import event_hash, run_hash
 from fsmtrain.replay import state_at
 from fsmtrain.state import dumps
@@ -140,6 +140,15 @@ def build_many_runs(path: Path, runs: int) -> None:
         c.execute("COMMIT")
 
 
+def append_us(history: int, appends: int = 20000) -> float:
+    """Cost of one State update that appends to a metric history already ``history`` long."""
+    s = State({"h": [0.5] * history, "epoch": 0})
+    t = time.perf_counter()
+    for i in range(appends):
+        s = s.apply({"h": append(0.25), "epoch": i})
+    return (time.perf_counter() - t) / appends * 1e6
+
+
 def best_of(n: int, fn, *args) -> float:
     return min(fn(*args) for _ in range(n))
 
@@ -155,6 +164,10 @@ def main() -> None:
         memory = best_of(3, per_step_us, steps, None)
         print(f"in memory:           {memory:8.2f} us/step   (target <= 10)")
         figures = {"memory_us": memory}
+        short, long = best_of(3, append_us, 10), best_of(3, append_us, 10_000)
+        print(f"append to a history:  {short:8.2f} us at 10 entries, {long:8.2f} us at 10,000   "
+              f"ratio {long / short:5.2f}x (no copying: ~1)")
+        figures.update(append_10_us=short, append_10k_us=long)
         # NORMAL first: its gap to the floor is the engine's Python work per step, which
         # the FULL series then also charges to a floor that does that much busy work.
         python_us = 0.0
