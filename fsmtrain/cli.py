@@ -130,6 +130,8 @@ def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool) -> 
         rows = []
         for e in events:
             detail = []
+            if e.kind == "step" and isinstance(e.info, dict) and e.info.get("condition") != "default":
+                detail.append(f"[{_short(e.info.get('reason') or e.info.get('condition'), 60)}]")
             if e.updates:
                 detail.append(_short(e.updates))
             if e.inputs:

@@ -62,6 +62,7 @@ class TestReplay:
         assert out[0] == "run 1 · machine demo · finished · 17 steps"
         assert out[2].split()[0:5] == ["1", out[2].split()[1], out[2].split()[2], "start", "->"]
         assert len(out) == 2 + 18
+        assert "-> finish" in out[-2] and "[no improvement for 3 epochs (patience 3)]" in out[-2]  # why it stopped
         data = json.loads(invoke("replay", demo_log, "--run", 1, "--json").output)
         assert [e["seq"] for e in data["events"]] == list(range(1, 19))
         assert data["events"][-1]["action"] == "finish" and data["events"][-1]["next"] is None
