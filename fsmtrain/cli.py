@@ -243,8 +243,8 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, new: bool, as_js
     class Progress(Hook):
         t0 = time.perf_counter()
 
-        def on_step_end(self, *, action: str, state: Any, **_: Any) -> None:
-            if action == "evaluate" and not as_json:
+        def on_step_end(self, *, action: str, state: Any, replayed: bool = False, **_: Any) -> None:
+            if action == "evaluate" and not as_json and not replayed:
                 ms = (time.perf_counter() - self.t0) * 1000
                 click.echo(f"epoch {state['epoch']:3d}  train_loss {state['train_loss'][-1]:.4f}  "
                            f"val_loss {state['val_loss'][-1]:.4f}  best {state['best_val_loss']:.4f}  ({ms:.0f} ms)")

@@ -13,10 +13,10 @@ from typing import Any
 import attrs
 
 from .errors import EventNotFound, InvalidInput, RunNotRunnable
-from .log import EventLog
+from .log import Event, EventLog
 from .state import Append, State, loads
 
-__all__ = ["Position", "apply_updates", "encode_updates", "fold", "fork", "position", "state_at"]
+__all__ = ["Position", "apply_updates", "decode_updates", "encode_updates", "fold", "fork", "position", "state_at"]
 
 
 def encode_updates(updates: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -85,6 +85,7 @@ class Position:
     waiting_for: list[dict[str, Any]] | None
     attempts: int
     state: State
+    last_step: Event | None  # the last committed step event (None before the first step)
 
 
 def position(log: EventLog, run_id: int) -> Position:
@@ -112,7 +113,16 @@ def position(log: EventLog, run_id: int) -> Position:
     status = info.status
     return Position(run_id, info.machine, info.fingerprint, info.last_seq, info.steps, status,
                     next_action, pending, waiting if status == "waiting" else None, attempts,
-                    state_at(log, run_id, info.last_seq))
+                    state_at(log, run_id, info.last_seq), tail[0] if tail[0].kind == "step" else None)
+
+
+def decode_updates(logged: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The inverse of :func:`encode_updates`: key -> value, or :class:`~fsmtrain.state.Append`."""
+    if not logged:
+        return {}
+    out: dict[str, Any] = dict(logged.get("set", {}))
+    out.update({k: Append(tuple(items)) for k, items in logged.get("append", {}).items()})
+    return out
 
 
 def fork(log: EventLog, run_id: int, seq: int | None = None, *, updates: Mapping[str, Any] | None = None,

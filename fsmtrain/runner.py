@@ -22,7 +22,7 @@ from .errors import ActionFailed, FsmtrainError, InvalidInput, MachineMismatch, 
 from .hooks import HookBus
 from .log import Event, EventLog
 from .machine import Machine
-from .replay import encode_updates, position
+from .replay import decode_updates, encode_updates, position
 from .state import Encoded, State, dumps
 
 __all__ = ["Halt", "Runner", "StepResult", "give_input"]
@@ -133,6 +133,16 @@ class Runner:
             r._resume_info = {"fingerprint": machine.fingerprint, "pid": os.getpid(),
                               **({"changed_from": recorded} if changed else {})}
         r.hooks.emit("run_resume", run_id=run_id, state=pos.state, next_action=pos.next_action)
+        last = pos.last_step
+        if last is not None and r.hooks:
+            # Hooks run after the commit, so a crash between the two skipped them: deliver the
+            # last step's hooks again (at least once), marked replayed=True.
+            reason = last.info.get("reason") if isinstance(last.info, dict) else None
+            r.hooks.emit("step_end", run_id=run_id, step=last.step, action=last.action, state=pos.state,
+                         updates=decode_updates(last.updates), next_action=last.next, reason=reason,
+                         inputs=last.inputs or {}, replayed=True)
+            if last.next is None:
+                r.hooks.emit("run_end", run_id=run_id, state=pos.state, status="finished", replayed=True)
         return r
 
     @classmethod

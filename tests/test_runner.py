@@ -272,6 +272,24 @@ class TestResume:
             assert log.verify() == [] and log.run(run_id).status == "finished"
             assert [e.seq for e in log.events(run_id)] == list(range(1, log.run(run_id).last_seq + 1))
 
+    def test_resume_delivers_the_last_steps_hooks_again_marked_replayed(self, log_path):
+        """A crash between a commit and its hooks loses nothing: hooks are at-least-once."""
+        class Seen:
+            def __init__(self):
+                self.calls = []
+
+            def on_step_end(self, *, step, action, updates, replayed=False, **kw):
+                self.calls.append((step, action, dict(updates), replayed))
+
+        with EventLog(log_path) as log:
+            r = Runner.start(counter(5), log=log)
+            r.run(max_steps=2)
+            seen = Seen()
+            r2 = Runner.resume(counter(5), log, r.run_id, hooks=[seen])
+            r2.step()
+            assert [c[:2] + (c[3],) for c in seen.calls] == [(2, "tick", True), (3, "tick", False)]
+            assert seen.calls[0][2]["n"] == 2 and list(seen.calls[0][2]["history"].items) == [1.5]
+
     def test_latest_finds_the_newest_unfinished_run(self, log_path):
         with EventLog(log_path) as log:
             Runner.start(counter(1), log=log).run()
