@@ -189,7 +189,7 @@ class EventLog:
     # -- opening --------------------------------------------------------------------
     def _setup(self) -> None:
         c = self.conn
-        tables = set(self.db.table_names())
+        tables = {t for t in self.db.table_names() if not t.startswith("sqlite_")}  # e.g. sqlite_stat1 after ANALYZE
         if self.readonly:
             if "fsmtrain_schema" not in tables:
                 raise NotALog(f"{self.path} is a SQLite database but not an fsmtrain log (no fsmtrain_schema table)")

@@ -102,6 +102,15 @@ class TestOpening:
                 EventLog(p, readonly=ro)
         assert file_digest(p) == digest
 
+    def test_sqlite_internal_tables_do_not_make_it_foreign(self, finished_log):
+        """ANALYZE adds sqlite_stat1; the log still opens for reading and writing."""
+        conn = sqlite3.connect(finished_log)
+        conn.execute("ANALYZE")
+        conn.commit()
+        conn.close()
+        with EventLog(finished_log) as log:
+            assert log.run(1).status == "finished"
+
     def test_a_newer_schema_version_is_refused(self, finished_log):
         conn = sqlite3.connect(finished_log)
         conn.execute("INSERT INTO fsmtrain_schema VALUES (?, 0, 'future')", (SCHEMA_VERSION + 1,))
