@@ -304,7 +304,8 @@ class EventLog:
         then refuses the insert if the run has moved on (primary key and the
         gapless trigger), which is reported as the same conflict.
         """
-        self._writable()
+        if self.readonly:
+            self._writable()
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
         texts = (None if inputs is None else dumps(inputs), None if updates is None else dumps(updates),
@@ -322,8 +323,8 @@ class EventLog:
                 prev_hash = row[1]
             t = time.time()
             seq = expected_seq + 1
-            h = event_hash(prev_hash, run_id, seq, step, t, kind, action, attempt, texts[0], texts[1],
-                           next_action, texts[2], texts[3], error)
+            h = hashlib.sha256(_hash_doc([prev_hash, run_id, seq, step, t, kind, action, attempt, texts[0], texts[1],
+                                          next_action, texts[2], texts[3], error]).encode()).hexdigest()
             try:
                 c.execute(_INSERT, (run_id, seq, step, t, kind, action, attempt, texts[0], texts[1], next_action,
                                     texts[2], texts[3], error, prev_hash, h))

@@ -234,11 +234,14 @@ class Runner:
                 continue
             break
         step = self._step + 1
-        if self.log is not None:
-            snap = new_state._data if (target is None or step % self.snapshot_every == 0) else None
-            self._append(kind="step", step=step, action=name, attempt=attempt, inputs=values or None,
-                         updates=encode_updates(updates), next_action=target,
-                         info=None if cond is None else self._decision(cond, reason), snapshot=snap)
+        if self.log is not None:  # the commit (the hot path: one call, no **fields)
+            assert self.run_id is not None
+            ev = self.log.append(
+                self.run_id, self._seq, kind="step", step=step, action=name, attempt=attempt, inputs=values or None,
+                updates=encode_updates(updates), next_action=target,
+                info=None if cond is None else self._decision(cond, reason), prev_hash=self._hash,
+                snapshot=new_state._data if (target is None or step % self.snapshot_every == 0) else None)
+            self._seq, self._hash = ev.seq, ev.hash
         self._state, self._next, self._step = new_state, target, step
         self._pending, self._attempts = {}, 0
         self._status = "running" if target is not None else "finished"
