@@ -14,7 +14,7 @@ import attrs
 
 from .errors import EventNotFound, InvalidInput, RunNotRunnable
 from .log import Event, EventLog
-from .state import Append, State, loads
+from .state import Append, State, dumps, loads
 
 __all__ = ["Position", "apply_updates", "decode_updates", "encode_updates", "fold", "fork", "position", "state_at"]
 
@@ -55,7 +55,8 @@ def fold(snapshot: Mapping[str, Any], updates: Iterable[str | Mapping[str, Any]]
     """The State reached from ``snapshot`` by the logged ``updates`` (JSON text or decoded), in order."""
     data = {k: (list(v) if isinstance(v, list) else v) for k, v in snapshot.items()}
     for u in updates:
-        apply_updates(data, loads(u) if isinstance(u, str) else u)
+        # Decoded updates are round-tripped so that folding never mutates the caller's lists.
+        apply_updates(data, loads(u if isinstance(u, str) else dumps(u)))
     return State(data)
 
 
