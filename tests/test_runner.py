@@ -121,21 +121,28 @@ class TestGates:
             assert file_digest(log_path) == digest and r.status == "waiting"
 
 
-class TestFailures:
-    def test_an_action_that_raises_is_retried_then_succeeds(self, log_path, tmp_path, monkeypatch):
+@pytest.fixture
+def failures(tmp_path, monkeypatch):
+    """``failures(n)``: the `flaky` action raises on its next n calls; returns the counter file."""
+    def arm(n):
         fail = tmp_path / "fail"
-        fail.write_text("2")
+        fail.write_text(str(n))
         monkeypatch.setenv(FAIL_FILE, str(fail))
+        return fail
+    return arm
+
+
+class TestFailures:
+    def test_an_action_that_raises_is_retried_then_succeeds(self, log_path, failures):
+        failures(2)
         with EventLog(log_path) as log:
             r = Runner.start(flaky_machine(), log=log, max_attempts=3)
             assert r.run().reason == "finished"
             kinds = [(e.kind, e.attempt) for e in log.events(r.run_id)]
             assert kinds[:4] == [("start", None), ("error", 1), ("error", 2), ("step", 3)]
 
-    def test_an_action_failing_every_attempt_marks_the_run_failed(self, log_path, tmp_path, monkeypatch):
-        fail = tmp_path / "fail"
-        fail.write_text("100")
-        monkeypatch.setenv(FAIL_FILE, str(fail))
+    def test_an_action_failing_every_attempt_marks_the_run_failed(self, log_path, failures):
+        fail = failures(100)
         with EventLog(log_path) as log:
             r = Runner.start(flaky_machine(), log=log, max_attempts=3)
             with pytest.raises(ActionFailed, match="failed on attempt 3/3.*flaky failure"):
@@ -147,10 +154,8 @@ class TestFailures:
             with pytest.raises(RunNotRunnable):
                 Runner.resume(flaky_machine(), log, r.run_id).step()
 
-    def test_failure_hooks_run_after_the_failure_is_committed(self, log_path, tmp_path, monkeypatch):
-        fail = tmp_path / "fail"
-        fail.write_text("100")
-        monkeypatch.setenv(FAIL_FILE, str(fail))
+    def test_failure_hooks_run_after_the_failure_is_committed(self, log_path, failures):
+        failures(100)
         seen = []
 
         class Watch:
