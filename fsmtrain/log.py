@@ -323,8 +323,8 @@ class EventLog:
                 prev_hash = row[1]
             t = time.time()
             seq = expected_seq + 1
-            h = hashlib.sha256(_hash_doc([prev_hash, run_id, seq, step, t, kind, action, attempt, texts[0], texts[1],
-                                          next_action, texts[2], texts[3], error]).encode()).hexdigest()
+            h = event_hash(prev_hash, run_id, seq, step, t, kind, action, attempt, texts[0], texts[1],
+                           next_action, texts[2], texts[3], error)
             try:
                 c.execute(_INSERT, (run_id, seq, step, t, kind, action, attempt, texts[0], texts[1], next_action,
                                     texts[2], texts[3], error, prev_hash, h))

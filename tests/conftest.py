@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -20,3 +21,15 @@ def log_path(tmp_path: Path) -> Path:
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes (to prove a command left it byte-for-byte unchanged)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tamper(path: Path, *statements: str | tuple[str, tuple]) -> None:
+    """Run SQL on a log with plain sqlite3 (no fsmtrain code), as an outside editor would, and commit."""
+    conn = sqlite3.connect(path)
+    try:
+        for st in statements:
+            sql, params = (st, ()) if isinstance(st, str) else st
+            conn.execute(sql, params)
+        conn.commit()
+    finally:
+        conn.close()

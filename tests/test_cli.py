@@ -1,5 +1,4 @@
 import json
-import sqlite3
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ from click.testing import CliRunner
 from fsmtrain import EventLog, Runner
 from fsmtrain.cli import main
 from fsmtrain.log import SCHEMA_VERSION
-from tests.conftest import ROOT, file_digest
+from tests.conftest import ROOT, file_digest, tamper
 from tests.machines import gated
 
 
@@ -87,11 +86,7 @@ class TestVerify:
         assert r.exit_code == 0 and r.output.startswith("OK: 1 run(s), 18 event(s)")
 
     def test_an_edited_log_names_the_first_bad_event(self, demo_log):
-        conn = sqlite3.connect(demo_log)
-        conn.execute("DROP TRIGGER events_no_update")
-        conn.execute("UPDATE events SET error = 'x' WHERE run_id = 1 AND seq = 5")
-        conn.commit()
-        conn.close()
+        tamper(demo_log, "DROP TRIGGER events_no_update", "UPDATE events SET error = 'x' WHERE run_id = 1 AND seq = 5")
         r = invoke("verify", demo_log)
         assert r.exit_code == 1
         assert "CORRUPT: run 1 event 5: hash does not match its contents" in r.output
@@ -124,10 +119,7 @@ def make_bad_logs(tmp_path, log_path):
     newer = tmp_path / "newer.db"
     with EventLog(newer) as log:
         Runner.start(gated(), log=log).run()
-    conn = sqlite3.connect(newer)
-    conn.execute("INSERT INTO fsmtrain_schema VALUES (?, 0, 'future')", (SCHEMA_VERSION + 1,))
-    conn.commit()
-    conn.close()
+    tamper(newer, ("INSERT INTO fsmtrain_schema VALUES (?, 0, 'future')", (SCHEMA_VERSION + 1,)))
     with EventLog(log_path) as log:
         Runner.start(gated(), log=log).run()
     return {"not_sqlite": not_sqlite, "empty": empty, "newer": newer, "good": log_path}

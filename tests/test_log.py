@@ -9,7 +9,7 @@ import pytest
 from fsmtrain import EventLog, Runner
 from fsmtrain.errors import NotALog, ReadOnlyLog, RunNotFound, SchemaVersionError
 from fsmtrain.log import SCHEMA_VERSION
-from tests.conftest import ROOT, file_digest
+from tests.conftest import ROOT, file_digest, tamper
 from tests.machines import counter
 
 
@@ -48,21 +48,14 @@ class TestAppendOnly:
     def test_verify_finds_an_edit_made_after_dropping_the_triggers(self, finished_log):
         with EventLog(finished_log, readonly=True) as log:
             assert log.verify() == []
-        conn = sqlite3.connect(finished_log)
-        conn.execute("DROP TRIGGER events_no_update")
-        conn.execute("""UPDATE events SET updates = '{"set":{"n":99}}' WHERE run_id = 1 AND seq = 3""")
-        conn.commit()
-        conn.close()
+        tamper(finished_log, "DROP TRIGGER events_no_update",
+               """UPDATE events SET updates = '{"set":{"n":99}}' WHERE run_id = 1 AND seq = 3""")
         with EventLog(finished_log, readonly=True) as log:
             problems = log.verify()
         assert problems and problems[0] == "run 1 event 3: hash does not match its contents (the event was edited)"
 
     def test_verify_finds_a_deleted_event(self, finished_log):
-        conn = sqlite3.connect(finished_log)
-        conn.execute("DROP TRIGGER events_no_delete")
-        conn.execute("DELETE FROM events WHERE run_id = 1 AND seq = 2")
-        conn.commit()
-        conn.close()
+        tamper(finished_log, "DROP TRIGGER events_no_delete", "DELETE FROM events WHERE run_id = 1 AND seq = 2")
         with EventLog(finished_log, readonly=True) as log:
             problems = log.verify()
         assert "run 1: event 2 is missing (next is 3)" in problems
@@ -92,10 +85,7 @@ class TestOpening:
 
     def test_sqlite_without_our_tables(self, tmp_path):
         p = tmp_path / "other.db"
-        conn = sqlite3.connect(p)
-        conn.execute("CREATE TABLE t (x)")
-        conn.commit()
-        conn.close()
+        tamper(p, "CREATE TABLE t (x)")
         digest = file_digest(p)
         for ro in (True, False):
             with pytest.raises(NotALog, match="not an fsmtrain log"):
@@ -104,18 +94,12 @@ class TestOpening:
 
     def test_sqlite_internal_tables_do_not_make_it_foreign(self, finished_log):
         """ANALYZE adds sqlite_stat1; the log still opens for reading and writing."""
-        conn = sqlite3.connect(finished_log)
-        conn.execute("ANALYZE")
-        conn.commit()
-        conn.close()
+        tamper(finished_log, "ANALYZE")
         with EventLog(finished_log) as log:
             assert log.run(1).status == "finished"
 
     def test_a_newer_schema_version_is_refused(self, finished_log):
-        conn = sqlite3.connect(finished_log)
-        conn.execute("INSERT INTO fsmtrain_schema VALUES (?, 0, 'future')", (SCHEMA_VERSION + 1,))
-        conn.commit()
-        conn.close()
+        tamper(finished_log, ("INSERT INTO fsmtrain_schema VALUES (?, 0, 'future')", (SCHEMA_VERSION + 1,)))
         digest = file_digest(finished_log)
         for ro in (True, False):
             with pytest.raises(SchemaVersionError, match="upgrade fsmtrain"):
