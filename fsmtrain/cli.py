@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .errors import FsmtrainError
+from .errors import FsmtrainError, RunNotRunnable
 from .log import Event, EventLog, RunInfo
 from .replay import state_at
 from .state import dumps, thaw
@@ -209,7 +209,7 @@ def graph(target: str, fmt: str) -> None:
 
     \b
     Example:
-        fsmtrain graph fsmtrain.demo:machine --format dot | dot -Tsvg > demo.svg
+        fsmtrain graph fsmtrain.train.demo:machine --format dot | dot -Tsvg > demo.svg
     """
     m = load_machine(target)
     click.echo(m.to_mermaid() if fmt == "mermaid" else m.to_dot(), nl=False)
@@ -217,72 +217,102 @@ def graph(target: str, fmt: str) -> None:
 
 @main.command()
 @click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The event log (created if missing).")
+              help="The event log (created if missing); checkpoints go to LOG.artifacts/.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Max epochs of a new run.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of a new run.")
-@click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Early stopping: epochs without improvement before a new run stops.")
+@click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Early stopping: evaluations without a better val_loss before a new run stops.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+              help="Adam learning rate of a new run.")
+@click.option("--data", type=str, default=None,
+              help="A CSV file (features, then an integer label) instead of the bundled digits.")
 @click.option("--new", is_flag=True, help="Start a new run even if an unfinished one exists.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary line.")
 @click.option("--delay", type=click.FloatRange(min=0), default=0.0,
-              help="Sleep this many seconds per epoch: slow enough to press Ctrl-C and then resume.")
-def demo(log_path: Path, epochs: int, seed: int, patience: int, new: bool, as_json: bool, delay: float) -> None:
-    """Run the demo machine: a small deterministic training loop with early stopping.
+              help="Sleep this many seconds at the start of each epoch: slow enough to press Ctrl-C, then resume.")
+def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data: str | None, new: bool,
+         as_json: bool, delay: float) -> None:
+    """Train a small digits classifier, one epoch per step, with checkpoints and early stopping.
 
     Running it again on the same log resumes the unfinished run; on a finished
-    run it prints that run's summary (use --new for another run).
+    run it prints that run's summary (use --new for another run). Kill it at any
+    moment: the resumed run ends with the same weights as an uninterrupted one.
 
     \b
     Example:
         fsmtrain demo --log runs.db
     """
-    from . import demo as d
     from .hooks import Hook
-    from .runner import Runner
+    from .train import demo as d
 
     class Progress(Hook):
-        t0 = time.perf_counter()
+        t0 = 0.0
+
+        def on_step_start(self, *, action: str, **_: Any) -> None:
+            if action == "train_epoch":
+                if delay:
+                    time.sleep(delay)
+                Progress.t0 = time.perf_counter()
+
+        def on_restore(self, *, run_id: int | None, note: dict[str, Any], **_: Any) -> None:
+            for s in note.get("skipped", []):
+                click.echo(f"warning: {s['problem']}; falling back to an older checkpoint", err=True)
+            if not as_json:
+                where = f"checkpoint {note['checkpoint']}" if "checkpoint" in note else "the start"
+                click.echo(f"run {run_id}: restored from {where}, re-ran {note['redone']} committed step(s)")
 
         def on_step_end(self, *, action: str, state: Any, replayed: bool = False, **_: Any) -> None:
             if action == "evaluate" and not as_json and not replayed:
                 ms = (time.perf_counter() - self.t0) * 1000
                 click.echo(f"epoch {state['epoch']:3d}  train_loss {state['train_loss'][-1]:.4f}  "
-                           f"val_loss {state['val_loss'][-1]:.4f}  best {state['best_val_loss']:.4f}  ({ms:.0f} ms)")
+                           f"val_loss {state['val_loss'][-1]:.4f}  val_acc {state['val_acc'][-1]:.4f}  ({ms:.0f} ms)")
                 Progress.t0 = time.perf_counter()
 
     with EventLog(log_path) as lg:
-        hooks = [Progress()]
-        runner = None if new else Runner.latest(d.machine, lg, hooks=hooks)
-        if runner is None and not new:
-            finished = [r for r in lg.runs(machine="demo") if r.status == "finished"]
-            if finished:
-                state = state_at(lg, finished[-1].id)
-                _summary(finished[-1].id, "finished", state, as_json,
-                         note="already finished (use --new for another run)")
-                return
-        if runner is None:
-            initial = d.initial_state(epochs=epochs, seed=seed, patience=patience, delay=delay)
-            runner = Runner.start(d.machine, log=lg, state=initial, hooks=hooks, tags={"demo": True})
+        trainer = d.trainer(lg, hooks=[Progress()])
+        runs = [] if new else trainer.runs()
+        unfinished = [r for r in runs if r.status in ("running", "waiting")]
+        if unfinished:
+            runner = trainer.resume(unfinished[-1].id)
+            if not as_json:
+                click.echo(f"run {runner.run_id}: resuming at `{runner.next_action}` after {runner.steps} steps")
+        elif runs and runs[-1].status == "finished":
+            _summary(runs[-1].id, "finished", state_at(lg, runs[-1].id), as_json,
+                     note="already finished (use --new for another run)", artifacts=lg.artifacts)
+            return
+        elif runs and runs[-1].status == "failed":
+            last = lg.last_event(runs[-1].id)
+            why = (last.error or "").strip().splitlines()[-1:] or ["?"]
+            raise RunNotRunnable(f"the newest demo run, {runs[-1].id}, failed at `{last.action}` ({why[0]}); "
+                                 f"inspect it with `fsmtrain replay {log_path} --run {runs[-1].id}`, "
+                                 "or start another with --new")
+        else:
+            config = {**d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data}
+            runner = trainer.start(config, tags={"demo": True})
             if not as_json:
                 click.echo(f"run {runner.run_id}: new demo run (epochs={epochs}, seed={seed}) in {log_path}")
-        elif not as_json:
-            click.echo(f"run {runner.run_id}: resuming at `{runner.next_action}` after {runner.steps} steps")
         try:
             halt = runner.run()
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted after {runner.steps} steps; run the same command again to resume "
                        f"run {runner.run_id}", err=True)
             sys.exit(130)
-        _summary(runner.run_id, runner.status, halt.state, as_json)
+        _summary(runner.run_id, runner.status, halt.state, as_json, artifacts=lg.artifacts)
 
 
-def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: str = "") -> None:
+def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: str = "",
+             artifacts: Path | None = None) -> None:
+    best = state["best"] or {}
+    ref = best.get("checkpoint")
     if as_json:
-        _print_json({"run_id": run_id, "status": status, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-                     "best_val_loss": state["best_val_loss"], "w": state["w"]})
+        _print_json({"run_id": run_id, "status": status, "epochs": state["epoch"], "best_epoch": best.get("epoch"),
+                     "best_val_loss": best.get("value"), "weights_sha256": state["weights_sha256"],
+                     "best_checkpoint": ref.path if ref else None})
         return
-    click.echo(f"run {run_id} {note or status}: {state['epoch']} epochs, "
-               f"best val_loss {state['best_val_loss']:.4f} at epoch {state['best_epoch']}")
+    click.echo(f"run {run_id} {note or status}: {state['epoch']} epochs, best val_loss {best.get('value', float('nan')):.4f} "
+               f"at epoch {best.get('epoch')}; final weights sha256 {(state['weights_sha256'] or '?')[:16]}…")
+    if ref and artifacts is not None:
+        click.echo(f"best checkpoint: {artifacts / ref.path}")
 
 
 @main.command()

@@ -79,6 +79,18 @@ class RunNotRunnable(FsmtrainError, RuntimeError):
     """The run is finished, failed or waiting for input, so it cannot step."""
 
 
+class CheckpointError(FsmtrainError, RuntimeError):
+    """A checkpoint file is missing, does not match its recorded hash, or is not plain data."""
+
+
+class ResourceError(FsmtrainError, RuntimeError):
+    """The user's resource factory raised or returned something unusable."""
+
+
+class RestoreFailed(FsmtrainError, RuntimeError):
+    """Live resources could not be brought back to the run's last committed step."""
+
+
 class HookFailed(FsmtrainError, RuntimeError):
     """A hook that declared itself fatal raised; the log is intact."""
 

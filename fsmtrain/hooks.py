@@ -5,8 +5,8 @@ whose methods it defines.  Every method takes keyword-only arguments plus
 ``**future_kwargs``, so new fields never break user hooks.
 
 Events: ``run_start``, ``run_resume``, ``step_start``, ``step_end``,
-``step_failed``, ``waiting``, ``input``, ``run_end`` (and any other name a layer
-emits, e.g. ``checkpoint``).  Hooks run after the step's commit, so a failing
+``step_failed``, ``waiting``, ``input``, ``restore``, ``run_end`` (and any other
+name a layer emits).  Hooks run after the step's commit, so a failing
 hook never corrupts the log.  A hook whose ``fatal`` attribute is true stops
 the run with :class:`~fsmtrain.errors.HookFailed`; any other failure is a
 :class:`HookWarning` and is kept in ``HookBus.failures``.
@@ -22,7 +22,8 @@ from .errors import HookFailed
 
 __all__ = ["EVENTS", "Hook", "HookBus", "HookWarning"]
 
-EVENTS = ("run_start", "run_resume", "step_start", "step_end", "step_failed", "waiting", "input", "run_end")
+EVENTS = ("run_start", "run_resume", "step_start", "step_end", "step_failed", "waiting", "input", "restore",
+          "run_end")
 
 
 class HookWarning(UserWarning):
@@ -58,6 +59,9 @@ class Hook:
 
     def on_input(self, *, run_id: int | None, action: str, inputs: dict[str, Any], **future_kwargs: Any) -> None:
         """Input was received for a waiting run."""
+
+    def on_restore(self, *, run_id: int | None, state: Any, note: dict[str, Any], **future_kwargs: Any) -> None:
+        """The runner's ``restore`` brought the resources back to the last committed step."""
 
     def on_run_end(self, *, run_id: int | None, state: Any, status: str, **future_kwargs: Any) -> None:
         """The run finished or failed."""

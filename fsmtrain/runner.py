@@ -12,20 +12,31 @@ import getpass
 import os
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, NoReturn
 
 import attrs
 
 from .actions import Input, validate_inputs
-from .errors import ActionFailed, FsmtrainError, InvalidInput, MachineMismatch, RunNotRunnable, UnknownAction
+from .errors import (
+    ActionFailed,
+    FsmtrainError,
+    InvalidInput,
+    MachineMismatch,
+    RestoreFailed,
+    RunNotRunnable,
+    UnknownAction,
+)
 from .hooks import HookBus
 from .log import Event, EventLog
 from .machine import Machine
-from .replay import decode_updates, encode_updates, position
+from .replay import decode_updates, encode_updates, position, state_at
 from .state import Encoded, State, dumps
 
-__all__ = ["Halt", "Runner", "StepResult", "give_input"]
+__all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "give_input"]
+
+Restore = Callable[["Runner"], "Mapping[str, Any] | None"]
+"""``restore(runner)``: bring ``runner.resources`` to the run's last committed step; may return a note to log."""
 
 
 class StepResult(NamedTuple):
@@ -39,6 +50,13 @@ class StepResult(NamedTuple):
     state: State
     next_action: str | None
     reason: str | None
+
+
+class Redo(NamedTuple):
+    """What :meth:`Runner.redo` did: steps re-executed, and those whose updates differed from the log's."""
+
+    steps: int
+    mismatches: list[str]
 
 
 @attrs.frozen
@@ -56,7 +74,7 @@ class Runner:
 
     def __init__(self, machine: Machine, *, log: EventLog | None, run_id: int | None, state: State,
                  next_action: str | None, hooks: Iterable[Any] = (), resources: Any = None,
-                 max_attempts: int = 3, snapshot_every: int = 100) -> None:
+                 restore: Restore | None = None, max_attempts: int = 3, snapshot_every: int = 100) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if snapshot_every < 1:
@@ -65,6 +83,8 @@ class Runner:
         self.log = log
         self.run_id = run_id
         self.resources = resources
+        self.restore = restore
+        self._restore_due = False
         self.max_attempts = max_attempts
         self.snapshot_every = snapshot_every
         self.hooks = HookBus(hooks)
@@ -83,12 +103,16 @@ class Runner:
     # -- construction ---------------------------------------------------------------
     @classmethod
     def start(cls, machine: Machine, *, log: EventLog | None = None, state: Mapping[str, Any] | None = None,
-              hooks: Iterable[Any] = (), resources: Any = None, tags: Mapping[str, Any] | None = None,
-              max_attempts: int = 3, snapshot_every: int = 100) -> Runner:
-        """Begin a new run at the machine's entry; with a ``log``, it is recorded there."""
+              hooks: Iterable[Any] = (), resources: Any = None, restore: Restore | None = None,
+              tags: Mapping[str, Any] | None = None, max_attempts: int = 3, snapshot_every: int = 100) -> Runner:
+        """Begin a new run at the machine's entry; with a ``log``, it is recorded there.
+
+        ``restore`` (optional) is called before an action is retried after it raised
+        (see :meth:`resume`).
+        """
         initial = machine.initial.apply(dict(state)) if state else machine.initial
         r = cls(machine, log=log, run_id=None, state=initial, next_action=machine.entry, hooks=hooks,
-                resources=resources, max_attempts=max_attempts, snapshot_every=snapshot_every)
+                resources=resources, restore=restore, max_attempts=max_attempts, snapshot_every=snapshot_every)
         if log is not None:
             ev = log.create_run(machine.name, machine.fingerprint, snapshot=initial._data,
                                 next_action=machine.entry, tags=tags)
@@ -98,12 +122,19 @@ class Runner:
 
     @classmethod
     def resume(cls, machine: Machine, log: EventLog, run_id: int, *, hooks: Iterable[Any] = (),
-               resources: Any = None, allow_changed_machine: bool = False, max_attempts: int = 3,
-               snapshot_every: int = 100) -> Runner:
+               resources: Any = None, restore: Restore | None = None, allow_changed_machine: bool = False,
+               max_attempts: int = 3, snapshot_every: int = 100) -> Runner:
         """Continue ``run_id`` from its last committed event.
 
         The machine must have the name and fingerprint the run was recorded with;
         ``allow_changed_machine=True`` accepts a changed graph (recorded in the log).
+
+        ``restore(runner)``, when given, brings mutable ``resources`` (a model, an
+        optimizer...) to the last committed step, typically by loading a checkpoint
+        referenced in the state and calling :meth:`redo`.  It is called once, just
+        before the first action this runner executes (so resuming a run that then
+        waits for input costs nothing), and again before any retry after an action
+        raised.  What it returns is recorded in the ``resume`` event's ``info``.
         """
         pos = position(log, run_id)
         if pos.machine != machine.name:
@@ -126,9 +157,10 @@ class Runner:
         if pos.next_action is not None and pos.next_action not in machine.actions:
             raise UnknownAction(f"run {run_id} is due to run `{pos.next_action}`, which machine `{machine.name}` lacks")
         r = cls(machine, log=log, run_id=run_id, state=pos.state, next_action=pos.next_action, hooks=hooks,
-                resources=resources, max_attempts=max_attempts, snapshot_every=snapshot_every)
+                resources=resources, restore=restore, max_attempts=max_attempts, snapshot_every=snapshot_every)
         r._seq, r._step, r._status = pos.seq, pos.step, pos.status
         r._pending, r._attempts = dict(pos.pending_inputs), pos.attempts
+        r._restore_due = restore is not None and pos.status in ("running", "waiting")
         if pos.status == "running":
             r._resume_info = {"fingerprint": machine.fingerprint, "pid": os.getpid(),
                               **({"changed_from": recorded} if changed else {})}
@@ -197,6 +229,12 @@ class Runner:
         if missing:
             self._wait(name, act.inputs, missing)
             return None
+        if self._restore_due:
+            note = self._run_restore()
+            if note:
+                if self._resume_info is None:  # a waiting run: nothing else would record the note
+                    self._resume_info = {"fingerprint": self.machine.fingerprint, "pid": os.getpid()}
+                self._resume_info["restore"] = note
         self._write_resume_event()
         if values and self.hooks and (self._status == "waiting" or self._pending):
             self.hooks.emit("input", run_id=self.run_id, action=name, inputs=values)
@@ -207,6 +245,9 @@ class Runner:
                 err = f"gave up: `{name}` did not complete in {self.max_attempts} attempt(s)"
                 self._append(kind="failed", step=self._step, action=name, attempt=attempt - 1, error=err)
                 self._failed(name, attempt - 1, RuntimeError(err))
+            if self._restore_due:  # a retry: the failed attempt may have left the resources half-changed
+                self._run_restore()
+                state = self._state
             if self.hooks:
                 self.hooks.emit("step_start", run_id=self.run_id, step=self._step + 1, action=name,
                                 state=state, inputs=values, attempt=attempt)
@@ -231,6 +272,7 @@ class Runner:
                                     error=e, attempt=attempt, will_retry=not final)
                 if final:
                     self._failed(name, attempt, e)
+                self._restore_due = self.restore is not None
                 continue
             break
         step = self._step + 1
@@ -288,6 +330,57 @@ class Runner:
     @property
     def last_halt(self) -> Halt | None:
         return self._halt
+
+    # -- bringing resources back --------------------------------------------------------
+    def redo(self, after_seq: int) -> Redo:
+        """Re-execute the committed steps after event ``after_seq`` on ``self.resources``; write nothing.
+
+        This is how a restore brings live resources from a checkpoint (taken at
+        ``after_seq``) to the last committed step: each step's action runs again
+        with the state and inputs it had, in order.  The log stays the truth: the
+        recorded updates are applied, never the recomputed ones; a step whose
+        recomputed updates differ is listed in ``mismatches`` (the run is not
+        deterministic).  Transitions are not re-evaluated.
+        """
+        if self.log is None or self.run_id is None:
+            raise RestoreFailed("redo needs a run recorded in a log")
+        state = state_at(self.log, self.run_id, after_seq)
+        n, mismatches = 0, []
+        for ev in self.log.events(self.run_id, start=after_seq + 1, end=self._seq):
+            if ev.kind != "step":
+                continue
+            act = self.machine.actions.get(ev.action or "")
+            if act is None:
+                raise UnknownAction(f"run {self.run_id} step {ev.step} ran `{ev.action}`, which machine "
+                                    f"`{self.machine.name}` lacks; cannot redo it")
+            try:
+                updates = act.execute(state, ev.inputs or {}, self.resources)
+            except FsmtrainError:
+                raise
+            except Exception as e:
+                raise RestoreFailed(f"re-running step {ev.step} (`{ev.action}`) of run {self.run_id} to restore its "
+                                    f"resources raised {type(e).__name__}: {e}") from e
+            recorded = dumps(ev.updates)
+            again = dumps(encode_updates(updates))
+            if again != recorded:
+                mismatches.append(f"step {ev.step} `{ev.action}`: recorded {_clip(recorded)}, redone {_clip(again)}")
+            state = state.apply(decode_updates(ev.updates))
+            n += 1
+        return Redo(n, mismatches)
+
+    def _run_restore(self) -> dict[str, Any] | None:
+        assert self.restore is not None
+        self._restore_due = False
+        try:
+            note = self.restore(self)
+        except FsmtrainError:
+            raise
+        except Exception as e:
+            raise RestoreFailed(f"restoring the resources of run {self.run_id} failed: {type(e).__name__}: {e}") from e
+        out = dict(note) if note else None
+        if self.hooks:
+            self.hooks.emit("restore", run_id=self.run_id, state=self._state, note=out or {})
+        return out
 
     # -- internals ------------------------------------------------------------------
     def _names(self, names: Iterable[str]) -> frozenset[str]:
@@ -364,6 +457,10 @@ def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str
     who = by or os.environ.get("FSMTRAIN_USER") or _user()
     return log.append(run_id, last.seq, kind="input", step=last.step, action=last.action, inputs=checked,
                       info={"by": who, "at": time.time()})
+
+
+def _clip(text: str, width: int = 200) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _user() -> str:

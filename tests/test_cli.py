@@ -9,7 +9,7 @@ from fsmtrain import EventLog, Runner
 from fsmtrain.cli import main
 from fsmtrain.log import SCHEMA_VERSION
 from tests.conftest import ROOT, file_digest, tamper
-from tests.machines import gated
+from tests.machines import counter, gated
 
 
 def invoke(*args):
@@ -17,84 +17,91 @@ def invoke(*args):
 
 
 @pytest.fixture
-def demo_log(log_path):
-    r = invoke("demo", "--log", log_path)
-    assert r.exit_code == 0, r.output
+def counter_log(log_path):
+    """A finished run of the torch-free counter machine: 5 ticks, then done (6 steps, 7 events)."""
+    with EventLog(log_path) as log:
+        Runner.start(counter(5), log=log).run()
     return log_path
 
 
 class TestDemo:
     def test_prints_one_line_per_epoch_and_a_summary(self, log_path):
-        r = invoke("demo", "--log", log_path)
+        r = invoke("demo", "--log", log_path, "--epochs", 3)
+        assert r.exit_code == 0, r.output
         lines = r.output.splitlines()
-        assert lines[0] == f"run 1: new demo run (epochs=30, seed=0) in {log_path}"
-        assert sum(line.startswith("epoch ") for line in lines) == 8
-        assert lines[-1] == "run 1 finished: 8 epochs, best val_loss 1.0038 at epoch 5"
+        assert lines[0] == f"run 1: new demo run (epochs=3, seed=0) in {log_path}"
+        epochs = [line.split() for line in lines if line.startswith("epoch ")]
+        assert [e[1] for e in epochs] == ["1", "2", "3"]
+        assert all(e[2:7:2] == ["train_loss", "val_loss", "val_acc"] and e[-1] == "ms)" for e in epochs)
+        assert lines[-2].startswith("run 1 finished: 3 epochs, best val_loss ")
+        assert lines[-1].startswith(f"best checkpoint: {log_path}.artifacts/run1/e0000")
 
     def test_running_again_resumes_the_unfinished_run(self, log_path):
-        with EventLog(log_path) as log:
-            from fsmtrain.demo import initial_state, machine
-            Runner.start(machine, log=log, state=initial_state()).run(max_steps=5)
+        from fsmtrain.train import demo
+
+        runner = demo.trainer(log_path).start({"max_epochs": 3})
+        runner.run(max_steps=4)
         r = invoke("demo", "--log", log_path, "--json")
-        assert r.exit_code == 0
+        assert r.exit_code == 0, r.output
         summary = json.loads(r.output.splitlines()[-1])
-        assert summary["run_id"] == 1 and summary["status"] == "finished" and summary["epochs"] == 8
+        assert summary["run_id"] == 1 and summary["status"] == "finished" and summary["epochs"] == 3
+        assert len(summary["weights_sha256"]) == 64 and summary["best_epoch"] in (1, 2, 3)
         again = invoke("demo", "--log", log_path)
         assert "already finished" in again.output
-        assert "run 2" in invoke("demo", "--log", log_path, "--new").output
+        assert "run 2" in invoke("demo", "--log", log_path, "--new", "--epochs", 1).output
 
 
 class TestReplay:
-    def test_lists_runs(self, demo_log):
-        r = invoke("replay", demo_log)
+    def test_lists_runs(self, counter_log):
+        r = invoke("replay", counter_log)
         assert r.exit_code == 0
         header, row = r.output.splitlines()
         assert header.split()[:5] == ["run", "machine", "status", "steps", "last"]
-        assert row.split()[:5] == ["1", "demo", "finished", "17", "finish"]
+        assert row.split()[:5] == ["1", "counter", "finished", "6", "done"]
 
-    def test_lists_runs_as_json(self, demo_log):
-        runs = json.loads(invoke("replay", demo_log, "--json").output)
-        assert [(x["id"], x["status"], x["steps"], x["last_action"]) for x in runs] == [(1, "finished", 17, "finish")]
+    def test_lists_runs_as_json(self, counter_log):
+        runs = json.loads(invoke("replay", counter_log, "--json").output)
+        assert [(x["id"], x["status"], x["steps"], x["last_action"]) for x in runs] == [(1, "finished", 6, "done")]
 
-    def test_timeline(self, demo_log):
-        out = invoke("replay", demo_log, "--run", 1).output.splitlines()
-        assert out[0] == "run 1 · machine demo · finished · 17 steps"
+    def test_timeline(self, counter_log):
+        out = invoke("replay", counter_log, "--run", 1).output.splitlines()
+        assert out[0] == "run 1 · machine counter · finished · 6 steps"
         assert out[2].split()[0:5] == ["1", out[2].split()[1], out[2].split()[2], "start", "->"]
-        assert len(out) == 2 + 18
-        assert "-> finish" in out[-2] and "[no improvement for 3 epochs (patience 3)]" in out[-2]  # why it stopped
-        data = json.loads(invoke("replay", demo_log, "--run", 1, "--json").output)
-        assert [e["seq"] for e in data["events"]] == list(range(1, 19))
-        assert data["events"][-1]["action"] == "finish" and data["events"][-1]["next"] is None
+        assert len(out) == 2 + 7
+        assert "-> done" in out[-2] and "[n>=limit]" in out[-2]  # why it stopped
+        data = json.loads(invoke("replay", counter_log, "--run", 1, "--json").output)
+        assert [e["seq"] for e in data["events"]] == list(range(1, 8))
+        assert data["events"][-1]["action"] == "done" and data["events"][-1]["next"] is None
 
-    def test_state_at_a_step(self, demo_log):
-        data = json.loads(invoke("replay", demo_log, "--run", 1, "--at", 4, "--json").output)
-        assert data["state"]["epoch"] == 2 and len(data["state"]["train_loss"]) == 2
-        text = invoke("replay", demo_log, "--run", 1, "--at", 4).output
-        assert "  epoch = 2" in text.splitlines()
+    def test_state_at_a_step(self, counter_log):
+        data = json.loads(invoke("replay", counter_log, "--run", 1, "--at", 4, "--json").output)
+        assert data["state"]["n"] == 3 and data["state"]["history"] == [0.0, 1.5, 3.0]
+        text = invoke("replay", counter_log, "--run", 1, "--at", 4).output
+        assert "  n = 3" in text.splitlines()
 
-    def test_replay_never_writes(self, demo_log):
-        digest = file_digest(demo_log)
+    def test_replay_never_writes(self, counter_log):
+        digest = file_digest(counter_log)
         for args in ([], ["--json"], ["--run", 1], ["--run", 1, "--at", 3, "--json"]):
-            assert invoke("replay", demo_log, *args).exit_code == 0
-        invoke("verify", demo_log)
-        assert file_digest(demo_log) == digest
+            assert invoke("replay", counter_log, *args).exit_code == 0
+        invoke("verify", counter_log)
+        assert file_digest(counter_log) == digest
 
 
 class TestVerify:
-    def test_an_intact_log(self, demo_log):
-        r = invoke("verify", demo_log)
-        assert r.exit_code == 0 and r.output.startswith("OK: 1 run(s), 18 event(s)")
+    def test_an_intact_log(self, counter_log):
+        r = invoke("verify", counter_log)
+        assert r.exit_code == 0 and r.output.startswith("OK: 1 run(s), 7 event(s)")
 
-    def test_an_edited_log_names_the_first_bad_event(self, demo_log):
-        tamper(demo_log, "DROP TRIGGER events_no_update", "UPDATE events SET error = 'x' WHERE run_id = 1 AND seq = 5")
-        r = invoke("verify", demo_log)
+    def test_an_edited_log_names_the_first_bad_event(self, counter_log):
+        tamper(counter_log, "DROP TRIGGER events_no_update", "UPDATE events SET error = 'x' WHERE run_id = 1 AND seq = 5")
+        r = invoke("verify", counter_log)
         assert r.exit_code == 1
         assert "CORRUPT: run 1 event 5: hash does not match its contents" in r.output
 
 
 class TestGraph:
     def test_mermaid_and_dot(self):
-        r = invoke("graph", "fsmtrain.demo:machine")
+        r = invoke("graph", "fsmtrain.train.demo:machine")
         assert r.exit_code == 0 and r.output.startswith("stateDiagram-v2\n    [*] --> train_epoch")
         r = invoke("graph", "tests.machines:gated", "--format", "dot")
         assert r.exit_code == 0 and r.output.startswith('digraph "gated" {')
@@ -102,8 +109,8 @@ class TestGraph:
     @pytest.mark.parametrize("target, msg", [
         ("nocolon", "must be MODULE:ATTR"),
         ("no_such_module_xyz:m", "cannot import module"),
-        ("fsmtrain.demo:nothing", "has no attribute"),
-        ("fsmtrain.demo:TARGET", "not an fsmtrain Machine"),
+        ("fsmtrain.train.demo:nothing", "has no attribute"),
+        ("fsmtrain.train.demo:CONFIG", "not an fsmtrain Machine"),
     ])
     def test_bad_targets(self, target, msg):
         r = invoke("graph", target)
@@ -192,8 +199,8 @@ def test_every_command_has_help_ending_with_an_example():
         assert cmd.help and "Example" in cmd.help.split("\n\n")[-1], name
 
 
-def test_doctor_reports_versions_and_the_log(demo_log):
-    r = invoke("doctor", "--log", demo_log)
+def test_doctor_reports_versions_and_the_log(counter_log):
+    r = invoke("doctor", "--log", counter_log)
     assert r.exit_code == 0, r.output
     assert "sqlite       " in r.output and "schema v1, journal wal, 1 run(s)" in r.output
 

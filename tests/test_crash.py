@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fsmtrain import EventLog, state_at
+from fsmtrain.state import dumps
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
@@ -22,24 +23,28 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SI
 def history(log_path: Path, run_id: int) -> list[tuple]:
     """What a run did, without times: every committed step and the run's final state."""
     with EventLog(log_path, readonly=True) as log:
-        steps = [(e.step, e.action, json.dumps(e.updates, sort_keys=True), e.next, e.inputs, e.info)
+        steps = [(e.step, e.action, dumps(e.updates), e.next, e.inputs, e.info)
                  for e in log.events(run_id) if e.kind == "step"]
         return steps + [state_at(log, run_id).to_json()]
 
 
 def events_in(log_path: Path) -> int:
-    """How many events the log holds now (0 before it exists); read-only, from outside the writer."""
+    """How many step events the log holds now (0 before it exists); read-only, from outside the writer.
+
+    Only steps count as progress: a `resume` event is written before the action it
+    precedes, and killing every process right after it would be a crash loop.
+    """
     if not log_path.exists() or log_path.stat().st_size == 0:
         return 0
     try:
         with EventLog(log_path, readonly=True) as log:
-            return log.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            return log.conn.execute("SELECT count(*) FROM events WHERE kind IN ('start', 'step')").fetchone()[0]
     except Exception:
         return 0  # the writer is still creating the schema
 
 
 def kill_until_done(cmd: list[str], log_path: Path, rng: random.Random, kills: int, jitter: float) -> tuple[int, str]:
-    """Start ``cmd``; once it has committed something new, SIGKILL it after a random ``0..jitter`` s.
+    """Start ``cmd``; once it has committed a new step, SIGKILL it after a random ``0..jitter`` s.
 
     Waiting for progress first makes every kill land inside the run (mid-action,
     mid-commit or between commits) however fast or slow the machine is.
@@ -79,16 +84,3 @@ def test_counter_machine_survives_random_kills(tmp_path):
         steps = [e.step for e in log.events(1) if e.kind == "step"]
         assert steps == list(range(1, 62))  # no step lost, none applied twice
         assert log.run(1).status == "finished"
-
-
-def test_the_demo_cli_survives_random_kills(tmp_path):
-    """`fsmtrain demo` killed at random moments, rerun until done, ends as an uninterrupted run."""
-    ref, crashed = tmp_path / "ref.db", tmp_path / "crashed.db"
-    demo = [sys.executable, "-m", "fsmtrain", "demo", "--delay", "0.05", "--epochs", "25", "--patience", "100", "--json", "--log"]
-    done = subprocess.run(demo + [str(ref)], cwd=ROOT, check=True, capture_output=True, text=True)
-    killed, out = kill_until_done(demo + [str(crashed)], crashed, random.Random(11), 10, 0.12)
-    assert killed >= 6
-    assert json.loads(out.splitlines()[-1]) == json.loads(done.stdout.splitlines()[-1])
-    assert history(crashed, 1) == history(ref, 1)
-    verify = subprocess.run([sys.executable, "-m", "fsmtrain", "verify", str(crashed)], capture_output=True, text=True)
-    assert verify.returncode == 0, verify.stderr

@@ -3,10 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-ENGINE_MODULES = ["fsmtrain", "fsmtrain.cli", "fsmtrain.demo", "fsmtrain.log", "fsmtrain.replay", "fsmtrain.runner"]
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE_MODULES = sorted(f"fsmtrain.{p.stem}" for p in (ROOT / "fsmtrain").glob("*.py")
+                        if p.stem not in ("__init__", "__main__")) + ["fsmtrain"]
 
 
 @pytest.mark.parametrize("module", ENGINE_MODULES)
@@ -25,3 +28,17 @@ def test_cli_help_runs_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_only_train_and_tune_import_torch():
+    """Torch appears in no import line of the package outside fsmtrain/train/ and fsmtrain/tune/."""
+    offenders = []
+    for path in (ROOT / "fsmtrain").rglob("*.py"):
+        rel = path.relative_to(ROOT / "fsmtrain").parts
+        if rel[0] in ("train", "tune"):
+            continue
+        for line in path.read_text().splitlines():
+            words = line.strip().split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1 and words[1].split(".")[0] == "torch":
+                offenders.append(f"{path.name}: {line.strip()}")
+    assert offenders == []

@@ -1,0 +1,253 @@
+"""Training speed: fsmtrain against the hand-written loop doing the same work, measured in the same run.
+
+    python benchmarks/training.py           # 64-32-10 MLP, 10,000x64 synthetic data, batch 256, Adam, 10 epochs
+    python benchmarks/training.py --quick   # tiny sizes, to check that it runs
+
+Four variants, interleaved over several rounds (median per variant), one thread, CPU:
+  raw        a hand-written loop: train epoch + validation, nothing recorded
+  fsm        the same actions through fsmtrain, every step committed to a durable log (WAL, synchronous=FULL;
+             also with synchronous=NORMAL: safe against a killed process, not against power loss)
+  raw+ckpt   the raw loop plus an atomic checkpoint each epoch (temp file, fsync, rename, fsync of the folder)
+  fsm+ckpt   fsmtrain's training_machine with its checkpoint action each epoch (same durability, plus sha256)
+Each pair must end with bit-identical weights: proof that both did the same work.
+Checkpoint I/O is also timed alone: save + load of the same payload (model, optimizer, RNG states).
+If pytorch-lightning is installed (never required) its figure is printed beside ours.
+The last line is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import torch.nn.functional as F
+
+from fsmtrain import EventLog, Machine, action
+from fsmtrain.state import State
+from fsmtrain.stopping import max_epochs
+from fsmtrain.train import Resources, Trainer, epoch_seed, evaluate, train_epoch, training_machine, weights_sha256
+from fsmtrain.train.checkpoints import capture_rng, load_checkpoint, save_checkpoint, seed_everything
+
+SEED = 0
+
+
+def make_data(n: int, features: int = 64, classes: int = 10) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(features, classes, generator=g)
+    x = torch.randn(n + n // 5, features, generator=g)
+    y = (x @ w + 0.5 * torch.randn(len(x), classes, generator=g)).argmax(1)
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def build_factory(data: tuple[torch.Tensor, ...], batch: int):
+    def build(state: State) -> Resources:
+        model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        return Resources(model=model, optimizer=opt, train_data=(data[0], data[1]), val_data=(data[2], data[3]),
+                         batch_size=batch)
+    return build
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def raw_save(payload: dict, path: Path, dir_fsync: bool = True) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if dir_fsync:
+        fsync_dir(path.parent)
+
+
+def raw_run(data, batch: int, epochs: int, ckpt_dir: Path | None) -> tuple[float, str]:
+    """The hand-written loop: the work of train_epoch + evaluate (+ a checkpoint), nothing else."""
+    x, y, xv, yv = data
+    seed_everything(SEED)
+    r = build_factory(data, batch)(State())
+    model, opt = r.model, r.optimizer
+    t = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(SEED, epoch)))
+        total = 0.0
+        for i in range(0, len(x), batch):
+            idx = order[i:i + batch]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        model.eval()
+        vloss = vacc = 0.0
+        with torch.no_grad():
+            for i in range(0, len(xv), batch * 4):
+                out = model(xv[i:i + batch * 4])
+                vloss += float(F.cross_entropy(out, yv[i:i + batch * 4])) * len(out)
+                vacc += float((out.argmax(1) == yv[i:i + batch * 4]).float().mean()) * len(out)
+        history = (total / len(x), vloss / len(xv), vacc / len(xv))
+        if ckpt_dir is not None:
+            raw_save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "rng": capture_rng(), "history": history}, ckpt_dir / "ckpt.pt")
+    elapsed = time.perf_counter() - t
+    return elapsed / epochs, weights_sha256(model)
+
+
+@action()
+def done(state):
+    return None
+
+
+def fsm_run(data, batch: int, epochs: int, log: Path, checkpoint: bool, synchronous: str = "FULL") -> tuple[float, str]:
+    build = build_factory(data, batch)
+    if checkpoint:
+        machine = training_machine(max_epochs(epochs), name="bench", keep_last=1)
+    else:
+        machine = Machine("bench-nockpt", [train_epoch(), evaluate(), done],
+                          [("train_epoch", "evaluate"), ("evaluate", "done", max_epochs(epochs)),
+                           ("evaluate", "train_epoch")],
+                          entry="train_epoch", terminal=["done"],
+                          initial={"seed": SEED, "epoch": 0, "train_loss": [], "val_loss": [], "val_acc": []})
+    trainer = Trainer(machine, build, log=EventLog(log, synchronous=synchronous))
+    runner = trainer.start({"seed": SEED})
+    t = time.perf_counter()
+    runner.run()
+    elapsed = time.perf_counter() - t
+    assert runner.status == "finished" and runner.state["epoch"] == epochs
+    sha = weights_sha256(runner.resources.model)
+    trainer.log.close()
+    return elapsed / epochs, sha
+
+
+def lightning_epoch_s(data, batch: int, epochs: int) -> float | None:
+    try:
+        import lightning.pytorch as pl  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            import pytorch_lightning as pl  # type: ignore[import-not-found,no-redef]
+        except ImportError:
+            return None
+    x, y, xv, yv = data
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+        def training_step(self, b, _):
+            return F.cross_entropy(self.net(b[0]), b[1])
+
+        def validation_step(self, b, _):
+            self.log("val_loss", F.cross_entropy(self.net(b[0]), b[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch, shuffle=True)
+    vl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xv, yv), batch_size=batch * 4)
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1)
+    t = time.perf_counter()
+    trainer.fit(Module(), dl, vl)
+    return (time.perf_counter() - t) / epochs
+
+
+def checkpoint_io_ms(tmp: Path, data, batch: int, repeats: int) -> tuple[float, float, float]:
+    """Median ms of save+load of one payload: raw (with and without the folder fsync) and fsmtrain."""
+    r = build_factory(data, batch)(State())
+    payload = {"format": 1, "epoch": 1, "model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
+               "scheduler": None, "rng": capture_rng()}
+    raw_dir, fsm_dir = tmp / "raw", tmp / "fsm"
+    raw_dir.mkdir()
+    raw, raw_nodir, fsm = [], [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        raw_save(payload, raw_dir / "ckpt.pt")
+        torch.load(raw_dir / "ckpt.pt", weights_only=True)
+        raw.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        raw_save(payload, raw_dir / "ckpt.pt", dir_fsync=False)
+        torch.load(raw_dir / "ckpt.pt", weights_only=True)
+        raw_nodir.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ref = save_checkpoint(fsm_dir, "run1", "e00001", payload)
+        load_checkpoint(fsm_dir, ref)
+        fsm.append(time.perf_counter() - t)
+    return (statistics.median(raw) * 1e3, statistics.median(raw_nodir) * 1e3, statistics.median(fsm) * 1e3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, to check that the script runs")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per variant (median reported)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    n, epochs, rounds, batch = (1000, 2, 1, 256) if args.quick else (10_000, 10, args.rounds, 256)
+    data = make_data(n)
+    names = ("raw", "fsm", "fsm_normal", "raw_ckpt", "fsm_ckpt", "fsm_ckpt_normal")
+    times: dict[str, list[float]] = {k: [] for k in names}
+    with tempfile.TemporaryDirectory(dir=Path.cwd() if os.access(Path.cwd(), os.W_OK) else None) as d:
+        tmp = Path(d)
+        raw_run(data, batch, 1, None)  # warm-up: allocator, kernels, imports
+        for i in range(rounds):
+            ck = tmp / f"raw{i}"
+            ck.mkdir()
+            for name in names:
+                if name == "raw":
+                    s, sha_raw = raw_run(data, batch, epochs, None)
+                    sha = sha_raw
+                elif name == "raw_ckpt":
+                    s, sha = raw_run(data, batch, epochs, ck)
+                else:
+                    sync = "NORMAL" if name.endswith("normal") else "FULL"
+                    s, sha = fsm_run(data, batch, epochs, tmp / f"{name}{i}.db", checkpoint="ckpt" in name,
+                                     synchronous=sync)
+                assert sha == sha_raw, f"{name} and the raw loop did different work"
+                times[name].append(s)
+        io_raw, io_raw_nodir, io_fsm = checkpoint_io_ms(tmp, data, batch, 5 if args.quick else 100)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    light = None if args.quick else lightning_epoch_s(data, batch, epochs)
+
+    def line(what: str, ours: float, base: float, target: float, unit: str = "ms/epoch") -> None:
+        ratio = ours / base
+        ok = "✔" if ratio <= target else "✘"
+        print(f"{what:<48} {ours * 1e3 if unit == 'ms/epoch' else ours:8.2f} vs {base * 1e3 if unit == 'ms/epoch' else base:8.2f} "
+              f"{unit}  {ratio:5.3f}x  (target ≤ {target}x {ok})")
+
+    print(f"{n}x64 data, 64-32-10 MLP, batch {batch}, Adam, {epochs} epochs, 1 thread, median of {rounds} rounds")
+    line("fsmtrain (log synchronous=FULL) vs raw loop", med["fsm"], med["raw"], 1.03)
+    line("  same, log synchronous=NORMAL", med["fsm_normal"], med["raw"], 1.03)
+    line("fsmtrain + checkpoint each epoch vs raw + save", med["fsm_ckpt"], med["raw_ckpt"], 1.03)
+    line("  same, log synchronous=NORMAL", med["fsm_ckpt_normal"], med["raw_ckpt"], 1.03)
+    line("checkpoint save+load vs raw (equally durable)", io_fsm, io_raw, 1.15, unit="ms")
+    print(f"{'  (raw without the folder fsync: ' + format(io_raw_nodir, '.2f') + ' ms, ratio ' + format(io_fsm / io_raw_nodir, '.3f') + 'x)':<48}")
+    if light is not None:
+        print(f"{'pytorch-lightning, same model and data':<48} {light * 1e3:8.2f} ms/epoch  {light / med['raw']:5.3f}x raw")
+    figures = {"raw_epoch_s": med["raw"], "fsm_epoch_s": med["fsm"], "raw_ckpt_epoch_s": med["raw_ckpt"],
+               "fsm_ckpt_epoch_s": med["fsm_ckpt"], "fsm_normal_epoch_s": med["fsm_normal"],
+               "fsm_ckpt_normal_epoch_s": med["fsm_ckpt_normal"], "raw_ckpt_io_ms": io_raw, "raw_ckpt_io_nodirsync_ms": io_raw_nodir,
+               "fsm_ckpt_io_ms": io_fsm, "fsm_ratio": med["fsm"] / med["raw"],
+               "fsm_ckpt_ratio": med["fsm_ckpt"] / med["raw_ckpt"], "ckpt_io_ratio": io_fsm / io_raw,
+               "lightning_epoch_s": light, "epochs": epochs, "rounds": rounds}
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

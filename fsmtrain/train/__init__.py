@@ -1,0 +1,33 @@
+"""Training on torch: epochs as actions, checkpoints as state references, bit-identical resume.
+
+This subpackage (and ``fsmtrain.tune``) is the only place that imports torch.
+
+- :class:`Resources`: the live model, optimizer, scheduler and data a factory builds.
+- :func:`train_epoch`, :func:`evaluate`, :func:`checkpoint`, :func:`finish`: ready-made actions.
+- :func:`training_machine`: the usual loop in one call; :class:`Trainer` runs it.
+- :mod:`fsmtrain.train.checkpoints`: atomic, hashed, data-only checkpoint files.
+"""
+
+from __future__ import annotations
+
+from .actions import accuracy, checkpoint, evaluate, finish, train_epoch
+from .checkpoints import load_checkpoint, save_checkpoint, seed_everything, weights_sha256
+from .resources import Resources, batches, epoch_seed
+from .trainer import Trainer, training_machine
+
+__all__ = [
+    "Resources",
+    "Trainer",
+    "accuracy",
+    "batches",
+    "checkpoint",
+    "epoch_seed",
+    "evaluate",
+    "finish",
+    "load_checkpoint",
+    "save_checkpoint",
+    "seed_everything",
+    "train_epoch",
+    "training_machine",
+    "weights_sha256",
+]

@@ -1,0 +1,279 @@
+"""The Trainer: starts, resumes and restores training runs; ``training_machine`` builds the usual loop.
+
+Starting a run seeds every RNG from ``state["seed"]`` and calls the user's
+factory ``build(state) -> Resources``.  Resuming calls the factory again, loads
+the newest checkpoint that verifies (falling back to older ones, saying so in
+the ``resume`` event), and re-executes the steps committed after it
+(:meth:`~fsmtrain.Runner.redo`), so the live model is exactly where the log
+says the run is: an interrupted epoch runs again from the last committed
+checkpoint, and the run ends as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..conditions import Condition, default
+from ..errors import CheckpointError, FsmtrainError, InvalidDefinition, ResourceError
+from ..hooks import Hook
+from ..log import EventLog
+from ..machine import Machine
+from ..replay import state_at
+from ..runner import Runner
+from ..state import Ref, State, dumps
+from . import actions as A
+from .checkpoints import load_checkpoint, restore_rng, seed_everything, sweep
+from .resources import Resources, check
+
+__all__ = ["Trainer", "training_machine"]
+
+Factory = Callable[[State], Resources]
+
+DEFAULTS: dict[str, Any] = {"seed": 0, "epoch": 0, "train_loss": [], "checkpoint": None, "checkpoints": [],
+                            "best": None, "weights_sha256": None}
+
+
+def training_machine(stop: Condition, *, name: str = "train", monitor: str | None = "val_loss", mode: str = "min",
+                     keep_last: int = 3, checkpoint_every: int = 1, metrics: Mapping[str, A.Metric] | None = None,
+                     initial: Mapping[str, Any] | None = None) -> Machine:
+    """The usual loop as a machine: ``train_epoch → evaluate → checkpoint → (stop? finish : train_epoch)``.
+
+    ``stop`` is any condition over the state (see :mod:`fsmtrain.stopping`).
+    With ``checkpoint_every=n`` the checkpoint runs after every n-th epoch and
+    after the last.  ``monitor``/``mode`` choose the best checkpoint.
+    """
+    problems = []
+    if not isinstance(stop, Condition):
+        problems.append(f"stop must be a Condition (e.g. max_epochs(20)), got {type(stop).__name__}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        problems.append(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
+    if problems:
+        raise InvalidDefinition(f"training machine `{name}`", problems)
+    acts = [A.train_epoch(), A.evaluate(metrics), A.checkpoint(monitor, mode=mode, keep_last=keep_last), A.finish()]
+    written = sorted({k for a in acts for k in a.writes})
+    if monitor is not None and monitor not in written:
+        raise InvalidDefinition(f"training machine `{name}`", [
+            f"monitor `{monitor}` is written by no action (metrics written: {', '.join(written)})"])
+    if checkpoint_every == 1:
+        after_eval: list[tuple[str, str] | tuple[str, str, Condition]] = [("evaluate", "checkpoint")]
+    else:
+        due = Condition(lambda s: s["epoch"] % checkpoint_every == 0, keys=["epoch"],
+                        name=f"every({checkpoint_every})")
+        after_eval = [("evaluate", "checkpoint", stop | due), ("evaluate", "train_epoch", default)]
+    init = {**DEFAULTS, **{k: [] for k in acts[1].writes}, **(initial or {})}
+    return Machine(name, acts, [("train_epoch", "evaluate"), *after_eval, ("checkpoint", "finish", stop),
+                                ("checkpoint", "train_epoch")],
+                   entry="train_epoch", terminal=["finish"], initial=init)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short, stable hash of a run's configuration (used to find the run to resume)."""
+    return hashlib.sha256(dumps(dict(config)).encode()).hexdigest()[:16]
+
+
+class _Retention(Hook):
+    """After a checkpoint step commits, delete the run's files its state no longer names.
+
+    The first time per run (e.g. after a resume) and at the end it sweeps the
+    whole folder; in between it deletes just the files the last step dropped.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.kept: dict[int | None, list[Ref]] = {}
+
+    def on_step_end(self, *, run_id: int | None, state: Any, updates: dict[str, Any], **_: Any) -> None:
+        if "checkpoint" not in updates:
+            return
+        before, now = self.kept.get(run_id), A.kept_refs(state)
+        if before is None or self.trainer.log.runs(parent_id=run_id):
+            self.trainer.sweep(run_id, state)
+        else:
+            for ref in before:
+                if ref not in now:
+                    (self.trainer.artifacts / ref.path).unlink(missing_ok=True)
+        self.kept[run_id] = now
+
+    def on_run_end(self, *, run_id: int | None, state: Any, status: str, **_: Any) -> None:
+        if status == "finished":
+            self.trainer.sweep(run_id, state)
+        self.kept.pop(run_id, None)
+
+
+class Trainer:
+    """Runs a training machine with resources from ``build(state)``, recorded in ``log``.
+
+    >>> trainer = Trainer(machine, build, log="runs.db")      # doctest: +SKIP
+    >>> runner = trainer.fit({"lr": 1e-3, "seed": 0})          # doctest: +SKIP
+    """
+
+    def __init__(self, machine: Machine, build: Factory, *, log: EventLog | str | os.PathLike[str],
+                 hooks: Iterable[Any] = (), max_attempts: int = 3, map_location: Any = None) -> None:
+        if not isinstance(machine, Machine):
+            raise TypeError(f"machine must be a Machine, got {type(machine).__name__}")
+        if not callable(build):
+            raise TypeError(f"build must be a callable state -> Resources, got {type(build).__name__}")
+        self.machine = machine
+        self.build = build
+        self.log = log if isinstance(log, EventLog) else EventLog(log)
+        self.hooks = [_Retention(self), *hooks]
+        self.max_attempts = max_attempts
+        self.map_location = map_location
+
+    @property
+    def artifacts(self) -> Path:
+        return self.log.artifacts
+
+    # -- runs -------------------------------------------------------------------------
+    def start(self, config: Mapping[str, Any] | None = None, *, tags: Mapping[str, Any] | None = None) -> Runner:
+        """A new run from the machine's initial state updated with ``config``.
+
+        The factory runs before anything is written: if it raises, the log is unchanged.
+        """
+        config = dict(config or {})
+        state = self.machine.initial.apply(config) if config else self.machine.initial
+        resources = self._build(state, None)
+        all_tags = {"config": config_hash(config), **(tags or {})}
+        runner = Runner.start(self.machine, log=self.log, state=config, hooks=self.hooks, resources=resources,
+                              restore=self._restore, tags=all_tags, max_attempts=self.max_attempts)
+        resources.run_id = runner.run_id
+        return runner
+
+    def resume(self, run_id: int, *, allow_changed_machine: bool = False) -> Runner:
+        """Continue ``run_id``; the resources are rebuilt and restored just before its next action runs."""
+        return Runner.resume(self.machine, self.log, run_id, hooks=self.hooks, restore=self._restore,
+                             allow_changed_machine=allow_changed_machine, max_attempts=self.max_attempts)
+
+    def runs(self, config: Mapping[str, Any] | None = None) -> list[Any]:
+        """This machine's runs (with this ``config`` when given), oldest first."""
+        runs = self.log.runs(machine=self.machine.name)
+        if config is not None:
+            h = config_hash(config)
+            runs = [r for r in runs if r.tags.get("config") == h]
+        return runs
+
+    def fit(self, config: Mapping[str, Any] | None = None, *, new: bool = False) -> Runner:
+        """Train with ``config`` until the run halts, resuming where a previous process stopped.
+
+        The newest unfinished run with the same config is resumed; a finished
+        one is returned as it is (``new=True`` starts another).
+        """
+        runs = [] if new else self.runs(config or {})
+        if runs and runs[-1].status in ("running", "waiting"):
+            runner = self.resume(runs[-1].id)
+        elif runs and runs[-1].status == "finished":
+            return self.resume(runs[-1].id)
+        else:
+            runner = self.start(config)
+        runner.run()
+        return runner
+
+    def load(self, run_id: int, which: str = "best") -> Resources:
+        """Fresh resources holding run ``run_id``'s ``best`` or newest (``checkpoint``) checkpoint."""
+        if which not in ("best", "checkpoint"):
+            raise ValueError(f"which must be 'best' or 'checkpoint', got {which!r}")
+        state = state_at(self.log, run_id)
+        ref = (state.get("best") or {}).get("checkpoint") if which == "best" else state.get("checkpoint")
+        if not isinstance(ref, Ref):
+            raise CheckpointError(f"run {run_id} has no {which} checkpoint yet")
+        resources = self._build(_start_state(self.log, run_id), run_id)
+        self._apply(resources, load_checkpoint(self.artifacts, ref, map_location=self.map_location))
+        return resources
+
+    def sweep(self, run_id: int | None, state: Any) -> list[str]:
+        """Delete the run's checkpoint files that neither its state nor a fork of it still needs."""
+        keep = A.kept_refs(state)
+        for child in self.log.runs(parent_id=run_id):
+            for seq in (1, child.last_seq):
+                keep += A.kept_refs(state_at(self.log, child.id, seq))
+        return sweep(self.artifacts, A.run_folder(run_id), keep)
+
+    # -- internals --------------------------------------------------------------------
+    def _build(self, state: State, run_id: int | None) -> Resources:
+        seed = state.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ResourceError(f"state['seed'] must be an int, got {seed!r}")
+        seed_everything(seed)
+        name = getattr(self.build, "__qualname__", repr(self.build))
+        try:
+            resources = self.build(state)
+        except FsmtrainError:
+            raise
+        except Exception as e:
+            raise ResourceError(f"the resource factory `{name}` raised {type(e).__name__}: {e}") from e
+        resources = check(resources, name)
+        resources.artifacts, resources.run_id = self.artifacts, run_id
+        return resources
+
+    def _apply(self, r: Resources, payload: Mapping[str, Any]) -> None:
+        r.model.load_state_dict(payload["model"])
+        r.optimizer.load_state_dict(payload["optimizer"])
+        if r.scheduler is not None and payload.get("scheduler") is not None:
+            r.scheduler.load_state_dict(payload["scheduler"])
+        restore_rng(payload["rng"])
+
+    def _restore(self, runner: Runner) -> dict[str, Any]:
+        """Rebuild the resources and bring them to the runner's last committed step."""
+        assert runner.run_id is not None
+        state = runner.state
+        resources = self._build(_start_state(self.log, runner.run_id), runner.run_id)
+        note: dict[str, Any] = {}
+        candidates = A.kept_refs(state)
+        skipped = []
+        after = None
+        for ref in candidates:
+            try:
+                payload = load_checkpoint(self.artifacts, ref, map_location=self.map_location)
+                seq = self._written_at(runner.run_id, ref)
+            except CheckpointError as e:
+                skipped.append({"checkpoint": ref.path, "problem": str(e)})
+                continue
+            self._apply(resources, payload)
+            after = seq
+            note["checkpoint"] = ref.path
+            break
+        if skipped:
+            note["skipped"] = skipped
+        if after is None:
+            if candidates:
+                problems = "; ".join(s["problem"] for s in skipped)
+                raise CheckpointError(f"run {runner.run_id} has no usable checkpoint left: {problems}")
+            after = 1  # no checkpoint yet: start from the seeded, freshly built resources
+        runner.resources = resources
+        redo = runner.redo(after)
+        note["from_seq"] = after
+        note["redone"] = redo.steps
+        if redo.mismatches:
+            note["mismatches"] = redo.mismatches[:10]
+        return note
+
+    def _written_at(self, run_id: int, ref: Ref) -> int:
+        """The seq of the step that committed ``ref`` as the run's newest checkpoint."""
+        for ev in self.log.events(run_id):
+            if ev.kind == "step" and ev.updates and ev.updates.get("set", {}).get("checkpoint") == ref:
+                return ev.seq
+            elif ev.kind == "start" and ev.snapshot and ev.snapshot.get("checkpoint") == ref:
+                info = self.log.run(run_id)
+                if info.parent_id is not None and info.parent_seq is not None:
+                    parent_ev = self.log.event(info.parent_id, info.parent_seq)
+                    got = ((parent_ev.updates or {}).get("set") or {}).get("checkpoint")
+                    if got == ref:
+                        return 1  # forked right after the step that wrote it
+                raise CheckpointError(
+                    f"run {run_id} inherited checkpoint {ref.path} from the run it was forked from, but not at the "
+                    "step that wrote it; fork a training run right after a checkpoint step")
+        raise CheckpointError(f"no step of run {run_id} recorded checkpoint {ref.path}")
+
+
+def _start_state(log: EventLog, run_id: int) -> State:
+    """The run's state at its start: what the factory was given when the run began.
+
+    Rebuilding from it (after the same seeding) gives the resources the run
+    started with, whatever hyperparameters later steps changed in state.
+    """
+    ev = next(log.events(run_id, end=1))
+    return State(ev.snapshot or {})

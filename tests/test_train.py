@@ -1,0 +1,418 @@
+"""Training on torch: checkpoint files, the ready-made actions, and the Trainer's resume and restore."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pathlib
+import random
+
+import pytest
+import torch
+
+from fsmtrain import EventLog, Machine, Ref, Runner, State, fork, state_at
+from fsmtrain.errors import CheckpointError, InvalidDefinition, ResourceError
+from fsmtrain.log import EventLog as _EventLog
+from fsmtrain.stopping import max_epochs
+from fsmtrain.train import (
+    Resources,
+    Trainer,
+    checkpoint,
+    epoch_seed,
+    evaluate,
+    finish,
+    load_checkpoint,
+    save_checkpoint,
+    train_epoch,
+    training_machine,
+    weights_sha256,
+)
+from fsmtrain.train.checkpoints import capture_rng, read_verified, restore_rng, write_artifact
+from tests.conftest import file_digest
+from tests.machines.training import tiny_build, tiny_data, tiny_machine
+
+
+def fit(log_path, epochs=3, build=tiny_build, **kwargs):
+    return Trainer(tiny_machine(epochs), build, log=log_path, **kwargs).fit()
+
+
+def summary(runner):
+    """What must be identical between an uninterrupted and an interrupted run."""
+    s = runner.state.to_dict()
+    return {k: s[k] for k in ("epoch", "train_loss", "val_loss", "val_acc", "best", "checkpoints", "weights_sha256")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 3-epoch run of the tiny machine."""
+    path = tmp_path_factory.mktemp("ref") / "ref.db"
+    return summary(fit(path))
+
+
+def corrupt(path: pathlib.Path, how: str) -> None:
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    elif how == "bitflip":
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    else:
+        path.unlink()
+
+
+class Interrupt(BaseException):
+    """Stands in for the process dying (not an Exception, so nothing counts it as an attempt)."""
+
+
+def interrupt_at(monkeypatch, k: int, when: str) -> None:
+    """Make the k-th step commit die just before or just after it is written."""
+    orig = _EventLog.append
+    seen = {"steps": 0}
+
+    def append(self, run_id, expected_seq, *, kind, **fields):
+        if kind == "step":
+            seen["steps"] += 1
+            if seen["steps"] == k and when == "before":
+                raise Interrupt
+        ev = orig(self, run_id, expected_seq, kind=kind, **fields)
+        if kind == "step" and seen["steps"] == k and when == "after":
+            raise Interrupt
+        return ev
+
+    monkeypatch.setattr(_EventLog, "append", append)
+
+
+class TestCheckpointFiles:
+    def test_save_then_load_round_trips_and_the_name_carries_the_content_hash(self, tmp_path):
+        """The file holds exactly what was saved; its Ref records size and sha256."""
+        payload = {"format": 1, "w": torch.arange(5.0), "epoch": 3, "rng": capture_rng()}
+        ref = save_checkpoint(tmp_path, "run1", "e00003", payload)
+        data = (tmp_path / ref.path).read_bytes()
+        assert ref.size == len(data) and ref.sha256 == hashlib.sha256(data).hexdigest()
+        assert ref.path == f"run1/e00003-{ref.sha256[:12]}.pt"
+        back = load_checkpoint(tmp_path, ref)
+        assert torch.equal(back["w"], payload["w"]) and back["epoch"] == 3
+        assert [p.name for p in (tmp_path / "run1").iterdir()] == [pathlib.Path(ref.path).name]  # no temp file left
+
+    @pytest.mark.parametrize("how", ["truncate", "bitflip", "delete"])
+    def test_a_damaged_or_missing_file_is_never_loaded(self, tmp_path, how):
+        ref = save_checkpoint(tmp_path, "run1", "e00001", {"format": 1, "w": torch.ones(100)})
+        corrupt(tmp_path / ref.path, how)
+        expected = {"truncate": "bytes, but", "bitflip": "does not match its recorded sha256", "delete": "is missing"}
+        with pytest.raises(CheckpointError, match=expected[how]):
+            load_checkpoint(tmp_path, ref)
+
+    def test_a_pickle_that_runs_code_is_refused(self, tmp_path):
+        """torch.load(weights_only=True): a checkpoint is data; the payload's code never runs."""
+        marker = tmp_path / "pwned"
+
+        class Evil:
+            def __reduce__(self):
+                return (pathlib.Path.touch, (marker,))
+
+        buf = io.BytesIO()
+        torch.save({"format": 1, "model": Evil()}, buf)
+        ref = write_artifact(tmp_path, "run1/e00001-evil.pt", buf.getvalue())
+        assert read_verified(tmp_path, ref)  # the hash matches: only the loader stands in the way
+        with pytest.raises(CheckpointError, match="not a plain-data checkpoint; refused to load it"):
+            load_checkpoint(tmp_path, ref)
+        assert not marker.exists()
+
+    def test_a_failed_write_leaves_neither_the_file_nor_a_temp_file(self, tmp_path, monkeypatch):
+        def boom(src, dst):
+            raise OSError("disk full")
+
+        monkeypatch.setattr("os.replace", boom)
+        with pytest.raises(OSError, match="disk full"):
+            write_artifact(tmp_path, "run1/e00001-x.pt", b"abc")
+        assert list((tmp_path / "run1").iterdir()) == []
+
+    def test_weights_sha256_hashes_each_tensor_in_state_dict_order(self):
+        """An independent computation of the same digest, via NumPy's bytes."""
+        np = pytest.importorskip("numpy")
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+        h = hashlib.sha256()
+        for t in model.state_dict().values():
+            h.update(np.ascontiguousarray(t.detach().numpy()).tobytes())
+        assert weights_sha256(model) == h.hexdigest() == weights_sha256(model.state_dict())
+
+    def test_rng_states_round_trip(self):
+        np = pytest.importorskip("numpy")
+        saved = capture_rng()
+        first = (random.random(), torch.rand(3).tolist(), np.random.rand())
+        restore_rng(saved)
+        assert (random.random(), torch.rand(3).tolist(), np.random.rand()) == first
+
+
+def resources_for_test(tmp_path, run_id=1):
+    torch.manual_seed(0)
+    r = tiny_build(State(lr=0.01))
+    r.artifacts, r.run_id = tmp_path, run_id
+    return r
+
+
+class TestActions:
+    def test_train_epoch_is_the_hand_written_loop(self, tmp_path):
+        """Oracle: the same epoch written by hand gives bit-identical weights and loss."""
+        r = resources_for_test(tmp_path)
+        torch.manual_seed(0)
+        model = tiny_build(State(lr=0.01)).model
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        x, y = r.train_data
+        torch.manual_seed(5)
+        out = train_epoch()(State(epoch=4, seed=7), resources=r)
+        torch.manual_seed(5)
+        model.train()
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(7, 4)))
+        total = 0.0
+        for i in range(0, len(x), 32):
+            idx = order[i:i + 32]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        assert out["epoch"] == 5 and out["train_loss"].items == (total / len(x),)
+        assert weights_sha256(r.model) == weights_sha256(model)
+
+    def test_the_data_order_depends_only_on_seed_and_epoch(self, tmp_path):
+        """Drawing from the global RNG in between changes nothing but dropout, which we switch off."""
+        results = []
+        for noise in (0, 1000):
+            r = resources_for_test(tmp_path)
+            r.model[2].p = 0.0  # no dropout: only the data order could differ
+            torch.rand(noise)
+            random.random()
+            results.append((train_epoch()(State(epoch=2, seed=1), resources=r)["train_loss"], weights_sha256(r.model)))
+        assert results[0] == results[1]
+        assert epoch_seed(1, 2) != epoch_seed(1, 3) != epoch_seed(2, 2)
+
+    def test_evaluate_matches_a_direct_computation(self, tmp_path):
+        r = resources_for_test(tmp_path)
+        out = evaluate()(State(), resources=r)
+        x, y = r.val_data
+        r.model.eval()
+        with torch.no_grad():
+            logits = r.model(x)
+        assert out["val_loss"].items[0] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+        assert out["val_acc"].items[0] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+
+    def test_checkpoint_keeps_the_last_k_and_the_best(self, tmp_path):
+        r = resources_for_test(tmp_path)
+        act = checkpoint("val_loss", keep_last=2)
+        state = State(epoch=0, checkpoints=[], best=None, val_loss=[])
+        for epoch, loss in enumerate([0.5, 0.3, 0.4, 0.35], 1):
+            r.model[0].bias.data.fill_(epoch)  # a different file each epoch
+            state = state.apply({"epoch": epoch, "val_loss": [*state["val_loss"], loss]})
+            state = state.apply(act(state, resources=r))
+        names = [pathlib.Path(c.path).name[:6] for c in state["checkpoints"]]
+        assert names == ["e00003", "e00004"] and state["checkpoint"] == state["checkpoints"][-1]
+        assert state["best"]["epoch"] == 2 and state["best"]["value"] == 0.3
+        payload = load_checkpoint(tmp_path, state["best"]["checkpoint"])
+        assert payload["epoch"] == 2 and torch.all(payload["model"]["0.bias"] == 2)
+
+    def test_nan_is_never_the_best(self, tmp_path):
+        r = resources_for_test(tmp_path)
+        state = State(epoch=1, checkpoints=[], best=None, val_loss=[float("nan")])
+        assert "best" not in checkpoint()(state, resources=r)
+
+    def test_a_monitor_no_action_writes_is_refused_when_the_machine_is_built(self):
+        with pytest.raises(InvalidDefinition, match="monitor `val_los` is written by no action"):
+            training_machine(max_epochs(3), monitor="val_los")
+
+    def test_checkpointing_before_any_evaluation_fails_clearly_and_writes_nothing(self, tmp_path):
+        m = Machine("early", [train_epoch(), checkpoint("val_loss"), finish()],
+                    [("train_epoch", "checkpoint"), ("checkpoint", "finish")], entry="train_epoch",
+                    terminal=["finish"], initial={"seed": 0, "epoch": 0, "train_loss": [], "checkpoints": [],
+                                                   "best": None, "lr": 0.01})
+        trainer = Trainer(m, tiny_build, log=tmp_path / "runs.db")
+        runner = trainer.start()
+        runner.step()
+        digest = file_digest(tmp_path / "runs.db")
+        with pytest.raises(CheckpointError, match="monitors `val_loss`, but the state has no value for it yet"):
+            runner.step()
+        assert file_digest(tmp_path / "runs.db") == digest
+        assert not (tmp_path / "runs.db.artifacts" / "run1").exists()
+
+
+class TestTrainer:
+    def test_fit_trains_until_the_stop_condition(self, tmp_path, reference):
+        runner = fit(tmp_path / "runs.db")
+        assert runner.status == "finished" and runner.state["epoch"] == 3
+        assert summary(runner) == reference  # deterministic: same seed, same result
+        assert len(reference["val_loss"]) == len(reference["train_loss"]) == 3
+        with EventLog(tmp_path / "runs.db") as log:
+            assert log.verify() == []
+            last = log.last_event(1)
+            assert last.action == "finish" and runner.state["weights_sha256"] == weights_sha256(runner.resources.model)
+
+    def test_a_second_fit_with_the_same_config_returns_the_finished_run(self, tmp_path):
+        first = fit(tmp_path / "runs.db")
+        again = fit(tmp_path / "runs.db")
+        assert again.run_id == first.run_id and again.status == "finished" and again.resources is None
+
+    @pytest.mark.parametrize("when", ["before", "after"])
+    @pytest.mark.parametrize("k", range(1, 11))
+    def test_an_interruption_at_any_commit_resumes_to_the_identical_run(self, tmp_path, reference, monkeypatch, k, when):
+        """Die just before or after the k-th step commit, resume in a fresh Trainer: bit-identical end."""
+        log_path = tmp_path / "runs.db"
+        interrupt_at(monkeypatch, k, when)
+        with pytest.raises(Interrupt):
+            fit(log_path)
+        monkeypatch.undo()
+        torch.rand(17)  # whatever the dead process left in the global RNG must not matter
+        resumed = fit(log_path)
+        assert resumed.run_id == 1 and summary(resumed) == reference
+        with EventLog(log_path) as log:
+            assert log.verify() == []
+            epochs = [e.updates["set"]["epoch"] for e in log.events(1) if e.action == "train_epoch" and e.kind == "step"]
+            assert epochs == [1, 2, 3]  # no epoch recorded twice
+            resume = [e for e in log.events(1) if e.kind == "resume"]
+            if (k, when) == (10, "after"):  # the last step had committed: the run was already finished
+                assert resume == []
+            else:
+                assert len(resume) == 1 and "mismatches" not in resume[0].info["restore"]
+
+    @pytest.mark.parametrize("how", ["truncate", "bitflip", "delete"])
+    def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(self, tmp_path, reference, monkeypatch, how):
+        """The fallback is said in the resume event; re-running from the older checkpoint ends identical."""
+        log_path = tmp_path / "runs.db"
+        interrupt_at(monkeypatch, 7, "before")  # epochs 1-2 checkpointed, epoch 3 trained, not committed
+        with pytest.raises(Interrupt):
+            fit(log_path)
+        monkeypatch.undo()
+        with EventLog(log_path) as log:
+            newest = state_at(log, 1)["checkpoint"]
+        corrupt(log.artifacts / newest.path, how)
+        resumed = fit(log_path)
+        assert summary(resumed) == reference
+        with EventLog(log_path) as log:
+            note = next(e for e in log.events(1) if e.kind == "resume").info["restore"]
+        assert note["skipped"][0]["checkpoint"] == newest.path and note["checkpoint"] != newest.path
+        assert note["redone"] == 3  # train_epoch, evaluate, checkpoint of epoch 2, from epoch 1's checkpoint
+
+    def test_no_usable_checkpoint_left_is_a_clear_error_that_writes_nothing(self, tmp_path, monkeypatch):
+        log_path = tmp_path / "runs.db"
+        interrupt_at(monkeypatch, 7, "before")
+        with pytest.raises(Interrupt):
+            fit(log_path)
+        monkeypatch.undo()
+        for p in (tmp_path / "runs.db.artifacts" / "run1").iterdir():
+            corrupt(p, "bitflip")
+        digest = file_digest(log_path)
+        with pytest.raises(CheckpointError, match="run 1 has no usable checkpoint left: checkpoint run1/e00002"):
+            fit(log_path)
+        assert file_digest(log_path) == digest
+
+    def test_a_failed_attempt_is_retried_from_restored_resources(self, tmp_path, reference):
+        """An epoch that raises halfway (after optimizer steps) is re-run from the last checkpoint."""
+        calls = {"n": 0}
+
+        def build(state):
+            r = tiny_build(state)
+            loss = r.loss_fn
+
+            def flaky_loss(out, target):
+                calls["n"] += 1
+                if calls["n"] == 10:  # in epoch 2, after some optimizer steps
+                    raise RuntimeError("transient failure")
+                return loss(out, target)
+
+            r.loss_fn = flaky_loss
+            return r
+
+        runner = fit(tmp_path / "runs.db", build=build)
+        assert summary(runner) == reference
+        with EventLog(tmp_path / "runs.db") as log:
+            assert [e.kind for e in log.events(1)].count("error") == 1
+
+    def test_retention_deletes_only_files_the_state_no_longer_names(self, tmp_path):
+        seen = []
+
+        class Watch:
+            def on_step_end(self, *, action, state, **_):
+                if action == "checkpoint":
+                    on_disk = sorted(p.name for p in (tmp_path / "runs.db.artifacts" / "run1").iterdir())
+                    named = sorted({pathlib.Path(r.path).name for r in
+                                    [*state["checkpoints"], state["best"]["checkpoint"]]})
+                    seen.append((on_disk, named))
+
+        Trainer(tiny_machine(5, keep_last=2), tiny_build, log=tmp_path / "runs.db", hooks=[Watch()]).fit()
+        assert len(seen) == 5 and all(on_disk == named for on_disk, named in seen)
+        assert all(len(named) <= 3 for _, named in seen)
+
+    def test_a_fork_keeps_the_files_it_inherited(self, tmp_path):
+        log_path = tmp_path / "runs.db"
+        trainer = Trainer(tiny_machine(6, keep_last=1), tiny_build, log=log_path)
+        parent = trainer.start()
+        parent.run(halt_after=["checkpoint"])  # epoch 1 checkpointed
+        child_id = fork(trainer.log, 1, updates={"lr": 0.001})
+        parent.run()
+        inherited = state_at(trainer.log, child_id)["checkpoint"]
+        assert (trainer.artifacts / inherited.path).exists()
+        child = trainer.resume(child_id)
+        child.run()
+        assert child.status == "finished" and child.state["epoch"] == 6
+
+    def test_a_factory_that_raises_writes_nothing(self, tmp_path):
+        def build(state):
+            raise ValueError("no GPU here")
+
+        with pytest.raises(ResourceError, match="the resource factory `.*build` raised ValueError: no GPU here"):
+            fit(tmp_path / "runs.db", build=build)
+        with EventLog(tmp_path / "runs.db") as log:
+            assert log.runs() == []
+
+    def test_a_factory_returning_something_else_is_refused(self, tmp_path):
+        with pytest.raises(ResourceError, match="returned dict; it must return fsmtrain.train.Resources"):
+            fit(tmp_path / "runs.db", build=lambda s: {"model": 1})
+        x, y = tiny_data()
+        bad = Resources(model="m", optimizer=None, train_data=(x[:0], y[:0]), batch_size=0)  # type: ignore[arg-type]
+        with pytest.raises(ResourceError, match="model must be a torch.nn.Module.*optimizer must be.*train_data is empty"
+                                                ".*batch_size must be a positive int"):
+            fit(tmp_path / "runs.db", build=lambda s: bad)
+
+    def test_a_missing_data_set_path_is_named(self, tmp_path):
+        from fsmtrain.train import demo
+
+        with pytest.raises(ResourceError, match="data set '/no/such/digits.csv' does not exist"):
+            demo.trainer(tmp_path / "runs.db").fit({"data": "/no/such/digits.csv"})
+        with EventLog(tmp_path / "runs.db") as log:
+            assert log.runs() == []
+
+    def test_load_gives_the_best_models_weights(self, tmp_path):
+        trainer = Trainer(tiny_machine(3), tiny_build, log=tmp_path / "runs.db")
+        runner = trainer.fit()
+        best = trainer.load(runner.run_id, "best")
+        payload = load_checkpoint(trainer.artifacts, runner.state["best"]["checkpoint"])
+        assert weights_sha256(best.model) == weights_sha256(payload["model"])
+
+    def test_a_nondeterministic_step_is_reported_not_hidden(self, tmp_path, monkeypatch):
+        """Redo compares what it recomputes with the log; differences go into the resume event."""
+        noise = random.Random()  # unseeded: a different loss each time
+
+        def build(state):
+            r = tiny_build(state)
+            loss = r.loss_fn
+            r.loss_fn = lambda out, t: loss(out, t) * (1 + noise.random() * 1e-3)
+            return r
+
+        interrupt_at(monkeypatch, 3, "before")
+        with pytest.raises(Interrupt):
+            fit(tmp_path / "runs.db", build=build)
+        monkeypatch.undo()
+        fit(tmp_path / "runs.db", build=build)
+        with EventLog(tmp_path / "runs.db") as log:
+            note = next(e for e in log.events(1) if e.kind == "resume").info["restore"]
+        assert "checkpoint" not in note and note["from_seq"] == 1  # epoch 1 never checkpointed: from the start
+        assert note["redone"] == 2 and note["mismatches"][0].startswith("step 1 `train_epoch`: recorded ")
+
+
+def test_the_engine_runner_can_drive_training_actions_directly(tmp_path):
+    """Resources work with a bare Runner too (no Trainer), e.g. in a notebook."""
+    r = resources_for_test(tmp_path)
+    m = tiny_machine(2)
+    runner = Runner.start(m, resources=r)
+    assert runner.run().reason == "finished" and runner.state["epoch"] == 2
+    assert isinstance(runner.state["checkpoint"], Ref)
