@@ -15,3 +15,13 @@ def test_engine_benchmark_quick_run_prints_its_figures():
     for key in ("memory_us", "full_us", "normal_us", "floor_full_us", "floor_normal_us", "fold_1m_s", "list_10k_s",
                 "append_10_us", "append_10k_us", "floor_full_busy_us"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
+
+
+def test_training_benchmark_quick_run_prints_its_figures():
+    """It also asserts, inside, that fsmtrain and the raw loop end with bit-identical weights."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "training.py"), "--quick"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    figures = json.loads(p.stdout.strip().splitlines()[-1])
+    for key in ("raw_epoch_s", "fsm_epoch_s", "raw_ckpt_epoch_s", "fsm_ckpt_epoch_s", "raw_ckpt_io_ms", "fsm_ckpt_io_ms"):
+        assert isinstance(figures[key], float) and figures[key] > 0, key

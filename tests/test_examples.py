@@ -22,3 +22,17 @@ def test_gated_counter_waits_then_takes_a_decision(tmp_path):
     assert run(str(log), "go", cwd=tmp_path).strip() == "run 1: finished after 9 steps; n=6, total=55"
     with EventLog(log, readonly=True) as lg:
         assert lg.verify() == [] and [r.status for r in lg.runs()] == ["finished"]
+
+
+def test_train_classifier_trains_and_a_rerun_reports_the_same_run(tmp_path):
+    script = ROOT / "examples" / "train_classifier.py"
+    args = [sys.executable, str(script), "max_epochs=3", f"log={tmp_path / 't.db'}"]
+    first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert [line.split()[1] for line in lines[:3]] == ["1", "2", "3"]
+    assert lines[-1].startswith("run 1 finished: 3 epochs, best val_loss ")
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.splitlines() == [lines[-1]]  # the finished run, reported
+    bad = subprocess.run([sys.executable, str(script), "epochs=3"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown or empty config override 'epochs=3'" in bad.stderr

@@ -44,7 +44,7 @@ def test_a_kill_at_every_commit_and_checkpoint_write_resumes_identically(tmp_pat
     logs = {pt: tmp_path / f"{pt[0]}-{pt[1]}.db" for pt in POINTS}
     with ThreadPoolExecutor(2) as pool:
         killed = list(pool.map(lambda pt: driver(logs[pt], *pt), POINTS))
-    for pt, proc in zip(POINTS, killed):
+    for pt, proc in zip(POINTS, killed, strict=True):
         assert proc.returncode == -signal.SIGKILL, (pt, proc.stderr)
     for pt in POINTS:
         demo.trainer(logs[pt]).fit(CONFIG)  # the resume, in a fresh Trainer

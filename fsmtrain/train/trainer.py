@@ -107,8 +107,9 @@ class _Retention(Hook):
 class Trainer:
     """Runs a training machine with resources from ``build(state)``, recorded in ``log``.
 
-    >>> trainer = Trainer(machine, build, log="runs.db")      # doctest: +SKIP
-    >>> runner = trainer.fit({"lr": 1e-3, "seed": 0})          # doctest: +SKIP
+    ``Trainer(machine, build, log="runs.db").fit({"lr": 1e-3, "seed": 0})`` trains
+    until the run halts, resuming the unfinished run with that config if there is
+    one (see the README's "Train your own model").
     """
 
     def __init__(self, machine: Machine, build: Factory, *, log: EventLog | str | os.PathLike[str],
