@@ -229,13 +229,14 @@ class Runner:
         if missing:
             self._wait(name, act.inputs, missing)
             return None
-        if self._restore_due:
-            note = self._run_restore()
-            if note:
-                if self._resume_info is None:  # a waiting run: nothing else would record the note
-                    self._resume_info = {"fingerprint": self.machine.fingerprint, "pid": os.getpid()}
-                self._resume_info["restore"] = note
+        note = self._run_restore(emit=False) if self._restore_due else None
+        if note:
+            if self._resume_info is None:  # a waiting run: nothing else would record the note
+                self._resume_info = {"fingerprint": self.machine.fingerprint, "pid": os.getpid()}
+            self._resume_info["restore"] = note
         self._write_resume_event()
+        if note is not None and self.hooks:  # after the resume event that records it
+            self.hooks.emit("restore", run_id=self.run_id, state=self._state, note=note)
         if values and self.hooks and (self._status == "waiting" or self._pending):
             self.hooks.emit("input", run_id=self.run_id, action=name, inputs=values)
         state = self._state
@@ -368,7 +369,7 @@ class Runner:
             n += 1
         return Redo(n, mismatches)
 
-    def _run_restore(self) -> dict[str, Any] | None:
+    def _run_restore(self, *, emit: bool = True) -> dict[str, Any]:
         assert self.restore is not None
         self._restore_due = False
         try:
@@ -377,9 +378,9 @@ class Runner:
             raise
         except Exception as e:
             raise RestoreFailed(f"restoring the resources of run {self.run_id} failed: {type(e).__name__}: {e}") from e
-        out = dict(note) if note else None
-        if self.hooks:
-            self.hooks.emit("restore", run_id=self.run_id, state=self._state, note=out or {})
+        out = dict(note) if note else {}
+        if emit and self.hooks:
+            self.hooks.emit("restore", run_id=self.run_id, state=self._state, note=out)
         return out
 
     # -- internals ------------------------------------------------------------------

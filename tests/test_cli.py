@@ -141,6 +141,8 @@ BAD_CASES = [
     (["verify", "{newer}"], "newer than this fsmtrain supports"),
     (["demo", "--log", "{newer}"], "newer than this fsmtrain supports"),
     (["demo", "--log", "{not_sqlite}"], "is not a SQLite database"),
+    (["demo", "--log", "{good}", "--new", "--data", "/no/such.csv"], "data set '/no/such.csv' does not exist"),
+    (["demo", "--log", "{good}", "--new", "--data", "{not_sqlite}"], "line 1: expected numbers then an integer label"),
     (["replay", "{good}", "--run", "42"], "run 42 does not exist"),
     (["replay", "{good}", "--run", "1", "--at", "99"], "run 1 has no event 99 (its events are 1..3)"),
     (["replay", "{good}", "--at", "2"], "--at needs --run"),
