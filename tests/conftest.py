@@ -18,6 +18,16 @@ def log_path(tmp_path: Path) -> Path:
     return tmp_path / "runs.db"
 
 
+def finished_counter_log(path: Path, limit: int) -> Path:
+    """A log holding one finished run of the counter machine: ``limit`` ticks, then done."""
+    from fsmtrain import EventLog, Runner
+    from tests.machines import counter
+
+    with EventLog(path) as log:
+        Runner.start(counter(limit), log=log).run()
+    return path
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes (to prove a command left it byte-for-byte unchanged)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from fsmtrain import EventLog, Runner
 from fsmtrain.cli import main
 from fsmtrain.log import SCHEMA_VERSION
-from tests.conftest import ROOT, file_digest, tamper
-from tests.machines import counter, gated
+from tests.conftest import ROOT, file_digest, finished_counter_log, tamper
+from tests.machines import gated
 
 
 def invoke(*args):
@@ -19,9 +19,7 @@ def invoke(*args):
 @pytest.fixture
 def counter_log(log_path):
     """A finished run of the torch-free counter machine: 5 ticks, then done (6 steps, 7 events)."""
-    with EventLog(log_path) as log:
-        Runner.start(counter(5), log=log).run()
-    return log_path
+    return finished_counter_log(log_path, 5)
 
 
 class TestDemo:

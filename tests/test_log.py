@@ -9,15 +9,13 @@ import pytest
 from fsmtrain import EventLog, Runner
 from fsmtrain.errors import NotALog, ReadOnlyLog, RunNotFound, SchemaVersionError
 from fsmtrain.log import SCHEMA_VERSION
-from tests.conftest import ROOT, file_digest, tamper
+from tests.conftest import ROOT, file_digest, finished_counter_log, tamper
 from tests.machines import counter
 
 
 @pytest.fixture
 def finished_log(log_path):
-    with EventLog(log_path) as log:
-        Runner.start(counter(3), log=log).run()
-    return log_path
+    return finished_counter_log(log_path, 3)
 
 
 class TestAppendOnly:
