@@ -271,6 +271,12 @@ class TestTrainer:
             last = log.last_event(1)
             assert last.action == "finish" and runner.state["weights_sha256"] == weights_sha256(runner.resources.model)
 
+    def test_a_trainer_is_a_context_manager_that_closes_its_log(self, tmp_path):
+        with Trainer(tiny_machine(1), tiny_build, log=tmp_path / "runs.db") as trainer:
+            assert trainer.fit().status == "finished"
+        with pytest.raises(Exception, match="closed"):
+            trainer.log.runs()
+
     def test_a_second_fit_with_the_same_config_returns_the_finished_run(self, tmp_path):
         first = fit(tmp_path / "runs.db")
         again = fit(tmp_path / "runs.db")

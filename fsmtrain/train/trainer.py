@@ -129,6 +129,16 @@ class Trainer:
     def artifacts(self) -> Path:
         return self.log.artifacts
 
+    def close(self) -> None:
+        """Close the log (also done by ``with Trainer(...) as trainer:``)."""
+        self.log.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- runs -------------------------------------------------------------------------
     def start(self, config: Mapping[str, Any] | None = None, *, tags: Mapping[str, Any] | None = None) -> Runner:
         """A new run from the machine's initial state updated with ``config``.
