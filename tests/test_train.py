@@ -20,6 +20,7 @@ from fsmtrain.stopping import max_epochs
 from fsmtrain.train import (
     Resources,
     Trainer,
+    batches,
     checkpoint,
     epoch_seed,
     evaluate,
@@ -211,6 +212,25 @@ class TestActions:
             results.append((train_epoch()(State(epoch=2, seed=1), resources=r)["train_loss"], weights_sha256(r.model)))
         assert results[0] == results[1]
         assert epoch_seed(1, 2) != epoch_seed(1, 3) != epoch_seed(2, 2)
+
+    def test_a_map_style_dataset_is_batched_by_a_seeded_loader(self):
+        """Any Dataset works; its shuffled order is a function of the generator, not of the global RNG."""
+        x, y = tiny_data(20)
+
+        class Pairs(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(x)
+
+            def __getitem__(self, i):
+                return x[i], y[i]
+
+        def order(noise):
+            torch.rand(noise)
+            return [b[1].tolist() for b in batches(Pairs(), 8, generator=torch.Generator().manual_seed(epoch_seed(1, 2)))]
+
+        first = order(0)
+        assert first == order(500) and sorted(sum(first, [])) == sorted(y.tolist()) and [len(b) for b in first] == [8, 8, 4]
+        assert [b[0].tolist() for b in batches(Pairs(), 8)][0] == x[:8].tolist()  # in order without a generator
 
     def test_evaluate_matches_a_direct_computation(self, tmp_path):
         r = resources_for_test(tmp_path)

@@ -98,20 +98,25 @@ def _length(data: Any) -> int:
 def batches(data: Any, batch_size: int, *, generator: torch.Generator | None = None, device: torch.device | None = None,
             num_workers: int = 0) -> Iterator[tuple[Any, ...]]:
     """Batches of ``data``, shuffled by ``generator`` when one is given, in order otherwise."""
+    host = _host_batches(data, batch_size, generator, num_workers)
+    if device is None or device.type == "cpu":
+        return host
+    return (tuple(t.to(device, non_blocking=True) for t in batch) for batch in host)
+
+
+def _host_batches(data: Any, batch_size: int, generator: torch.Generator | None,
+                  num_workers: int) -> Iterator[tuple[Any, ...]]:
     ts = _tensors(data)
-    move = device is not None and device.type != "cpu"
     if ts is not None:
         n = len(ts[0])
-        if generator is None:
+        if generator is None:  # in order: slices are views, no copy
             for i in range(0, n, batch_size):
-                batch = tuple(t[i:i + batch_size] for t in ts)
-                yield tuple(t.to(device, non_blocking=True) for t in batch) if move else batch
+                yield tuple(t[i:i + batch_size] for t in ts)
             return
         order = torch.randperm(n, generator=generator)
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
-            batch = tuple(t[idx] for t in ts)
-            yield tuple(t.to(device, non_blocking=True) for t in batch) if move else batch
+            yield tuple(t[idx] for t in ts)
         return
     # A DataLoader draws its workers' base seed from its generator: give it one, so
     # that iterating never consumes the global RNG.
@@ -119,8 +124,7 @@ def batches(data: Any, batch_size: int, *, generator: torch.Generator | None = N
                         generator=generator if generator is not None else torch.Generator().manual_seed(0),
                         num_workers=num_workers)
     for batch in loader:
-        items = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
-        yield tuple(t.to(device, non_blocking=True) for t in items) if move else items
+        yield tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
 
 def check(resources: Any, factory: str) -> Resources:
