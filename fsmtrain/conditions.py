@@ -12,9 +12,34 @@ from typing import Any
 from .errors import ConditionError, FsmtrainError
 from .state import State
 
-__all__ = ["Condition", "all_of", "any_of", "default", "when"]
+__all__ = ["Condition", "Scanner", "all_of", "any_of", "default", "when"]
 
 Verdict = tuple[bool, str]
+
+
+class Scanner:
+    """Evaluates one condition on a sequence of states, reusing work between them.
+
+    ``fires(state)`` equals ``condition(state)`` and ``reason()`` the reason of
+    that last call, whatever states are given; a condition over a metric
+    history (see :mod:`fsmtrain.stopping`) makes the common case cheap, where
+    each state's lists extend the previous one's (the epochs of one run).
+    This is how ``whatif`` evaluates conditions at every epoch of many runs.
+    """
+
+    __slots__ = ("condition", "_why")
+
+    def __init__(self, condition: Condition) -> None:
+        self.condition = condition
+        self._why = ""
+
+    def fires(self, state: State) -> bool:
+        fired, self._why = self.condition.evaluate(state)
+        return fired
+
+    def reason(self) -> str:
+        """Why the last :meth:`fires` call returned what it did."""
+        return self._why
 
 
 class Condition:
@@ -54,6 +79,10 @@ class Condition:
     def __call__(self, state: State | Mapping[str, Any]) -> bool:
         return self.evaluate(state if isinstance(state, State) else State(state))[0]
 
+    def scanner(self) -> Scanner:
+        """A :class:`Scanner` for evaluating this condition on many states in turn."""
+        return Scanner(self)
+
     def __and__(self, other: Condition) -> Condition:
         return _And(self, _check(other))
 
@@ -92,6 +121,37 @@ class _Composite(Condition):
 
     def _eval(self, state: State) -> Verdict:
         raise NotImplementedError
+
+    def scanner(self) -> Scanner:
+        return _CompositeScanner(self, [p.scanner() for p in self.parts])
+
+
+class _CompositeScanner(Scanner):
+    """Scans ``a & b`` / ``a | b`` with the parts' scanners (same verdicts as ``evaluate``)."""
+
+    __slots__ = ("parts", "_decisive", "_all")
+
+    def __init__(self, condition: _Composite, parts: list[Scanner]) -> None:
+        super().__init__(condition)
+        self.parts = parts
+        self._all = type(condition) is _And
+        self._decisive: Scanner | None = None
+
+    def fires(self, state: State) -> bool:
+        # A skipped part's scanner catches up the next time it is asked.
+        want = not self._all  # the verdict that decides: a miss for &, a hit for |
+        for p in self.parts:
+            if p.fires(state) is want:
+                self._decisive = p
+                return want
+        self._decisive = None
+        return self._all
+
+    def reason(self) -> str:
+        d = self._decisive
+        if self._all:
+            return " & ".join(p.reason() for p in self.parts) if d is None else f"not {d.reason()}"
+        return d.reason() if d is not None else f"none of {self.condition.name}"
 
 
 class _And(_Composite):
@@ -136,6 +196,26 @@ class _Not(Condition):
     def _eval(self, state: State) -> Verdict:
         fired, why = self.inner.evaluate(state)
         return (not fired), (f"not {why}" if fired else f"~{why}")
+
+    def scanner(self) -> Scanner:
+        return _NotScanner(self, self.inner.scanner())
+
+
+class _NotScanner(Scanner):
+    __slots__ = ("inner", "_inner_fired")
+
+    def __init__(self, condition: _Not, inner: Scanner) -> None:
+        super().__init__(condition)
+        self.inner = inner
+        self._inner_fired = False
+
+    def fires(self, state: State) -> bool:
+        self._inner_fired = self.inner.fires(state)
+        return not self._inner_fired
+
+    def reason(self) -> str:
+        why = self.inner.reason()
+        return f"not {why}" if self._inner_fired else f"~{why}"
 
 
 def any_of(*conditions: Condition) -> Condition:

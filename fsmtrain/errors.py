@@ -63,6 +63,21 @@ class InvalidInput(FsmtrainError, ValueError):
     exit_code = 2
 
 
+class ExpressionError(FsmtrainError, ValueError):
+    """A condition expression (``fsmtrain whatif --condition``) is not valid; the message points at the part."""
+
+    exit_code = 2
+
+
+class MetricNotRecorded(FsmtrainError, LookupError):
+    """A condition reads a metric that the run never recorded."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:  # LookupError would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
 class NoTransition(FsmtrainError, RuntimeError):
     """No transition out of a non-terminal action matched the state."""
 

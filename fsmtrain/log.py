@@ -37,6 +37,8 @@ from .state import dumps, loads
 
 __all__ = ["EVENT_KINDS", "SCHEMA_VERSION", "Event", "EventLog", "RunInfo", "event_hash", "run_hash", "status_of"]
 
+_now = time.time  # (append's `time` argument shadows the module)
+
 SCHEMA_VERSION = 1
 EVENT_KINDS = ("start", "step", "resume", "waiting", "input", "error", "failed")
 _HEADER = b"SQLite format 3\x00"
@@ -295,8 +297,12 @@ class EventLog:
     def append(self, run_id: int, expected_seq: int, *, kind: str, step: int, action: str | None = None,
                attempt: int | None = None, inputs: Mapping[str, Any] | None = None, updates: Any = None,
                next_action: str | None = None, info: Any = None, snapshot: Mapping[str, Any] | None = None,
-               error: str | None = None, prev_hash: str | None = None) -> Event:
+               error: str | None = None, prev_hash: str | None = None, time: float | None = None) -> Event:
         """Append one event as one ``BEGIN IMMEDIATE`` transaction.
+
+        ``time`` (default: now) is the event's timestamp; a runner passes the
+        moment it evaluated the step's transitions, so that the active time a
+        condition saw is exactly what the log says.
 
         Raises :class:`WriteConflict` unless the run's last event is ``expected_seq``
         (another writer got there first).  A writer that knows the hash of that
@@ -321,7 +327,7 @@ class EventLog:
                 if row[0] != expected_seq:
                     raise self._conflict(run_id, expected_seq)
                 prev_hash = row[1]
-            t = time.time()
+            t = _now() if time is None else time
             seq = expected_seq + 1
             h = event_hash(prev_hash, run_id, seq, step, t, kind, action, attempt, texts[0], texts[1],
                            next_action, texts[2], texts[3], error)

@@ -131,6 +131,21 @@ class Machine:
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
+    def describe(self) -> dict[str, Any]:
+        """The graph as JSON data, recorded in each run's ``start`` event: actions (with what they read,
+        write and need as input), transitions (with their conditions' names), entry and terminal actions.
+
+        It lets tools show the graph, and read a run efficiently, without importing its code.
+        """
+        return {
+            "name": self.name,
+            "entry": self.entry,
+            "terminal": sorted(self.terminal),
+            "actions": {n: {"reads": sorted(a.reads), "writes": sorted(a.writes),
+                            "inputs": [i.to_json() for i in a.inputs]} for n, a in self.actions.items()},
+            "transitions": [[t.source, t.target, t.condition.name] for t in self.transitions],
+        }
+
     def action(self, name: str) -> Action:
         try:
             return self.actions[name]

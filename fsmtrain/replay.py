@@ -16,7 +16,7 @@ from .errors import EventNotFound, InvalidInput, RunNotRunnable
 from .log import Event, EventLog
 from .state import Append, State, dumps, loads
 
-__all__ = ["Position", "apply_updates", "decode_updates", "encode_updates", "fold", "fork", "position", "state_at"]
+__all__ = ["Position", "active_time", "apply_updates", "decode_updates", "encode_updates", "fold", "fork", "position", "state_at"]
 
 
 def encode_updates(updates: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -115,6 +115,36 @@ def position(log: EventLog, run_id: int) -> Position:
     return Position(run_id, info.machine, info.fingerprint, info.last_seq, info.steps, status,
                     next_action, pending, waiting if status == "waiting" else None, attempts,
                     state_at(log, run_id, info.last_seq), tail[0] if tail[0].kind == "step" else None)
+
+
+ACTIVE_KINDS = frozenset({"step", "error", "failed"})
+"""Events whose duration (time since the event before) counts as the run's active time."""
+
+
+def active_time(log: EventLog, run_id: int, upto: int | None = None) -> tuple[float, float]:
+    """``(active seconds, time of the last event)`` of ``run_id`` up to event ``upto`` (default: all).
+
+    Active time is the sum, over the run's ``step``, ``error`` and ``failed``
+    events, of the time since the event before each.  The gaps before a
+    ``resume`` (the process was dead), and while a gate waited for input, are
+    not counted, so a time budget survives restarts and pauses.  The runner
+    keeps the same sum, in the same order, as it goes.
+    """
+    sql = "SELECT kind, time FROM events WHERE run_id = ?"
+    params: list[Any] = [run_id]
+    if upto is not None:
+        sql += " AND seq <= ?"
+        params.append(upto)
+    active = 0.0
+    last: float | None = None
+    for kind, t in log.conn.execute(sql + " ORDER BY seq", params):
+        if last is not None and kind in ACTIVE_KINDS:
+            active += t - last
+        last = t
+    if last is None:
+        log.run(run_id)  # raises RunNotFound
+        raise EventNotFound(f"run {run_id} has no events up to {upto}")
+    return active, last
 
 
 def decode_updates(logged: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from .errors import (
 from .hooks import HookBus
 from .log import Event, EventLog
 from .machine import Machine
-from .replay import decode_updates, encode_updates, position, state_at
+from .replay import active_time, decode_updates, encode_updates, position, state_at
 from .state import Encoded, State, dumps
 
 __all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "give_input"]
@@ -99,6 +99,10 @@ class Runner:
         self._resume_info: dict[str, Any] | None = None
         self._halt: Halt | None = None
         self._decisions: dict[tuple[str, str | None], Encoded] = {}
+        # Active time (see replay.active_time): the sum of the durations of step, error and
+        # failed events, each measured from the event before it.  _t is the last event's time.
+        self._t = time.time()
+        self._active = 0.0
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -115,8 +119,8 @@ class Runner:
                 resources=resources, restore=restore, max_attempts=max_attempts, snapshot_every=snapshot_every)
         if log is not None:
             ev = log.create_run(machine.name, machine.fingerprint, snapshot=initial._data,
-                                next_action=machine.entry, tags=tags)
-            r.run_id, r._seq, r._hash = ev.run_id, ev.seq, ev.hash
+                                next_action=machine.entry, tags=tags, info={"machine": machine.describe()})
+            r.run_id, r._seq, r._hash, r._t = ev.run_id, ev.seq, ev.hash, ev.time
         r.hooks.emit("run_start", run_id=r.run_id, state=initial, machine=machine)
         return r
 
@@ -160,10 +164,13 @@ class Runner:
                 resources=resources, restore=restore, max_attempts=max_attempts, snapshot_every=snapshot_every)
         r._seq, r._step, r._status = pos.seq, pos.step, pos.status
         r._pending, r._attempts = dict(pos.pending_inputs), pos.attempts
+        r._active, r._t = active_time(log, run_id)
+        r._state = pos.state.with_elapsed(r._active)
         r._restore_due = restore is not None and pos.status in ("running", "waiting")
         if pos.status == "running":
-            r._resume_info = {"fingerprint": machine.fingerprint, "pid": os.getpid(),
-                              **({"changed_from": recorded} if changed else {})}
+            r._resume_info = {"fingerprint": machine.fingerprint, "pid": os.getpid()}
+            if changed:
+                r._resume_info.update(_changes(log, run_id, recorded, machine))
         r.hooks.emit("run_resume", run_id=run_id, state=pos.state, next_action=pos.next_action)
         last = pos.last_step
         if last is not None and r.hooks:
@@ -254,7 +261,9 @@ class Runner:
                                 state=state, inputs=values, attempt=attempt)
             try:
                 updates = act.execute(state, values, self.resources)
-                new_state = state.apply(updates) if updates else state
+                now = time.time()
+                elapsed = self._active + (now - self._t)
+                new_state = (state.apply(updates) if updates else state).with_elapsed(elapsed)
                 if name in self.machine.terminal:
                     target: str | None = None
                     cond = reason = None
@@ -283,8 +292,9 @@ class Runner:
                 self.run_id, self._seq, kind="step", step=step, action=name, attempt=attempt, inputs=values or None,
                 updates=encode_updates(updates), next_action=target,
                 info=None if cond is None else self._decision(cond, reason), prev_hash=self._hash,
-                snapshot=new_state._data if (target is None or step % self.snapshot_every == 0) else None)
+                snapshot=new_state._data if (target is None or step % self.snapshot_every == 0) else None, time=now)
             self._seq, self._hash = ev.seq, ev.hash
+        self._active, self._t = elapsed, now
         self._state, self._next, self._step = new_state, target, step
         self._pending, self._attempts = {}, 0
         self._status = "running" if target is not None else "finished"
@@ -394,10 +404,15 @@ class Runner:
         self._halt = Halt(reason, action, self._state, n)
 
     def _append(self, **fields: Any) -> Event | None:
+        now = time.time()
+        if fields["kind"] in ("error", "failed"):  # a failed attempt's time counts as active time
+            self._active += now - self._t
+            self._state = self._state.with_elapsed(self._active)
+        self._t = now
         if self.log is None:
             return None
         assert self.run_id is not None
-        ev = self.log.append(self.run_id, self._seq, prev_hash=self._hash, **fields)
+        ev = self.log.append(self.run_id, self._seq, prev_hash=self._hash, time=now, **fields)
         self._seq, self._hash = ev.seq, ev.hash
         return ev
 
@@ -458,6 +473,24 @@ def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str
     who = by or os.environ.get("FSMTRAIN_USER") or _user()
     return log.append(run_id, last.seq, kind="input", step=last.step, action=last.action, inputs=checked,
                       info={"by": who, "at": time.time()})
+
+
+def _changes(log: EventLog, run_id: int, recorded: str, machine: Machine) -> dict[str, Any]:
+    """What a resume with a changed machine records: the old fingerprint, the new graph, and the
+    transitions whose condition changed (e.g. a swapped stop condition), when the old graph is known."""
+    from .state import loads
+
+    out: dict[str, Any] = {"changed_from": recorded, "machine": machine.describe()}
+    (text,) = log.conn.execute(
+        "SELECT info FROM events WHERE run_id = ? AND (seq = 1 OR (kind = 'resume' AND instr(info, '\"machine\":') > 0)) "
+        "ORDER BY seq DESC LIMIT 1", (run_id,)).fetchone() or (None,)
+    old = loads(text).get("machine") if text and '"machine":' in text else None
+    if old is not None:
+        before = {(s, t): c for s, t, c in old["transitions"]}
+        after = {(t.source, t.target): t.condition.name for t in machine.transitions}
+        out["conditions"] = [{"source": s, "target": t, "was": before.get((s, t)), "now": after.get((s, t))}
+                             for (s, t) in sorted(set(before) | set(after)) if before.get((s, t)) != after.get((s, t))]
+    return out
 
 
 def _clip(text: str, width: int = 200) -> str:

@@ -269,6 +269,17 @@ def loads(text: str) -> Any:
     return value
 
 
+def loads_plain(text: str) -> Any:
+    """Like :func:`loads`, but Refs stay ``{"$ref": {...}}`` dicts (faster, for bulk reading)."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text):
+        return _plain_decoder.decode(text)
+    return value
+
+
 class State(Mapping[str, Any]):
     """An immutable mapping from str keys to JSON values and Refs.
 
@@ -278,10 +289,11 @@ class State(Mapping[str, Any]):
     (0, 1, 1)
     """
 
-    __slots__ = ("_allowed", "_data", "_reader")
+    __slots__ = ("_allowed", "_data", "_elapsed", "_reader")
     _data: dict[str, Any]
     _allowed: frozenset[str] | None
     _reader: str
+    _elapsed: float | None
 
     def __init__(self, values: Mapping[str, Any] | None = None, /, **kw: Any) -> None:
         data: dict[str, Any] = {}
@@ -293,6 +305,7 @@ class State(Mapping[str, Any]):
         _set(self, "_data", data)
         _set(self, "_allowed", None)
         _set(self, "_reader", "")
+        _set(self, "_elapsed", None)
 
     @classmethod
     def _wrap(cls, data: dict[str, Any], allowed: frozenset[str] | None = None, reader: str = "") -> State:
@@ -300,6 +313,32 @@ class State(Mapping[str, Any]):
         _set(s, "_data", data)
         _set(s, "_allowed", allowed)
         _set(s, "_reader", reader)
+        _set(s, "_elapsed", None)
+        return s
+
+    @classmethod
+    def _at(cls, data: dict[str, Any], elapsed: float) -> State:
+        s = cls.__new__(cls)
+        _set(s, "_data", data)
+        _set(s, "_allowed", None)
+        _set(s, "_reader", "")
+        _set(s, "_elapsed", elapsed)
+        return s
+
+    @property
+    def elapsed(self) -> float | None:
+        """The run's active time in seconds, measured from the log, when this state came from a run.
+
+        Not part of the state's data (it is not stored, compared or hashed): the
+        runner and ``whatif`` attach it so that :func:`~fsmtrain.stopping.time_budget`
+        can read it.  ``None`` for a state built by hand; see :meth:`with_elapsed`.
+        """
+        return self._elapsed
+
+    def with_elapsed(self, seconds: float) -> State:
+        """The same state, seen ``seconds`` of active time into its run."""
+        s = State._wrap(self._data, self._allowed, self._reader)
+        _set(s, "_elapsed", float(seconds))
         return s
 
     # -- reading ---------------------------------------------------------------------
@@ -346,7 +385,9 @@ class State(Mapping[str, Any]):
 
     def only(self, keys: frozenset[str], reader: str) -> State:
         """A view that raises :class:`UndeclaredRead` for any key not in ``keys``."""
-        return State._wrap(self._data, keys, reader)
+        s = State._wrap(self._data, keys, reader)
+        _set(s, "_elapsed", self._elapsed)
+        return s
 
     # -- updating --------------------------------------------------------------------
     def apply(self, updates: Mapping[str, Any]) -> State:

@@ -44,7 +44,7 @@ def run_folder(run_id: int | None) -> str:
 
 
 def train_epoch(*, name: str = "train_epoch") -> Action:
-    """One pass over ``train_data``: writes ``epoch`` (+1) and appends the mean loss to ``train_loss``.
+    """One pass over ``train_data``: writes ``epoch`` (+1) and ``steps`` (optimizer steps so far), appends to ``train_loss``.
 
     The data order comes from ``(seed, epoch)``; the LR scheduler, if any, steps
     once at the end of the epoch.
@@ -57,7 +57,7 @@ def train_epoch(*, name: str = "train_epoch") -> Action:
         model, opt, loss_fn, clip = r.model, r.optimizer, r.loss_fn, r.grad_clip
         model.train()
         total = 0.0
-        n = 0
+        n = steps = 0
         for inputs, targets in batches(r.train_data, r.batch_size, generator=g, device=r.device,
                                        num_workers=r.num_workers):
             loss = loss_fn(model(inputs), targets)
@@ -66,14 +66,15 @@ def train_epoch(*, name: str = "train_epoch") -> Action:
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
+            steps += 1
             k = len(targets)
             total += loss.item() * k
             n += k
         if r.scheduler is not None:
             r.scheduler.step()
-        return {"epoch": epoch + 1, "train_loss": append(total / n)}
+        return {"epoch": epoch + 1, "steps": state.get("steps", 0) + steps, "train_loss": append(total / n)}
 
-    return Action(fn, name=name, reads=["epoch", "seed"], writes=["epoch", "train_loss"])
+    return Action(fn, name=name, reads=["epoch", "seed", "steps"], writes=["epoch", "steps", "train_loss"])
 
 
 def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_", name: str = "evaluate") -> Action:

@@ -33,7 +33,7 @@ __all__ = ["Trainer", "training_machine"]
 
 Factory = Callable[[State], Resources]
 
-DEFAULTS: dict[str, Any] = {"seed": 0, "epoch": 0, "train_loss": [], "checkpoint": None, "checkpoints": [],
+DEFAULTS: dict[str, Any] = {"seed": 0, "epoch": 0, "steps": 0, "train_loss": [], "checkpoint": None, "checkpoints": [],
                             "best": None, "weights_sha256": None}
 
 
