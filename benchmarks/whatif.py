@@ -59,10 +59,10 @@ def evaluate(state):
     return {"val_loss": append(v), "val_acc": append(max(0.0, 1.0 - v / 2))}
 
 
-@action(reads=["epoch", "val_loss", "best", "checkpoints"], writes=["checkpoint", "checkpoints", "best"])
+@action(reads=["epoch", "run", "val_loss", "best", "checkpoints"], writes=["checkpoint", "checkpoints", "best"])
 def checkpoint(state):
     e = state["epoch"]
-    ref = Ref(f"run{state['run'] if 'run' in state else 0}/e{e:05d}.pt", f"{e:064x}", 1000 + e)
+    ref = Ref(f"run{state['run']}/e{e:05d}.pt", f"{e:064x}", 1000 + e)
     kept = [*state["checkpoints"][-2:], ref]
     v = state["val_loss"][-1]
     best = state["best"]

@@ -173,6 +173,52 @@ def verify(log: Path, as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--condition", "-c", "conditions", multiple=True, required=True, metavar="EXPR",
+              help="A condition expression; repeat to compare several side by side.")
+@click.option("--run", "runs", type=int, multiple=True, help="A run to evaluate (repeatable; default: every finished run).")
+@click.option("--metric", help="The metric whose best is compared (default: the first condition's metric, else val_loss).")
+@click.option("--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better.")
+@click.option("--counter", default="epoch", show_default=True, help="The state key counting epochs.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Import MODULE first, so the conditions it registers can be named (repeatable).")
+@click.option("--summary", is_flag=True, help="Only the summary over all runs, not a table per run.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def whatif(log: Path, conditions: tuple[str, ...], runs: tuple[int, ...], metric: str | None, mode: str | None,
+           counter: str, imports: tuple[str, ...], summary: bool, as_json: bool) -> None:
+    """Where would these stop conditions have stopped recorded runs, and at what cost?
+
+    Evaluates each EXPR against each run's recorded metric history, epoch by
+    epoch, and prints side by side: the epoch where it would have stopped, why,
+    the best metric reached by then against the run's overall best, and the
+    epochs saved.  EXPR names conditions of fsmtrain.stopping (or registered by
+    an --import'ed module) called with literal arguments, combined with &, |, ~
+    and parentheses; it is parsed, never evaluated as Python.  Opens LOG
+    read-only and writes nothing.
+
+    \b
+    Examples:
+        fsmtrain whatif runs.db -c "early_stopping(val_loss, patience=3)" -c "max_epochs(10)"
+        fsmtrain whatif runs.db --run 1 --run 2 -c "plateau(val_loss, patience=2) & min_epochs(5)" --json
+    """
+    from .whatif import whatif as compare
+
+    for module in imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise click.UsageError(f"--import {module}: cannot import it ({e})") from None
+    with EventLog(log, readonly=True) as lg:
+        result = compare(lg, list(conditions), runs=list(runs) or None, metric=metric, mode=mode, counter=counter)
+    if as_json:
+        _print_json(result.to_dict())
+    elif not result.runs:
+        click.echo(f"{log}: no finished runs to evaluate (name unfinished ones with --run)")
+    else:
+        click.echo(result.to_text(rows=not summary), nl=False)
+
+
 def load_machine(target: str) -> Any:
     """Import ``module:attr`` (the operator names it; never taken from a log) and return the Machine."""
     from .errors import InvalidDefinition

@@ -83,6 +83,17 @@ class Condition:
         """A :class:`Scanner` for evaluating this condition on many states in turn."""
         return Scanner(self)
 
+    def replace(self, old: Condition | str, new: Condition) -> Condition:
+        """This condition with ``old`` (the object, or any condition with that name) replaced by ``new``,
+        also inside ``&``, ``|`` and ``~``; itself when ``old`` does not occur.
+
+        >>> stop = when(a=1) | when(b=2)
+        >>> stop.replace("when(b=2)", when(b=3)).name
+        'when(a=1) | when(b=3)'
+        """
+        _check(new)
+        return new if (self is old or (isinstance(old, str) and self.name == old)) else self
+
     def __and__(self, other: Condition) -> Condition:
         return _And(self, _check(other))
 
@@ -124,6 +135,15 @@ class _Composite(Condition):
 
     def scanner(self) -> Scanner:
         return _CompositeScanner(self, [p.scanner() for p in self.parts])
+
+    def replace(self, old: Condition | str, new: Condition) -> Condition:
+        own = super().replace(old, new)
+        if own is not self:
+            return own
+        parts = [p.replace(old, new) for p in self.parts]
+        if all(a is b for a, b in zip(parts, self.parts, strict=True)):
+            return self
+        return type(self)(*parts)
 
 
 class _CompositeScanner(Scanner):
@@ -199,6 +219,13 @@ class _Not(Condition):
 
     def scanner(self) -> Scanner:
         return _NotScanner(self, self.inner.scanner())
+
+    def replace(self, old: Condition | str, new: Condition) -> Condition:
+        own = super().replace(old, new)
+        if own is not self:
+            return own
+        inner = self.inner.replace(old, new)
+        return self if inner is self.inner else ~inner
 
 
 class _NotScanner(Scanner):

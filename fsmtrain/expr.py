@@ -109,7 +109,7 @@ class _Parser:
             if node.id in self.known:
                 raise self.fail(node, f"`{node.id}` is a condition factory: call it, e.g. {node.id}(...)")
             raise self.fail(node, f"unknown condition `{node.id}` (known: {self.known_names()})")
-        raise self.fail(node, f"a {_kind(node)} is not a condition (known conditions: {self.known_names()})")
+        raise self.fail(node, f"{_a(_kind(node))} is not a condition (known conditions: {self.known_names()})")
 
     def call(self, node: ast.Call) -> Condition:
         if not isinstance(node.func, ast.Name):
@@ -169,7 +169,7 @@ class _Parser:
                 raise self.fail(node.args[0], f"setting needs a state key (a str), got {key!r}")
             s: Setting = setting(key)
             return s
-        raise self.fail(node, f"a {_kind(node)} is not allowed as an argument: use a number, a string, "
+        raise self.fail(node, f"{_a(_kind(node))} is not allowed as an argument: use a number, a string, "
                               "True/False/None or setting('key')")
 
 
@@ -189,6 +189,10 @@ def _parameters(factory: Callable[..., Any]) -> list[str] | None:
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _signature(factory: Callable[..., Any]) -> str:

@@ -131,6 +131,26 @@ class Machine:
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
+    def swap(self, old: Condition | str, new: Condition) -> Machine:
+        """The same machine with condition ``old`` (the object or its name) replaced by ``new`` wherever
+        a transition uses it, also inside ``&``, ``|``, ``~``.
+
+        This is how a run started with one stop condition is resumed with another:
+        ``Runner.resume(machine.swap(old, new), log, run_id, allow_changed_machine=True)``
+        records the change (which transitions, the old and new condition names) in the
+        ``resume`` event.  Conditions read the recorded history, so no counter is lost.
+        """
+        if not isinstance(new, Condition):
+            raise TypeError(f"swap needs a Condition to put in, got {type(new).__name__}")
+        swapped = [Transition(t.source, t.target, t.condition.replace(old, new)) for t in self.transitions]
+        if all(a.condition is b.condition for a, b in zip(swapped, self.transitions, strict=True)):
+            names = sorted({t.condition.name for t in self.transitions if t.condition is not default})
+            what = old if isinstance(old, str) else old.name
+            raise InvalidDefinition(f"machine `{self.name}`", [
+                f"no transition uses condition `{what}` (conditions: {'; '.join(names) or 'none'})"])
+        return Machine(self.name, self.actions.values(), swapped, entry=self.entry, terminal=self.terminal,
+                       initial=self.initial._data)
+
     def describe(self) -> dict[str, Any]:
         """The graph as JSON data, recorded in each run's ``start`` event: actions (with what they read,
         write and need as input), transitions (with their conditions' names), entry and terminal actions.

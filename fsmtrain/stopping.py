@@ -447,8 +447,8 @@ def early_stopping(metric: str, patience: int | Setting, *, min_delta: float = 0
     p.flag("check_finite", check_finite)
     p.number("stopping_threshold", stopping_threshold, optional=True, settable=False)
     p.number("divergence_threshold", divergence_threshold, optional=True, settable=False)
-    if isinstance(patience, int) and not isinstance(patience, bool) and patience < 1:
-        p.problems.append("(patience=1 stops at the first evaluation without improvement, as Keras' patience=0 does)")
+    if patience == 0 and p.problems and p.problems[-1].startswith("patience"):
+        p.problems[-1] += " (patience=1 stops at the first evaluation without improvement, as Keras' patience=0 does)"
     p.done()
     given = {"min_delta": min_delta, "mode": mode, "baseline": baseline, "start_from_epoch": start_from_epoch,
              "check_finite": check_finite, "stopping_threshold": stopping_threshold,

@@ -25,3 +25,13 @@ def test_training_benchmark_quick_run_prints_its_figures():
     figures = json.loads(p.stdout.strip().splitlines()[-1])
     for key in ("raw_epoch_s", "fsm_epoch_s", "raw_ckpt_epoch_s", "fsm_ckpt_epoch_s", "raw_ckpt_io_ms", "fsm_ckpt_io_ms"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
+
+
+def test_whatif_benchmark_quick_run_prints_its_figures():
+    """It also asserts, inside, that whatif reports every recorded run stopped where max_epochs stopped it."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "whatif.py"), "--quick"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    figures = json.loads(p.stdout.strip().splitlines()[-1])
+    for key in ("whatif_s", "read_s"):
+        assert isinstance(figures[key], float) and figures[key] > 0, key
