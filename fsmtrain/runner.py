@@ -263,7 +263,7 @@ class Runner:
                 updates = act.execute(state, values, self.resources)
                 now = time.time()
                 elapsed = self._active + (now - self._t)
-                new_state = (state.apply(updates) if updates else state).with_elapsed(elapsed)
+                new_state = state.apply(updates, elapsed=elapsed) if updates else state.with_elapsed(elapsed)
                 if name in self.machine.terminal:
                     target: str | None = None
                     cond = reason = None

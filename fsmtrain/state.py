@@ -390,15 +390,21 @@ class State(Mapping[str, Any]):
         return s
 
     # -- updating --------------------------------------------------------------------
-    def apply(self, updates: Mapping[str, Any]) -> State:
-        """A new State with ``updates`` applied (values set, or appended via :func:`append`)."""
+    def apply(self, updates: Mapping[str, Any], *, elapsed: float | None = None) -> State:
+        """A new State with ``updates`` applied (values set, or appended via :func:`append`).
+
+        ``elapsed`` (optional) is the new state's active time (see :attr:`elapsed`).
+        """
         data = dict(self._data)
         for k, v in updates.items():
             if type(v) is Append:
                 data[k] = _append(data.get(k), v.items, k)
             else:
                 data[k] = freeze(v, f"state[{k!r}]")
-        return State._wrap(data)
+        s = State._wrap(data)
+        if elapsed is not None:
+            _set(s, "_elapsed", elapsed)
+        return s
 
     def update(self, **values: Any) -> State:
         """A new State with these keys set."""

@@ -497,7 +497,8 @@ class _Plateau(_Rule):
     def reason(self) -> str:
         best = "no best yet" if self.best_i == 0 else f"best {_fmt(self.best)} at evaluation {self.best_i}"
         if self.last_fired:
-            return f"more than {self.patience} evaluations without improvement at evaluation {self.n} ({best})"
+            word = "evaluation" if self.patience == 1 else "evaluations"
+            return f"more than {self.patience} {word} without improvement at evaluation {self.n} ({best})"
         if self.cool:
             return f"cooling down, {self.cool} evaluation(s) left ({best})"
         return f"{self.bad} evaluation(s) without improvement, fires after more than {self.patience} ({best})"

@@ -96,6 +96,7 @@ class WhatIf:
     conditions: list[str]
     runs: list[RunRecord]
     rows: list[Outcome]
+    skipped: list[tuple[int, str]] = attrs.field(factory=list)  # runs left out when none were named, and why
 
     def summary(self) -> list[Summary]:
         out = []
@@ -112,7 +113,8 @@ class WhatIf:
         return {"metric": self.metric, "mode": self.mode, "counter": self.counter, "conditions": self.conditions,
                 "runs": [attrs.asdict(r) for r in self.runs],
                 "rows": [{**attrs.asdict(r), "kept_best": r.kept_best, "gap": r.gap} for r in self.rows],
-                "summary": [attrs.asdict(s) for s in self.summary()]}
+                "summary": [attrs.asdict(s) for s in self.summary()],
+                "skipped": [{"run_id": r, "why": why} for r, why in self.skipped]}
 
     def to_text(self, *, rows: bool = True) -> str:
         """Side-by-side tables: per run (unless ``rows=False``), then a summary when several runs are compared."""
@@ -141,6 +143,9 @@ class WhatIf:
                 [[s.condition, f"{s.fired}/{s.runs}",
                   f"{s.epochs_saved}/{s.epochs_run} ({100 * s.epochs_saved / max(1, s.epochs_run):.0f}%)",
                   f"{s.kept_best}/{s.runs}", _v(s.mean_gap)] for s in self.summary()])))
+        if self.skipped:
+            out.append(f"skipped {len(self.skipped)} finished run(s) that do not record what the conditions read "
+                       f"(runs {', '.join(str(r) for r, _ in self.skipped[:10])}{', ...' if len(self.skipped) > 10 else ''})")
         return "\n".join(out).rstrip() + "\n"
 
 
@@ -417,12 +422,20 @@ def whatif(log: EventLog, conditions: Sequence[Condition | str], *, runs: Sequen
     histories = _histories(log, run_ids, needed, counter)
     infos = {r.id: r for r in log.runs()} if run_ids else {}
     records, rows = [], []
+    skipped: list[tuple[int, str]] = []
+    first_problem: MetricNotRecorded | None = None
     better = _better(mode)
     for h in histories:
-        _check_recorded(log, h, conds, metric, counter)
-        values = h.lists.get(metric)
-        if values is None:
-            raise MetricNotRecorded(f"run {h.run_id}: `{metric}` is not a list of values (one per evaluation)")
+        try:
+            _check_recorded(log, h, conds, metric, counter)
+        except MetricNotRecorded as problem:
+            if runs is not None:  # a run the user named: say what is wrong with it
+                raise
+            # Comparing every finished run: one of another kind (no such metric) is left out.
+            skipped.append((h.run_id, str(problem)))
+            first_problem = first_problem or problem
+            continue
+        values = h.lists[metric]
         # For each evaluation, the epoch it was made in; and the best so far after each evaluation.
         epoch_of: list[int] = []
         for e, s in zip(h.epochs, h.states, strict=True):
@@ -464,7 +477,10 @@ def whatif(log: EventLog, conditions: Sequence[Condition | str], *, runs: Sequen
             rows.append(Outcome(h.run_id, c.name, fired_at, reason, last,
                                 0 if fired_at is None else last - fired_at, by_then, by_then_epoch,
                                 overall, overall_epoch))
-    return WhatIf(metric, mode, counter, [c.name for c in conds], records, rows)
+    if skipped and not records:
+        assert first_problem is not None
+        raise MetricNotRecorded(f"no finished run records what the conditions read; e.g. {first_problem}")
+    return WhatIf(metric, mode, counter, [c.name for c in conds], records, rows, skipped)
 
 
 def _check_recorded(log: EventLog, h: _History, conds: Sequence[Condition], metric: str, counter: str) -> None:
@@ -479,6 +495,7 @@ def _check_recorded(log: EventLog, h: _History, conds: Sequence[Condition], metr
             if k not in h.keys:
                 raise MetricNotRecorded(f"condition `{c.name}` reads `{k}`, which run {h.run_id} never recorded "
                                         f"(its state has: {has()})")
-    if metric not in h.keys:
-        raise MetricNotRecorded(f"run {h.run_id} never recorded `{metric}` (its state has: {has()}); "
+    if metric not in h.lists:
+        what = "never recorded" if metric not in h.keys else "does not hold a list of values (one per evaluation) in"
+        raise MetricNotRecorded(f"run {h.run_id} {what} `{metric}` (its state has: {has()}); "
                                 "choose the metric to compare with --metric")

@@ -1,5 +1,6 @@
 """Each example runs, and rerunning it resumes rather than restarts."""
 
+import json
 import subprocess
 import sys
 
@@ -36,3 +37,23 @@ def test_train_classifier_trains_and_a_rerun_reports_the_same_run(tmp_path):
     assert again.returncode == 0 and again.stdout.splitlines() == [lines[-1]]  # the finished run, reported
     bad = subprocess.run([sys.executable, str(script), "epochs=3"], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown or empty config override 'epochs=3'" in bad.stderr
+
+
+def test_custom_condition_example_tests_pass_and_whatif_can_use_the_condition(tmp_path):
+    example = ROOT / "examples" / "custom_condition.py"
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "5 passed" in p.stdout
+    from tests.test_whatif import record  # a recorded run of the torch-free curve machine
+
+    with EventLog(tmp_path / "w.db") as log:
+        record(log, "max_epochs(12)", "falls")
+    p = subprocess.run([sys.executable, "-m", "fsmtrain", "whatif", str(tmp_path / "w.db"), "--import", "custom_condition",
+                        "-c", "relative_plateau(val_loss, window=3, fraction=0.01)", "--json"],
+                       capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": f"{ROOT}:{ROOT / 'examples'}", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr
+    (row,) = json.loads(p.stdout)["rows"]
+    # falls: ... 0.605 0.603 0.602 0.6015: at epoch 10, the best of the last 3 (0.6015) is not 1% below 0.605
+    assert row["stopped_at"] == 10 and row["condition"] == "relative_plateau(val_loss, window=3, fraction=0.01)"

@@ -136,6 +136,32 @@ class TestTheComparison:
         assert states[-1] == state_at(log, 2)
 
 
+class TestMixedLogs:
+    def test_runs_of_another_kind_are_skipped_unless_named(self, tmp_path):
+        from fsmtrain import Machine, action
+
+        @action(reads=["n"], writes=["n"])
+        def tick(state):
+            return {"n": state["n"] + 1}
+
+        other = Machine("counter", [tick], [("tick", "tick")], entry="tick", initial={"n": 0})
+        with EventLog(tmp_path / "w.db") as log:
+            record(log, "max_epochs(12)", "falls")
+            Runner.start(other, log=log).run(max_steps=3)
+            record(log, "max_epochs(12)", "overfits")
+            result = whatif(log, ["max_epochs(5)"])  # run 2 is not finished: not even considered
+            assert [r.run_id for r in result.runs] == [1, 3] and result.skipped == []
+            # a finished run without the metric is left out, and said so
+            done = Machine("once", [tick], [], entry="tick", terminal=["tick"], initial={"n": 0})
+            Runner.start(done, log=log).run()
+            result = whatif(log, ["early_stopping(val_loss, patience=2)"])
+            assert [r.run_id for r in result.runs] == [1, 3]
+            assert result.skipped[0][0] == 4 and "run 4 never set `epoch`" in result.skipped[0][1]
+            assert "skipped 1 finished run(s)" in result.to_text()
+            with pytest.raises(MetricNotRecorded, match="run 4 never set `epoch`"):
+                whatif(log, ["early_stopping(val_loss, patience=2)"], runs=[1, 4])
+
+
 class TestBadInput:
     def test_a_metric_the_run_never_recorded(self, tmp_path):
         with EventLog(tmp_path / "w.db") as log:
