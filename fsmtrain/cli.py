@@ -138,6 +138,9 @@ def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool) -> 
                 detail.append("inputs " + _short(e.inputs, 40))
             if e.kind == "waiting" and isinstance(e.info, dict):
                 detail.append("needs " + ", ".join(e.info.get("missing", [])))
+            if e.kind == "resume" and isinstance(e.info, dict) and e.info.get("changed_from"):
+                changes = [f"{c['source']}->{c['target']}: {c['was']} => {c['now']}" for c in e.info.get("conditions", [])]
+                detail.append("machine changed" + (": " + "; ".join(changes) if changes else ""))
             if e.error:
                 detail.append("error " + _short(e.error.strip().splitlines()[-1], 80))
             nxt = "" if e.kind not in ("start", "step") else ("-> " + e.next if e.next else "(end)")

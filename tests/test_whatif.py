@@ -256,6 +256,9 @@ class TestSwappingTheStopCondition:
                                              "was": "max_epochs(12) | end_of_curve",
                                              "now": "early_stopping(val_loss, patience=2) | end_of_curve"}]
         assert resume.info["changed_from"] == curve_machine(first).fingerprint
+        timeline = cli("replay", str(tmp_path / "w.db"), "--run", "1", cwd=tmp_path).stdout
+        assert "machine changed: evaluate->done: max_epochs(12) | end_of_curve => early_stopping(val_loss, patience=2)" \
+            in timeline
         # the patience count was not lost across the swap: it is recomputed from the history
         assert swapped.state["epoch"] == direct.state["epoch"] == 7
         assert list(swapped.state["val_loss"]) == list(direct.state["val_loss"])
