@@ -7,14 +7,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .actions import Action, Input, action
+from .actions import Action, Input, action, gate
 from .conditions import Condition, all_of, any_of, default, when
 from .errors import FsmtrainError
-from .hooks import Hook, HookBus
+from .hooks import Hook, HookBus, Notify
 from .log import EventLog
 from .machine import Machine, Transition
 from .replay import fold, fork, state_at
-from .runner import Halt, Runner, StepResult, give_input
+from .runner import Halt, Runner, StepResult, decide, give_input
 from .state import Ref, State, append
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "HookBus",
     "Input",
     "Machine",
+    "Notify",
     "Ref",
     "Runner",
     "State",
@@ -37,9 +38,11 @@ __all__ = [
     "all_of",
     "any_of",
     "append",
+    "decide",
     "default",
     "fold",
     "fork",
+    "gate",
     "give_input",
     "state_at",
     "when",

@@ -19,7 +19,7 @@ import attrs
 from .errors import InvalidDefinition, InvalidInput, UndeclaredWrite, UnserializableValue
 from .state import Append, State, freeze
 
-__all__ = ["Action", "Input", "action"]
+__all__ = ["Action", "Input", "action", "gate"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
@@ -240,3 +240,37 @@ def action(
 
     return wrap(fn) if fn is not None else wrap
 
+
+
+def gate(name: str = "review", *, decision: Iterable[str] | None = ("go", "no-go"), comment: bool = True,
+         inputs: Iterable[Input] = ()) -> Action:
+    """A human gate: the run waits here until a person gives ``decision`` (and any other ``inputs``).
+
+    Each input given is written to the state under its own name (an optional one
+    not given as None), so transitions can branch on it:
+    ``("review", "export", when(decision="go"))``.  ``comment`` adds an optional
+    free-text ``comment`` input.  Give input with ``fsmtrain approve``/``reject``/
+    ``input``, or ``runner.run(inputs={...})``.
+
+    >>> g = gate(inputs=[Input("lr", type="float", required=False, min=0)])
+    >>> [i.name for i in g.inputs], sorted(g.writes)
+    (['decision', 'comment', 'lr'], ['comment', 'decision', 'lr'])
+    >>> g({}, decision="go")
+    {'decision': 'go', 'comment': None, 'lr': None}
+    """
+    specs: list[Input] = []
+    if decision is not None:
+        specs.append(Input("decision", choices=list(decision), help="the reviewer's decision"))
+    if comment:
+        specs.append(Input("comment", required=False, help="why"))
+    specs += list(inputs)
+    names = [i.name for i in specs]
+    if len(set(names)) != len(names):
+        raise InvalidDefinition(f"gate `{name}`", [f"inputs are named twice: {names}"])
+    if not specs:
+        raise InvalidDefinition(f"gate `{name}`", ["a gate needs at least one input (a decision, or inputs=[...])"])
+
+    def fn(state: State, **given: Any) -> dict[str, Any]:
+        return {n: given.get(n) for n in names}
+
+    return Action(fn, name=name, writes=names, inputs=specs)

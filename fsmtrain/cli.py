@@ -227,6 +227,16 @@ def load_machine(target: str) -> Any:
     from .errors import InvalidDefinition
     from .machine import Machine
 
+    obj = import_target(target)
+    if not isinstance(obj, Machine) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, Machine):
+        raise InvalidDefinition(f"{target}", [f"is a {type(obj).__name__}, not an fsmtrain Machine"])
+    return obj
+
+
+def import_target(target: str) -> Any:
+    """The object ``module:attr`` names (imported from the operator's command line, never from a log)."""
     if ":" not in target:
         raise click.BadParameter(f"{target!r} must be MODULE:ATTR, e.g. fsmtrain.demo:machine")
     mod_name, _, attr = target.partition(":")
@@ -241,11 +251,164 @@ def load_machine(target: str) -> Any:
         if not hasattr(obj, part):
             raise click.BadParameter(f"module {mod_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
-    if not isinstance(obj, Machine) and callable(obj):
-        obj = obj()
-    if not isinstance(obj, Machine):
-        raise InvalidDefinition(f"{target}", [f"is a {type(obj).__name__}, not an fsmtrain Machine"])
     return obj
+
+
+def _existing_log(path: Path) -> EventLog:
+    """Open an existing log for writing; a missing file is an error, never a new empty log."""
+    if not path.exists():
+        raise click.BadParameter(f"{path} does not exist", param_hint="LOG")
+    return EventLog(path)
+
+
+def _show_input(lg: EventLog, ev: Event) -> None:
+    given = ", ".join(f"{k}={v!r}" for k, v in sorted((ev.inputs or {}).items()))
+    # The run's `worker` tag, if its creator set one, is only shown as a suggestion, never imported.
+    target = lg.run(ev.run_id).tags.get("worker")
+    target = target if isinstance(target, str) and target else "MODULE:ATTR"
+    click.echo(f"run {ev.run_id}: input for `{ev.action}` recorded ({given}) by {ev.info.get('by')}; "
+               f"the next worker pass continues it: fsmtrain worker {lg.path} --machine {target} --once")
+
+
+@main.command("input")
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("run_id", type=int)
+@click.argument("values", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.option("--comment", help="A note recorded with the input.")
+def input_(log: Path, run_id: int, values: tuple[str, ...], comment: str | None) -> None:
+    """Give input to a run waiting at a gate: KEY=VALUE for each input it declares.
+
+    Values are read as the gate declares them (str, int, float, bool) and
+    checked against its choices and range before anything is written; the
+    first valid answer wins.  Your user name ($FSMTRAIN_USER, else the login
+    name) and the time are recorded.
+
+    \b
+    Example:
+        fsmtrain input runs.db 1 decision=no-go lr=0.001
+    """
+    from .actions import Input
+    from .errors import InvalidInput
+    from .runner import give_input
+
+    with _existing_log(log) as lg:
+        info = lg.run(run_id)
+        last = lg.last_event(run_id)
+        specs = {d["name"]: Input.from_json(d) for d in (last.info or {}).get("needs", [])} \
+            if info.status == "waiting" else {}
+        parsed: dict[str, Any] = {}
+        for item in values:
+            key, sep, text = item.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="KEY=VALUE")
+            if key in parsed:
+                raise click.BadParameter(f"{key} is given twice", param_hint="KEY=VALUE")
+            spec = specs.get(key)
+            if spec is None and info.status == "waiting":
+                raise InvalidInput(f"`{last.action}` of run {run_id} has no input named {key!r} "
+                                   f"(its inputs: {', '.join(specs) or 'none'})")
+            parsed[key] = spec.parse(text, last.action or "?") if spec is not None else text
+        ev = give_input(lg, run_id, parsed, comment=comment)
+        _show_input(lg, ev)
+
+
+def _decide(log: Path, run_id: int, approve: bool, comment: str | None) -> None:
+    from .runner import decide
+
+    with _existing_log(log) as lg:
+        ev = decide(lg, run_id, approve, comment=comment)
+        _show_input(lg, ev)
+
+
+@main.command()
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("run_id", type=int)
+@click.option("--comment", help="Why; recorded with the decision (and given as the gate's `comment` input if it has one).")
+def approve(log: Path, run_id: int, comment: str | None) -> None:
+    """Approve a run waiting at a go/no-go gate (its `decision` input: go).
+
+    \b
+    Example:
+        fsmtrain approve runs.db 1 --comment "val_acc 0.97, ship it"
+    """
+    _decide(log, run_id, True, comment)
+
+
+@main.command()
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("run_id", type=int)
+@click.option("--comment", help="Why; recorded with the decision (and given as the gate's `comment` input if it has one).")
+def reject(log: Path, run_id: int, comment: str | None) -> None:
+    """Reject a run waiting at a go/no-go gate (its `decision` input: no-go).
+
+    \b
+    Example:
+        fsmtrain reject runs.db 1 --comment "overfits"
+    """
+    _decide(log, run_id, False, comment)
+
+
+@main.command()
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--machine", "target", required=True, metavar="MODULE:ATTR",
+              help="The machine (or a function log -> Trainer) whose runs to continue; code comes only from here.")
+@click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
+@click.option("--every", metavar="DURATION", help="Pass again after this pause (e.g. 30s, 10m) until SIGINT/SIGTERM.")
+@click.option("--max-runs", type=int, help="Continue at most N runs per pass.")
+@click.option("--hook", "hook_targets", multiple=True, metavar="MODULE:ATTR",
+              help="A hook object (or a function returning one) to attach, e.g. to notify on waiting (repeatable).")
+def worker(log: Path, target: str, once: bool, every: str | None, max_runs: int | None,
+           hook_targets: tuple[str, ...]) -> None:
+    """Continue every run that can make progress until its next halt.
+
+    Finds the runs of the machine that are not finished, not failed and not
+    waiting without input; resumes each (restoring its checkpoint) until it
+    finishes, fails or reaches its next gate; prints a line per run.  Two
+    workers on one log never run the same run at once.  SIGINT/SIGTERM stop it
+    after the current step; the run resumes from there next time.  Exits 1 if a
+    run failed.
+
+    \b
+    Examples:
+        fsmtrain worker runs.db --machine fsmtrain.train.demo:gated_trainer --once
+        */10 * * * *  cd /srv/train && fsmtrain worker runs.db --machine mypkg.train:trainer --once   # crontab
+    """
+    import signal
+
+    from .worker import Worker, parse_duration
+
+    if once == (every is not None):
+        raise click.UsageError("give exactly one of --once and --every DURATION")
+    pause = parse_duration(every) if every is not None else 0.0
+    obj = import_target(target)
+    hooks = []
+    for h in hook_targets:
+        hook = import_target(h)
+        hooks.append(hook() if isinstance(hook, type) or (callable(hook) and not _is_hook(hook)) else hook)
+    if max_runs is not None and max_runs < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--max-runs")
+    with _existing_log(log) as lg:
+        w = Worker(lg, obj, hooks=hooks, max_runs=max_runs, echo=click.echo)
+
+        def on_signal(signum: int, frame: Any) -> None:
+            click.echo(f"worker: {signal.Signals(signum).name}: stopping after the current step", err=True)
+            w.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        if once:
+            reports = w.run_once()
+            if not reports:
+                click.echo(f"nothing to do: no run of `{w.machine.name}` in {log} can make progress")
+        else:
+            click.echo(f"worker: passing over {log} every {every} (Ctrl-C to stop)")
+            reports = w.serve(pause)
+    if any(r.outcome in ("failed", "error") for r in reports):
+        sys.exit(1)
+
+
+def _is_hook(obj: Any) -> bool:
+    return any(callable(getattr(obj, f"on_{e}", None)) for e in ("step_end", "waiting", "input", "run_end", "run_start"))
 
 
 @main.command()
@@ -279,20 +442,26 @@ def graph(target: str, fmt: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary line.")
 @click.option("--delay", type=click.FloatRange(min=0), default=0.0,
               help="Sleep this many seconds at the start of each epoch: slow enough to press Ctrl-C, then resume.")
+@click.option("--gate", is_flag=True,
+              help="After training, wait at a go/no-go review gate; go exports the best model (see fsmtrain approve).")
 def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data: str | None, new: bool,
-         as_json: bool, delay: float) -> None:
+         as_json: bool, delay: float, gate: bool) -> None:
     """Train a small digits classifier, one epoch per step, with checkpoints and early stopping.
 
     Running it again on the same log resumes the unfinished run; on a finished
     run it prints that run's summary (use --new for another run). Kill it at any
     moment: the resumed run ends with the same weights as an uninterrupted one.
+    With --gate, the trained run waits for a person's decision: approve or
+    reject it from any process, and a worker (or this command) finishes it.
 
     \b
-    Example:
+    Examples:
         fsmtrain demo --log runs.db
+        fsmtrain demo --log gate.db --gate && fsmtrain approve gate.db 1
     """
     from .hooks import Hook
     from .train import demo as d
+    from .worker import run_lock
 
     class Progress(Hook):
         t0 = 0.0
@@ -318,7 +487,7 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
                 Progress.t0 = time.perf_counter()
 
     with EventLog(log_path) as lg:
-        trainer = d.trainer(lg, hooks=[Progress()])
+        trainer = (d.gated_trainer if gate else d.trainer)(lg, hooks=[Progress()])
         runs = [] if new else trainer.runs()
         unfinished = [r for r in runs if r.status in ("running", "waiting")]
         if unfinished:
@@ -337,16 +506,45 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
                                  "or start another with --new")
         else:
             config = {**d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data}
-            runner = trainer.start(config, tags={"demo": True})
+            tags: dict[str, Any] = {"demo": True}
+            if gate:
+                tags["worker"] = "fsmtrain.train.demo:gated_trainer"
+            runner = trainer.start(config, tags=tags)
             if not as_json:
                 click.echo(f"run {runner.run_id}: new demo run (epochs={epochs}, seed={seed}) in {log_path}")
-        try:
-            halt = runner.run()
-        except KeyboardInterrupt:
-            click.echo(f"\ninterrupted after {runner.steps} steps; run the same command again to resume "
-                       f"run {runner.run_id}", err=True)
-            sys.exit(130)
+        assert runner.run_id is not None
+        with run_lock(lg, runner.run_id) as mine:
+            if not mine:
+                raise RunNotRunnable(f"run {runner.run_id} is being run by another process (a worker?); "
+                                     f"watch it with `fsmtrain replay {log_path} --run {runner.run_id}`")
+            try:
+                halt = runner.run()
+            except KeyboardInterrupt:
+                click.echo(f"\ninterrupted after {runner.steps} steps; run the same command again to resume "
+                           f"run {runner.run_id}", err=True)
+                sys.exit(130)
+        if halt.reason == "waiting":
+            _waiting(lg, runner.run_id, halt.state, as_json)
+            return
         _summary(runner.run_id, runner.status, halt.state, as_json, artifacts=lg.artifacts)
+
+
+def _waiting(lg: EventLog, run_id: int, state: Any, as_json: bool) -> None:
+    """How to answer the demo's review gate, and what to run then."""
+    best = state["best"] or {}
+    worker_cmd = f"fsmtrain worker {lg.path} --machine fsmtrain.train.demo:gated_trainer --once"
+    if as_json:
+        _print_json({"run_id": run_id, "status": "waiting", "waiting_at": "review", "epochs": state["epoch"],
+                     "best_epoch": best.get("epoch"), "best_val_loss": best.get("value"),
+                     "approve": f"fsmtrain approve {lg.path} {run_id}", "reject": f"fsmtrain reject {lg.path} {run_id}",
+                     "worker": worker_cmd})
+        return
+    click.echo(f"run {run_id} is waiting at `review` for a person's decision: {state['epoch']} epochs, best val_loss "
+               f"{best.get('value', float('nan')):.4f} at epoch {best.get('epoch')}, val_acc "
+               f"{state['val_acc'][(best.get('epoch') or 1) - 1]:.4f} there")
+    click.echo(f"  go:     fsmtrain approve {lg.path} {run_id} --comment \"looks good\"   (exports the best model)")
+    click.echo(f"  no-go:  fsmtrain reject {lg.path} {run_id}")
+    click.echo(f"  then:   {worker_cmd}")
 
 
 def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: str = "",
@@ -354,14 +552,21 @@ def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: s
     best = state["best"] or {}
     ref = best.get("checkpoint")
     if as_json:
+        exported = state.get("exported")
         _print_json({"run_id": run_id, "status": status, "epochs": state["epoch"], "best_epoch": best.get("epoch"),
                      "best_val_loss": best.get("value"), "weights_sha256": state["weights_sha256"],
-                     "best_checkpoint": ref.path if ref else None})
+                     "best_checkpoint": ref.path if ref else None,
+                     **({"decision": state.get("decision"), "exported": exported.path if exported else None}
+                        if "decision" in state else {})})
         return
     click.echo(f"run {run_id} {note or status}: {state['epoch']} epochs, best val_loss {best.get('value', float('nan')):.4f} "
                f"at epoch {best.get('epoch')}; final weights sha256 {(state['weights_sha256'] or '?')[:16]}…")
     if ref and artifacts is not None:
         click.echo(f"best checkpoint: {artifacts / ref.path}")
+    if state.get("decision") is not None:
+        exported = state.get("exported")
+        click.echo(f"decision: {state['decision']}" + (f" ({state['comment']})" if state.get("comment") else "")
+                   + (f"; exported model: {artifacts / exported.path}" if exported and artifacts else "; nothing exported"))
 
 
 @main.command()

@@ -14,13 +14,15 @@ the run with :class:`~fsmtrain.errors.HookFailed`; any other failure is a
 
 from __future__ import annotations
 
+import os
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import HookFailed
 
-__all__ = ["EVENTS", "Hook", "HookBus", "HookWarning"]
+__all__ = ["EVENTS", "Hook", "HookBus", "HookWarning", "Notify"]
 
 EVENTS = ("run_start", "run_resume", "step_start", "step_end", "step_failed", "waiting", "input", "restore",
           "run_end")
@@ -104,3 +106,46 @@ class HookBus:
                 if getattr(hook, "fatal", False):
                     raise HookFailed(f"hook {name}.on_{event} failed: {type(e).__name__}: {e}") from e
                 warnings.warn(f"hook {name}.on_{event} failed: {type(e).__name__}: {e}", HookWarning, stacklevel=2)
+
+
+class Notify(Hook):
+    """Tell a person when a run waits at a gate, and when its input arrives.
+
+    Appends one line per event to ``path`` (a file a chat bot, ``tail -f`` or a
+    mail filter can follow) and/or calls ``call(message)`` (send it anywhere)::
+
+        Trainer(machine, build, log="runs.db", hooks=[Notify("gates.txt", log="runs.db")])
+        fsmtrain worker runs.db --machine mypkg:trainer --once --hook mypkg:notify
+
+    ``log`` (optional) is only used to print ready-to-run commands.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, call: Callable[[str], Any] | None = None,
+                 log: str | os.PathLike[str] | None = None) -> None:
+        if path is None and call is None:
+            raise ValueError("Notify needs a path to append to, a function to call, or both")
+        self.path, self.call, self.log = path, call, log
+
+    def _say(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        if self.call is not None:
+            self.call(line)
+
+    def on_waiting(self, *, run_id: int | None, action: str, needs: list[dict[str, Any]], state: Any,
+                   **future_kwargs: Any) -> None:
+        wanted = ", ".join(n["name"] + (f" ({' | '.join(map(str, n['choices']))})" if n.get("choices") else "")
+                           for n in needs if n.get("required", True))
+        best = state.get("best") if hasattr(state, "get") else None
+        where = ""
+        if isinstance(best, dict) and best.get("value") is not None:
+            where = f"; best {best.get('metric')} {best['value']:.4g} at epoch {best.get('epoch')}"
+        log = self.log or "LOG"
+        self._say(f"run {run_id} waits at `{action}` for {wanted}{where}. "
+                  f"Answer: fsmtrain approve {log} {run_id} / fsmtrain reject {log} {run_id}")
+
+    def on_input(self, *, run_id: int | None, action: str, inputs: dict[str, Any], **future_kwargs: Any) -> None:
+        given = ", ".join(f"{k}={v!r}" for k, v in sorted(inputs.items()))
+        self._say(f"run {run_id} got its input for `{action}` ({given}) and goes on")

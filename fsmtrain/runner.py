@@ -9,10 +9,11 @@ explicit ``halt_before``/``halt_after``.  See ``spec/engine.md``.
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, NoReturn
 
 import attrs
@@ -33,7 +34,7 @@ from .machine import Machine
 from .replay import active_time, decode_updates, encode_updates, position, state_at
 from .state import Encoded, State, dumps
 
-__all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "give_input"]
+__all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "decide", "give_input", "summary"]
 
 Restore = Callable[["Runner"], "Mapping[str, Any] | None"]
 """``restore(runner)``: bring ``runner.resources`` to the run's last committed step; may return a note to log."""
@@ -236,6 +237,13 @@ class Runner:
         if missing:
             self._wait(name, act.inputs, missing)
             return None
+        answered = bool(values) and (self._status == "waiting" or bool(self._pending))
+        if given and self._status == "waiting":
+            # A person answered the gate in this process: record it as any other answer
+            # (who and when; the wait before it is not active time).
+            self._append(kind="input", step=self._step, action=name, inputs={k: values[k] for k in given},
+                         info={"by": _who(None), "at": time.time()})
+            self._status = "running"
         note = self._run_restore(emit=False) if self._restore_due else None
         if note:
             if self._resume_info is None:  # a waiting run: nothing else would record the note
@@ -244,7 +252,7 @@ class Runner:
         self._write_resume_event()
         if note is not None and self.hooks:  # after the resume event that records it
             self.hooks.emit("restore", run_id=self.run_id, state=self._state, note=note)
-        if values and self.hooks and (self._status == "waiting" or self._pending):
+        if answered and self.hooks:
             self.hooks.emit("input", run_id=self.run_id, action=name, inputs=values)
         state = self._state
         while True:
@@ -438,7 +446,7 @@ class Runner:
             return
         needs = [s.to_json() for s in specs]
         self._append(kind="waiting", step=self._step, action=name,
-                     info={"needs": needs, "missing": [m.name for m in missing]})
+                     info={"needs": needs, "missing": [m.name for m in missing], "summary": summary(self._state)})
         self._status = "waiting"
         self._resume_info = None
         if self.hooks:
@@ -453,26 +461,108 @@ class Runner:
                            f"the run is marked failed: {type(cause).__name__}: {cause}") from cause
 
 
-def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str | None = None) -> Event:
+def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str | None = None,
+               comment: str | None = None) -> Event:
     """Record input for a waiting run, validated against what its gate declared.
 
-    Invalid input, or a run that is not waiting, raises before anything is written.
+    Invalid input, or a run that is not waiting, raises before anything is
+    written.  The first valid answer wins: a later one is refused with a message
+    naming it.  ``by`` (default: ``$FSMTRAIN_USER``, else the login name) and the
+    time are recorded; so is ``comment``, when given.
     """
     info = log.run(run_id)
     last = log.last_event(run_id)
     if info.status != "waiting":
-        if last.kind == "input":
-            raise RunNotRunnable(f"run {run_id} already has input for `{last.action}` "
-                                 f"(given by {last.info.get('by')} at event {last.seq}); the first decision wins")
-        raise RunNotRunnable(f"run {run_id} is {info.status}, not waiting for input")
+        first = _answer(log, run_id)
+        why = f"run {run_id} is {info.status}, not waiting for input"
+        if first is not None:
+            why += f"; {first}; the first decision wins"
+        raise RunNotRunnable(why)
     specs = [Input.from_json(d) for d in last.info["needs"]]
     checked, missing = validate_inputs(specs, dict(values), last.action or "?")
     if missing:
         names = ", ".join(m.name for m in missing)
         raise InvalidInput(f"run {run_id} needs input {names} for `{last.action}`; give every required input")
-    who = by or os.environ.get("FSMTRAIN_USER") or _user()
-    return log.append(run_id, last.seq, kind="input", step=last.step, action=last.action, inputs=checked,
-                      info={"by": who, "at": time.time()})
+    if comment is not None and not isinstance(comment, str):
+        raise InvalidInput(f"comment must be a str, got {type(comment).__name__}")
+    note: dict[str, Any] = {"by": _who(by), "at": time.time()}
+    if comment:
+        note["comment"] = comment
+    return log.append(run_id, last.seq, kind="input", step=last.step, action=last.action, inputs=checked, info=note)
+
+
+APPROVE = ("go", "approve", "approved", "yes", "accept", "ok")
+REJECT = ("no-go", "nogo", "reject", "rejected", "no", "deny")
+
+
+def decide(log: EventLog, run_id: int, approve: bool, *, comment: str | None = None, by: str | None = None,
+           inputs: Mapping[str, Any] | None = None) -> Event:
+    """Approve or reject a run waiting at a gate with a ``decision`` input: ``fsmtrain approve`` / ``reject``.
+
+    The value given is the gate's own word for it (``go``/``no-go``, ``approve``/
+    ``reject``, ``yes``/``no``, or True/False for a bool).  ``comment`` is also
+    given as the gate's ``comment`` input when it declares one.
+    """
+    info = log.run(run_id)
+    last = log.last_event(run_id)
+    if info.status != "waiting":
+        return give_input(log, run_id, {}, by=by)  # raises, naming the first answer if there was one
+    specs = {d["name"]: Input.from_json(d) for d in last.info["needs"]}
+    gate = specs.get("decision")
+    if gate is None:
+        raise InvalidInput(f"run {run_id} waits at `{last.action}`, which has no `decision` input (its inputs: "
+                           f"{', '.join(specs) or 'none'}); give them with `fsmtrain input LOG {run_id} key=value`")
+    words = APPROVE if approve else REJECT
+    if gate.type == "bool":
+        value: Any = approve
+    elif gate.choices is None:
+        value = words[0]
+    else:
+        value = next((c for c in gate.choices if isinstance(c, str) and c.lower() in words), None)
+        if value is None:
+            raise InvalidInput(f"`{last.action}` takes decision in {list(gate.choices)}, none of which means "
+                               f"{'approve' if approve else 'reject'}; give it with "
+                               f"`fsmtrain input LOG {run_id} decision=...`")
+    values = {**(inputs or {}), "decision": value}
+    if comment and "comment" in specs:
+        values["comment"] = comment
+    return give_input(log, run_id, values, by=by, comment=comment)
+
+
+def _answer(log: EventLog, run_id: int) -> str | None:
+    """How the run's last gate was answered: the first input after its last ``waiting`` event."""
+    row = log.conn.execute("SELECT max(seq) FROM events WHERE run_id = ? AND kind = 'waiting'", (run_id,)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    for ev in log.events(run_id, start=row[0] + 1):
+        if ev.inputs:
+            who = ev.info.get("by") if ev.kind == "input" and isinstance(ev.info, dict) else None
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.time))
+            given = ", ".join(f"{k}={v!r}" for k, v in sorted(ev.inputs.items()))
+            return f"its gate `{ev.action}` was answered with {given}" + (f" by {who}" if who else "") + \
+                f" at {when} (event {ev.seq})"
+    return None
+
+
+def summary(state: State) -> dict[str, Any]:
+    """What a person deciding at a gate wants to see: the epoch and each metric's count, last, min and max."""
+    out: dict[str, Any] = {}
+    for k in ("epoch", "steps"):
+        if isinstance(state.get(k), int):
+            out[k] = state[k]
+    metrics: dict[str, Any] = {}
+    for k in sorted(state):
+        v = state[k]
+        if isinstance(v, Sequence) and not isinstance(v, str) and v and len(metrics) < 20 \
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            finite = [x for x in v if math.isfinite(x)]
+            metrics[k] = {"n": len(v), "last": v[-1], "min": min(finite, default=None), "max": max(finite, default=None)}
+    out["metrics"] = metrics
+    return out
+
+
+def _who(by: str | None) -> str:
+    return by or os.environ.get("FSMTRAIN_USER") or _user()
 
 
 def _changes(log: EventLog, run_id: int, recorded: str, machine: Machine) -> dict[str, Any]:

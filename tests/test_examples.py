@@ -57,3 +57,34 @@ def test_custom_condition_example_tests_pass_and_whatif_can_use_the_condition(tm
     (row,) = json.loads(p.stdout)["rows"]
     # falls: ... 0.605 0.603 0.602 0.6015: at epoch 10, the best of the last 3 (0.6015) is not 1% below 0.605
     assert row["stopped_at"] == 10 and row["condition"] == "relative_plateau(val_loss, window=3, fraction=0.01)"
+
+
+def test_gated_training_retrains_with_the_reviewers_learning_rate_then_a_worker_exports(tmp_path):
+    script = ROOT / "examples" / "gated_training.py"
+
+    def run(*args):
+        p = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.splitlines()
+
+    first = run()
+    assert len(first) == 7 and first[-1].startswith("run 1 waits for review")
+    second = run("no-go", "new_lr=0.01", "more_epochs=2")
+    assert [line.split()[3] for line in second[:2]] == ["0.01", "0.01"]  # retrained at the reviewer's LR
+    assert second[-1].startswith("run 1 waits for review")
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'examples'}", "PATH": "/usr/bin:/bin"}
+    for cmd in (["approve", "gated_training.db", "1"],
+                ["worker", "gated_training.db", "--machine", "gated_training:trainer", "--once"]):
+        p = subprocess.run([sys.executable, "-m", "fsmtrain", *cmd], cwd=tmp_path, capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "run 1: finished after 3 step(s)"
+    with EventLog(tmp_path / "gated_training.db", readonly=True) as log:
+        from fsmtrain import state_at
+
+        state = state_at(log, 1)
+        assert log.verify() == [] and state["lr"] == 0.01 and state["max_epochs"] == 8
+        assert state["exported"] is not None and state["decision"] == "go"
+        assert [e.inputs for e in log.events(1) if e.kind == "input"] == [
+            {"decision": "no-go", "new_lr": 0.01, "more_epochs": 2}, {"decision": "go"}]

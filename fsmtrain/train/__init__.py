@@ -10,7 +10,7 @@ This subpackage (and ``fsmtrain.tune``) is the only place that imports torch.
 
 from __future__ import annotations
 
-from .actions import accuracy, checkpoint, evaluate, finish, train_epoch
+from .actions import accuracy, checkpoint, evaluate, export_best, finish, train_epoch
 from .checkpoints import load_checkpoint, save_checkpoint, seed_everything, weights_sha256
 from .resources import Resources, batches, epoch_seed
 from .trainer import Trainer, training_machine
@@ -23,6 +23,7 @@ __all__ = [
     "checkpoint",
     "epoch_seed",
     "evaluate",
+    "export_best",
     "finish",
     "load_checkpoint",
     "save_checkpoint",

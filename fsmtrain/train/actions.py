@@ -18,10 +18,10 @@ import torch
 from ..actions import Action
 from ..errors import CheckpointError, InvalidDefinition, ResourceError
 from ..state import Ref, State, append
-from .checkpoints import FORMAT, capture_rng, save_checkpoint, weights_sha256
+from .checkpoints import FORMAT, capture_rng, load_checkpoint, save_checkpoint, weights_sha256
 from .resources import Resources, batches, epoch_seed
 
-__all__ = ["accuracy", "checkpoint", "evaluate", "finish", "run_folder", "train_epoch"]
+__all__ = ["accuracy", "artifact_refs", "checkpoint", "evaluate", "export_best", "finish", "run_folder", "train_epoch"]
 
 Metric = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | float"]
 
@@ -177,6 +177,39 @@ def finish(*, name: str = "finish") -> Action:
         return {"weights_sha256": weights_sha256(r.model)}
 
     return Action(fn, name=name, reads=[], writes=["weights_sha256"])
+
+
+def export_best(*, name: str = "export") -> Action:
+    """Export the best checkpoint's model weights as a file of their own: writes ``exported`` (a Ref).
+
+    The file, ``run<ID>/model-<sha256[:12]>.pt`` in the artifacts, holds
+    ``{"format", "model": state_dict, "epoch", "metric", "value"}``; load it with
+    ``torch.load(path, weights_only=True)`` and ``model.load_state_dict(...["model"])``.
+    The best checkpoint is verified (size, sha256) before it is read.
+    """
+
+    def fn(state: State, resources: Any) -> dict[str, Any]:
+        r = _resources(resources, name)
+        best = state["best"]
+        if not best or not isinstance(best.get("checkpoint"), Ref):
+            raise CheckpointError(f"action `{name}`: the run has no best checkpoint to export")
+        if r.artifacts is None:
+            raise CheckpointError(f"action `{name}` has nowhere to write: run it with a Trainer and a log")
+        payload = load_checkpoint(r.artifacts, best["checkpoint"], map_location="cpu")
+        exported = {"format": FORMAT, "model": payload["model"], "epoch": best["epoch"], "metric": best["metric"],
+                    "value": best["value"]}
+        return {"exported": save_checkpoint(r.artifacts, run_folder(r.run_id), "model", exported)}
+
+    return Action(fn, name=name, reads=["best"], writes=["exported"])
+
+
+def artifact_refs(state: State | Mapping[str, Any]) -> list[Ref]:
+    """Every file a state names: its checkpoints (:func:`kept_refs`) and an exported model."""
+    refs = kept_refs(state)
+    exported = state.get("exported")
+    if isinstance(exported, Ref) and exported not in refs:
+        refs.append(exported)
+    return refs
 
 
 def kept_refs(state: State | Mapping[str, Any]) -> list[Ref]:

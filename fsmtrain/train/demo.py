@@ -24,7 +24,7 @@ from ..stopping import early_stopping, max_epochs, setting
 from .resources import Resources
 from .trainer import Trainer, training_machine
 
-__all__ = ["CONFIG", "build", "load_digits", "machine", "trainer"]
+__all__ = ["CONFIG", "build", "gated_machine", "gated_trainer", "load_digits", "machine", "trainer"]
 
 DIGITS_SHA256 = "68aea062d35a127749050fa0e52dca09d6569ac08092c925610e0954e172dde2"
 
@@ -32,10 +32,12 @@ CONFIG: dict[str, Any] = {
     "seed": 0, "lr": 0.01, "batch_size": 64, "hidden": 64, "max_epochs": 30, "patience": 5, "data": None,
 }
 
-machine = training_machine(
-    stop=early_stopping("val_loss", patience=setting("patience")) | max_epochs(setting("max_epochs")),
-    name="demo", monitor="val_loss", keep_last=2, initial=CONFIG,
-)
+STOP = early_stopping("val_loss", patience=setting("patience")) | max_epochs(setting("max_epochs"))
+
+machine = training_machine(STOP, name="demo", monitor="val_loss", keep_last=2, initial=CONFIG)
+
+gated_machine = training_machine(STOP, name="demo-gate", monitor="val_loss", keep_last=2, initial=CONFIG, review=True)
+"""The demo with a go/no-go gate after training: go exports the best model (``fsmtrain demo --gate``)."""
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,3 +86,9 @@ def build(config: State) -> Resources:
 def trainer(log: EventLog | str, **kwargs: Any) -> Trainer:
     """A Trainer for the demo machine on ``log``."""
     return Trainer(machine, build, log=log, **kwargs)
+
+
+def gated_trainer(log: EventLog | str, **kwargs: Any) -> Trainer:
+    """A Trainer for the gated demo on ``log``: the worker's target,
+    ``fsmtrain worker LOG --machine fsmtrain.train.demo:gated_trainer --once``."""
+    return Trainer(gated_machine, build, log=log, **kwargs)

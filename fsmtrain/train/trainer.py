@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..conditions import Condition, default
+from ..actions import gate
+from ..conditions import Condition, default, when
 from ..errors import CheckpointError, FsmtrainError, InvalidDefinition, ResourceError
 from ..hooks import Hook
 from ..log import EventLog
@@ -39,12 +40,16 @@ DEFAULTS: dict[str, Any] = {"seed": 0, "epoch": 0, "steps": 0, "train_loss": [],
 
 def training_machine(stop: Condition, *, name: str = "train", monitor: str | None = "val_loss", mode: str = "min",
                      keep_last: int = 3, checkpoint_every: int = 1, metrics: Mapping[str, A.Metric] | None = None,
-                     initial: Mapping[str, Any] | None = None) -> Machine:
+                     initial: Mapping[str, Any] | None = None, review: bool = False) -> Machine:
     """The usual loop as a machine: ``train_epoch → evaluate → checkpoint → (stop? finish : train_epoch)``.
 
     ``stop`` is any condition over the state (see :mod:`fsmtrain.stopping`).
     With ``checkpoint_every=n`` the checkpoint runs after every n-th epoch and
-    after the last.  ``monitor``/``mode`` choose the best checkpoint.
+    after the last.  ``monitor``/``mode`` choose the best checkpoint.  With
+    ``review=True``, a stopped run waits at a human gate, ``review`` (inputs
+    ``decision``: go / no-go, optional ``comment``): go exports the best model
+    (``export``, see :func:`~fsmtrain.train.actions.export_best`) then finishes;
+    no-go finishes without exporting.
     """
     problems = []
     if not isinstance(stop, Condition):
@@ -65,8 +70,15 @@ def training_machine(stop: Condition, *, name: str = "train", monitor: str | Non
                         name=f"every({checkpoint_every})")
         after_eval = [("evaluate", "checkpoint", stop | due), ("evaluate", "train_epoch", default)]
     init = {**DEFAULTS, **{k: [] for k in acts[1].writes}, **(initial or {})}
-    return Machine(name, acts, [("train_epoch", "evaluate"), *after_eval, ("checkpoint", "finish", stop),
-                                ("checkpoint", "train_epoch")],
+    if review:
+        acts += [gate("review"), A.export_best()]
+        init.update(decision=None, comment=None, exported=None)
+        ending: list[tuple[str, str] | tuple[str, str, Condition]] = [
+            ("checkpoint", "review", stop), ("checkpoint", "train_epoch"),
+            ("review", "export", when(decision="go")), ("review", "finish"), ("export", "finish")]
+    else:
+        ending = [("checkpoint", "finish", stop), ("checkpoint", "train_epoch")]
+    return Machine(name, acts, [("train_epoch", "evaluate"), *after_eval, *ending],
                    entry="train_epoch", terminal=["finish"], initial=init)
 
 
@@ -87,9 +99,9 @@ class _Retention(Hook):
         self.kept: dict[int | None, list[Ref]] = {}
 
     def on_step_end(self, *, run_id: int | None, state: Any, updates: dict[str, Any], **_: Any) -> None:
-        if "checkpoint" not in updates:
+        if "checkpoint" not in updates and "exported" not in updates:
             return
-        before, now = self.kept.get(run_id), A.kept_refs(state)
+        before, now = self.kept.get(run_id), A.artifact_refs(state)
         if before is None or self.trainer.log.runs(parent_id=run_id):
             self.trainer.sweep(run_id, state)
         else:
@@ -154,9 +166,12 @@ class Trainer:
         resources.run_id = runner.run_id
         return runner
 
-    def resume(self, run_id: int, *, allow_changed_machine: bool = False) -> Runner:
-        """Continue ``run_id``; the resources are rebuilt and restored just before its next action runs."""
-        return Runner.resume(self.machine, self.log, run_id, hooks=self.hooks, restore=self._restore,
+    def resume(self, run_id: int, *, allow_changed_machine: bool = False, hooks: Iterable[Any] = ()) -> Runner:
+        """Continue ``run_id``; the resources are rebuilt and restored just before its next action runs.
+
+        ``hooks`` are added to the Trainer's own for this runner (a worker passes its own this way).
+        """
+        return Runner.resume(self.machine, self.log, run_id, hooks=[*self.hooks, *hooks], restore=self._restore,
                              allow_changed_machine=allow_changed_machine, max_attempts=self.max_attempts)
 
     def runs(self, config: Mapping[str, Any] | None = None) -> list[Any]:
@@ -197,10 +212,10 @@ class Trainer:
 
     def sweep(self, run_id: int | None, state: Any) -> list[str]:
         """Delete the run's checkpoint files that neither its state nor a fork of it still needs."""
-        keep = A.kept_refs(state)
+        keep = A.artifact_refs(state)
         for child in self.log.runs(parent_id=run_id):
             for seq in (1, child.last_seq):
-                keep += A.kept_refs(state_at(self.log, child.id, seq))
+                keep += A.artifact_refs(state_at(self.log, child.id, seq))
         return sweep(self.artifacts, A.run_folder(run_id), keep)
 
     # -- internals --------------------------------------------------------------------

@@ -1,0 +1,211 @@
+"""The worker: resume every run that can make progress, until its next halt.
+
+``fsmtrain worker LOG --machine MODULE:ATTR --once`` is the whole scheduler a
+human-gated workflow needs: run it from cron (or ``--every 10m``) and each run
+that is not finished, not failed and not waiting for a person goes on until it
+finishes, fails, or reaches its next gate.  Code comes only from the target the
+operator names, never from the log.
+
+Two workers never drive the same run at once: a worker holds an exclusive lock
+on ``<log>.artifacts/locks/run<ID>.lock`` (``flock``; the kernel releases it when
+the process dies, so a killed worker blocks nobody) while it runs that run, and
+reads the run's position only once it holds it.  The log's one-writer rule
+(``WriteConflict``) backs this up for any other writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from .errors import ActionFailed, FsmtrainError, InvalidInput
+from .log import EventLog
+from .machine import Machine
+from .runner import Runner
+
+__all__ = ["Report", "Target", "Worker", "parse_duration", "run_lock"]
+
+
+class Target(Protocol):
+    """What a worker runs: a machine's name, and a way to resume one of its runs (with extra hooks)."""
+
+    machine: Machine
+
+    def resume(self, run_id: int, *, hooks: Iterable[Any] = ()) -> Runner: ...
+
+
+@attrs.define
+class _MachineTarget:
+    """A bare Machine as a target: runs are resumed with ``Runner.resume`` (no resources)."""
+
+    machine: Machine
+    log: EventLog
+
+    def resume(self, run_id: int, *, hooks: Iterable[Any] = ()) -> Runner:
+        return Runner.resume(self.machine, self.log, run_id, hooks=hooks)
+
+
+def as_target(obj: Any, log: EventLog) -> Target:
+    """A Machine, or a callable ``log -> Target`` (e.g. ``lambda log: Trainer(machine, build, log=log)``)."""
+    if isinstance(obj, Machine):
+        return _MachineTarget(obj, log)
+    if callable(obj) and not hasattr(obj, "resume"):
+        obj = obj(log)
+    if isinstance(getattr(obj, "machine", None), Machine) and callable(getattr(obj, "resume", None)):
+        return obj  # type: ignore[no-any-return]
+    raise InvalidInput(f"a worker target must be a Machine, or a function taking the EventLog and returning an "
+                       f"object with .machine and .resume(run_id) (such as a Trainer); got {type(obj).__name__}")
+
+
+@attrs.frozen
+class Report:
+    """What a worker did with one run."""
+
+    run_id: int
+    outcome: str  # finished, waiting, failed, stopped (asked to stop), busy (another worker has it), error
+    steps: int = 0
+    action: str | None = None  # where it halted (the gate it waits at, the action that failed...)
+    detail: str = ""
+
+    def line(self) -> str:
+        where = f" at `{self.action}`" if self.action and self.outcome in ("waiting", "failed", "stopped") else ""
+        text = f"run {self.run_id}: {self.outcome}{where} after {self.steps} step(s)"
+        return text + (f"; {self.detail}" if self.detail else "")
+
+
+@contextlib.contextmanager
+def run_lock(log: EventLog, run_id: int) -> Iterator[bool]:
+    """Hold this host's exclusive lock on ``run_id`` for the ``with`` block; yields False if another process has it."""
+    folder = Path(str(log.artifacts)) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f"run{run_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: the log's one-writer rule still holds
+            yield True
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+class Worker:
+    """Resumes the runnable runs of one target's machine in a log.
+
+    ``run_once()`` does one pass; ``serve(every)`` passes again every ``every``
+    seconds until ``stop()`` (a signal handler may call it): the run in progress
+    then stops after its current step, resumable.
+    """
+
+    def __init__(self, log: EventLog, target: Any, *, hooks: Iterable[Any] = (), max_runs: int | None = None,
+                 echo: Callable[[str], None] | None = None) -> None:
+        if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1):
+            raise InvalidInput(f"max_runs must be an int >= 1, got {max_runs!r}")
+        self.log = log
+        self.target = as_target(target, log)
+        self.hooks = list(hooks)
+        self.max_runs = max_runs
+        self.echo = echo or (lambda line: None)
+        self._stopping = False
+
+    @property
+    def machine(self) -> Machine:
+        return self.target.machine
+
+    def stop(self) -> None:
+        """Ask the worker to stop after the current step (safe to call from a signal handler)."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def runnable(self) -> list[int]:
+        """Runs of this machine that can make progress: running, or waiting with input given (oldest first)."""
+        return [r.id for r in self.log.runs(machine=self.machine.name) if r.status == "running"]
+
+    def run_once(self) -> list[Report]:
+        """One pass: each runnable run (at most ``max_runs``) is resumed until it halts."""
+        reports: list[Report] = []
+        for run_id in self.runnable():
+            if self._stopping or (self.max_runs is not None and len(reports) >= self.max_runs):
+                break
+            report = self.run_one(run_id)
+            if report is not None:
+                reports.append(report)
+                self.echo(report.line())
+        return reports
+
+    def run_one(self, run_id: int) -> Report | None:
+        """Resume ``run_id`` until it halts; None if it turned out to have nothing to do."""
+        with run_lock(self.log, run_id) as mine:
+            if not mine:
+                return Report(run_id, "busy", detail="another worker is running it")
+            if self.log.run(run_id).status != "running":  # finished by another worker meanwhile
+                return None
+            steps = 0
+            runner: Runner | None = None
+            try:
+                runner = self.target.resume(run_id, hooks=self.hooks)
+                for _ in runner.iterate():
+                    steps += 1
+                    if self._stopping:
+                        return Report(run_id, "stopped", steps, runner.next_action,
+                                      "asked to stop; the run resumes from here next time")
+            except ActionFailed as e:
+                return Report(run_id, "failed", steps, runner.next_action if runner else None, str(e).splitlines()[0])
+            except FsmtrainError as e:
+                return Report(run_id, "error", steps, None, f"{type(e).__name__}: {e}")
+            halt = runner.last_halt
+            assert halt is not None
+            if halt.reason == "waiting":
+                needs = ", ".join(_need(d) for d in (self.log.last_event(run_id).info or {}).get("needs", []))
+                return Report(run_id, "waiting", steps, halt.action, f"needs {needs}")
+            return Report(run_id, halt.reason, steps, halt.action)
+
+    def serve(self, every: float, *, sleep: Callable[[float], None] = time.sleep) -> list[Report]:
+        """Pass, pause ``every`` seconds, pass again... until :meth:`stop`; returns every report."""
+        reports: list[Report] = []
+        while not self._stopping:
+            reports += self.run_once()
+            deadline = time.monotonic() + every
+            while not self._stopping and time.monotonic() < deadline:
+                sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return reports
+
+
+def _need(spec: dict[str, Any]) -> str:
+    if spec.get("choices"):
+        return f"{spec['name']} ({' | '.join(map(str, spec['choices']))})"
+    return f"{spec['name']} ({spec.get('type', 'str')}{'' if spec.get('required', True) else ', optional'})"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> float:
+    """``"10m"`` -> 600.0; units ms, s, m, h, d (none: seconds)."""
+    m = _DURATION.match(text)
+    if not m:
+        raise InvalidInput(f"cannot read {text!r} as a duration; write e.g. 30s, 10m, 1h")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds <= 0:
+        raise InvalidInput(f"the duration must be positive, got {text!r}")
+    return seconds
