@@ -312,40 +312,24 @@ def input_(log: Path, run_id: int, values: tuple[str, ...], comment: str | None)
         _show_input(lg, ev)
 
 
-def _decide(log: Path, run_id: int, approve: bool, comment: str | None) -> None:
-    from .runner import decide
+def _decision_command(name: str, approve: bool, example: str) -> None:
+    """`fsmtrain approve` and `fsmtrain reject`: the gate's `decision` input, go or no-go."""
 
-    with _existing_log(log) as lg:
-        ev = decide(lg, run_id, approve, comment=comment)
-        _show_input(lg, ev)
+    @main.command(name, help=f"{name.capitalize()} a run waiting at a go/no-go gate (its `decision` input: "
+                             f"{'go' if approve else 'no-go'}).\n\n\b\nExample:\n    {example}")
+    @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+    @click.argument("run_id", type=int)
+    @click.option("--comment", help="Why; recorded with the decision (and given as the gate's `comment` input "
+                                    "if it has one).")
+    def command(log: Path, run_id: int, comment: str | None) -> None:
+        from .runner import decide
 
-
-@main.command()
-@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("run_id", type=int)
-@click.option("--comment", help="Why; recorded with the decision (and given as the gate's `comment` input if it has one).")
-def approve(log: Path, run_id: int, comment: str | None) -> None:
-    """Approve a run waiting at a go/no-go gate (its `decision` input: go).
-
-    \b
-    Example:
-        fsmtrain approve runs.db 1 --comment "val_acc 0.97, ship it"
-    """
-    _decide(log, run_id, True, comment)
+        with _existing_log(log) as lg:
+            _show_input(lg, decide(lg, run_id, approve, comment=comment))
 
 
-@main.command()
-@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("run_id", type=int)
-@click.option("--comment", help="Why; recorded with the decision (and given as the gate's `comment` input if it has one).")
-def reject(log: Path, run_id: int, comment: str | None) -> None:
-    """Reject a run waiting at a go/no-go gate (its `decision` input: no-go).
-
-    \b
-    Example:
-        fsmtrain reject runs.db 1 --comment "overfits"
-    """
-    _decide(log, run_id, False, comment)
+_decision_command("approve", True, 'fsmtrain approve runs.db 1 --comment "val_acc 0.97, ship it"')
+_decision_command("reject", False, 'fsmtrain reject runs.db 1 --comment "overfits"')
 
 
 @main.command()

@@ -254,3 +254,16 @@ class TestRealProcesses:
     def test_a_missing_log_is_an_error_not_a_new_file(self, tmp_path):
         p = fsmtrain("worker", "none.db", "--machine", TARGET, "--once", cwd=tmp_path)
         assert p.returncode == 2 and "does not exist" in p.stderr and not (tmp_path / "none.db").exists()
+
+
+def test_nothing_named_in_the_log_is_ever_imported(tmp_path):
+    """A run's `worker` tag is shown to the operator as a suggestion, never imported by approve or the worker."""
+    (tmp_path / "evil_mod.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\nx = None\n")
+    with EventLog(tmp_path / "w.db") as log:
+        Runner.start(machine, log=log, tags={"worker": "evil_mod:x"}).run()
+    env = {"PYTHONPATH": f"{ROOT}:{tmp_path}"}
+    p = fsmtrain("approve", "w.db", "1", cwd=tmp_path, env=env)
+    assert p.returncode == 0 and "--machine evil_mod:x --once" in p.stdout
+    p = fsmtrain("worker", "w.db", "--machine", TARGET, "--once", cwd=tmp_path, env=env)
+    assert p.returncode == 0 and "finished" in p.stdout
+    assert not (tmp_path / "imported").exists()
