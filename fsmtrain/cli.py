@@ -222,6 +222,56 @@ def whatif(log: Path, conditions: tuple[str, ...], runs: tuple[int, ...], metric
         click.echo(result.to_text(rows=not summary), nl=False)
 
 
+@main.command()
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--id", "study_id", type=int, help="The study run (default: the newest study in the log).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def study(log: Path, study_id: int | None, as_json: bool) -> None:
+    """A hyperparameter study's trials, best first: parameters, status, best metric, epochs, pruned.
+
+    Opens LOG read-only.  Each trial is a child run: `fsmtrain replay LOG --run ID` shows it.
+
+    \b
+    Example:
+        fsmtrain study runs.db --json
+    """
+    from .tune.study import table
+
+    with EventLog(log, readonly=True) as lg:
+        studies = [r for r in lg.runs() if r.machine.startswith("study:")]
+        if study_id is None:
+            if not studies:
+                raise RunNotRunnable(f"{log} has no study run (studies are runs of machines named study:NAME)")
+            info = studies[-1]
+        else:
+            info = lg.run(study_id)
+            if not info.machine.startswith("study:"):
+                raise RunNotRunnable(f"run {study_id} is a `{info.machine}` run, not a study; "
+                                     f"studies here: {', '.join(str(r.id) for r in studies) or 'none'}")
+        state = state_at(lg, info.id)
+    rows = table(state)
+    best = state["best"]
+    if as_json:
+        _print_json({"study": info.id, "name": info.machine.split(":", 1)[1], "status": info.status,
+                     "metric": state["metric"], "mode": state["mode"], "n_trials": state["n_trials"],
+                     "best": best, "trials": rows})
+        return
+    click.echo(f"study {info.id} ({info.machine.split(':', 1)[1]}) · {info.status} · {len(rows)} of {state['n_trials']} "
+               f"trials · {state['metric']} ({state['mode']}) · sampler {state['sampler']}, scheduler {state['scheduler']}")
+    click.echo(_table(["trial", "run", "params", "status", f"best {state['metric']}", "at epoch", "epochs"],
+                      [[r["trial"], r["run_id"], ", ".join(f"{k}={_num(v)}" for k, v in r["params"].items()),
+                        r["status"] + (f" ({r['attempts']} attempts)" if r["attempts"] > 1 else ""),
+                        _num(r["best"]) if r["best"] is not None else "-", r["best_epoch"] or "-", r["epochs"]]
+                       for r in rows]))
+    if best:
+        click.echo(f"best: trial {best['index']} (run {best['run_id']}): {state['metric']} {_num(best['value'])} at epoch "
+                   f"{best['epoch']} with " + ", ".join(f"{k}={_num(v)}" for k, v in best["params"].items()))
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def load_machine(target: str) -> Any:
     """Import ``module:attr`` (the operator names it; never taken from a log) and return the Machine."""
     from .errors import InvalidDefinition

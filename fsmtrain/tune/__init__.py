@@ -1,0 +1,31 @@
+"""Hyperparameter search as a state machine: spaces, samplers, schedulers, and the study.
+
+>>> from fsmtrain.tune import Study, LogUniform, IntRange, ASHA   # doctest: +SKIP
+>>> Study("runs.db", "mypkg.train:trainer", {"lr": LogUniform(1e-4, 1e-1)}, n_trials=20,
+...       max_concurrent=2, scheduler=ASHA(max_t=27)).run()      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .samplers import GridSampler, OptunaSampler, RandomSampler
+from .schedulers import ASHA, MedianStopping, NoScheduler
+from .space import Choice, IntRange, LogUniform, Space, Uniform
+from .study import Study, Trial, table, trials_of
+
+__all__ = [
+    "ASHA",
+    "Choice",
+    "GridSampler",
+    "IntRange",
+    "LogUniform",
+    "MedianStopping",
+    "NoScheduler",
+    "OptunaSampler",
+    "RandomSampler",
+    "Space",
+    "Study",
+    "Trial",
+    "Uniform",
+    "table",
+    "trials_of",
+]

@@ -1,0 +1,132 @@
+"""Schedulers: which trials to stop early, from per-epoch results.
+
+A scheduler names the epochs at which a trial pauses for a decision
+(``milestones``) and decides there from the values every trial recorded at that
+epoch.  They keep nothing between decisions: the study's state (its trials'
+per-epoch results) is all they read, so a resumed study decides as before.
+
+>>> asha = ASHA(grace_period=1, reduction_factor=3, max_t=27)
+>>> asha.milestones()
+[1, 3, 9]
+>>> asha.keeps(0.5, [0.4, 0.9, 0.7], mode="min")   # 2nd of 4: ceil(4 / 3) = 2 go on
+True
+>>> asha.keeps(0.8, [0.4, 0.5, 0.7], mode="min")
+False
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ..errors import InvalidDefinition
+
+__all__ = ["ASHA", "MedianStopping", "NoScheduler", "Scheduler", "make_scheduler"]
+
+
+class Scheduler(Protocol):
+    name: str
+    max_t: int | None
+
+    def milestones(self) -> list[int]:
+        """Epochs (ascending, below the last) at which a trial pauses for :meth:`keeps`."""
+        ...
+
+    def keeps(self, value: float, others: Sequence[float], *, mode: str) -> bool:
+        """Whether a trial with ``value`` at a milestone goes on, given the values ``others`` recorded there."""
+        ...
+
+
+def _worse(v: Any) -> bool:
+    return not isinstance(v, (int, float)) or not math.isfinite(v)
+
+
+class NoScheduler:
+    """Every trial runs to its end."""
+
+    name = "none"
+
+    def __init__(self, max_t: int | None = None) -> None:
+        self.max_t = max_t
+
+    def milestones(self) -> list[int]:
+        return []
+
+    def keeps(self, value: float, others: Sequence[float], *, mode: str) -> bool:
+        return True
+
+
+class ASHA:
+    """Asynchronous successive halving: at epochs ``grace_period * reduction_factor**k`` (below ``max_t``),
+    a trial goes on only if it is in the top ``1 / reduction_factor`` of the trials that reached that epoch
+    so far (itself included): fewer than ``ceil(n / reduction_factor)`` of the ``n`` values are strictly better.
+    A non-finite value is worst.  Trials are not held back waiting for others (asynchronous).
+    """
+
+    name = "asha"
+
+    def __init__(self, *, grace_period: int = 1, reduction_factor: int = 3, max_t: int = 27) -> None:
+        problems = []
+        for n, v, lo in (("grace_period", grace_period, 1), ("reduction_factor", reduction_factor, 2), ("max_t", max_t, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                problems.append(f"{n} must be an int >= {lo}, got {v!r}")
+        if not problems and grace_period > max_t:
+            problems.append(f"grace_period ({grace_period}) must not exceed max_t ({max_t})")
+        if problems:
+            raise InvalidDefinition("ASHA", problems)
+        self.grace_period, self.reduction_factor, self.max_t = grace_period, reduction_factor, max_t
+
+    def milestones(self) -> list[int]:
+        out, t = [], self.grace_period
+        while t < self.max_t:
+            out.append(t)
+            t *= self.reduction_factor
+        return out
+
+    def keeps(self, value: float, others: Sequence[float], *, mode: str) -> bool:
+        if _worse(value):
+            return False
+        n = len(others) + 1
+        better = sum(1 for o in others if not _worse(o) and (o < value if mode == "min" else o > value))
+        return better < math.ceil(n / self.reduction_factor)
+
+
+class MedianStopping:
+    """The median stopping rule: at every ``interval`` epochs from ``grace_period``, once ``min_samples``
+    other trials reached that epoch, a trial whose value there is worse than their median stops."""
+
+    name = "median"
+
+    def __init__(self, *, grace_period: int = 1, interval: int = 1, min_samples: int = 3, max_t: int = 27) -> None:
+        problems = []
+        for n, v, lo in (("grace_period", grace_period, 1), ("interval", interval, 1), ("min_samples", min_samples, 1),
+                         ("max_t", max_t, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                problems.append(f"{n} must be an int >= {lo}, got {v!r}")
+        if problems:
+            raise InvalidDefinition("MedianStopping", problems)
+        self.grace_period, self.interval, self.min_samples, self.max_t = grace_period, interval, min_samples, max_t
+
+    def milestones(self) -> list[int]:
+        return list(range(self.grace_period, self.max_t, self.interval))
+
+    def keeps(self, value: float, others: Sequence[float], *, mode: str) -> bool:
+        if _worse(value):
+            return False
+        finite = [o for o in others if not _worse(o)]
+        if len(finite) < self.min_samples:
+            return True
+        median = statistics.median(finite)
+        return not (value > median if mode == "min" else value < median)
+
+
+def make_scheduler(scheduler: Any, max_t: int | None) -> Any:
+    if scheduler is None or scheduler == "none":
+        return NoScheduler(max_t)
+    if isinstance(scheduler, str):
+        raise InvalidDefinition("study", [f"unknown scheduler {scheduler!r}; use None, ASHA(...) or MedianStopping(...)"])
+    if not (callable(getattr(scheduler, "milestones", None)) and callable(getattr(scheduler, "keeps", None))):
+        raise InvalidDefinition("study", [f"scheduler {scheduler!r} needs milestones() and keeps(value, others, mode=)"])
+    return scheduler

@@ -1,0 +1,402 @@
+"""A hyperparameter study is itself a resumable fsmtrain run.
+
+Its machine is ``propose → launch → collect → prune → (done? finish : propose)``:
+
+- **propose** asks the sampler for new trials while fewer than ``max_concurrent``
+  are active and ``n_trials`` are not all proposed; each trial is a *child run*
+  in the same log (parent: the study run), an ordinary training run of the
+  target's machine, started from its initial state, ``config`` and the trial's
+  parameters;
+- **launch** submits each active trial that has no task yet to the executor:
+  resume the child run until the scheduler's next milestone epoch (or its end);
+- **collect** waits for a task to complete and records what the trial reached;
+- **prune** asks the scheduler whether each trial paused at a milestone goes on;
+- **finish** names the best trial.
+
+The study state holds the space, the proposed trials and an append-only list
+of trial updates; the executor's futures are resources, not state.  Killed at
+any moment and started again, the study resumes its run: trials recorded as
+running are launched again and their child runs resume from their checkpoints,
+a trial whose child run had finished is read back from the log, never run again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import importlib
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..actions import Action
+from ..conditions import Condition, default
+from ..errors import FsmtrainError, InvalidDefinition
+from ..log import EventLog
+from ..machine import Machine
+from ..runner import Runner
+from ..state import State, append, dumps
+from .samplers import make_sampler
+from .schedulers import make_scheduler
+from .space import Space, as_space
+
+__all__ = ["Study", "Trial", "run_segment", "table", "trials_of"]
+
+ACTIVE = ("pending", "running", "paused")
+
+
+@attrs.define
+class Trial:
+    """One trial as the study sees it (folded from the study state)."""
+
+    index: int
+    run_id: int
+    params: dict[str, Any]
+    status: str = "pending"  # pending, running, paused, completed, pruned, failed
+    epochs: int = 0
+    values: list[float] = attrs.field(factory=list)
+    error: str | None = None
+    attempts: int = 1
+
+    def best(self, mode: str) -> tuple[float | None, int | None]:
+        best, at = None, None
+        for i, v in enumerate(self.values):
+            if isinstance(v, (int, float)) and v == v and abs(v) != float("inf") and \
+                    (best is None or (v < best if mode == "min" else v > best)):
+                best, at = v, i + 1
+        return best, at
+
+
+def trials_of(state: State | Mapping[str, Any]) -> list[Trial]:
+    """The study's trials: each proposed trial with its updates applied in order."""
+    out = [Trial(t["index"], t["run_id"], dict(t["params"])) for t in state["trials"]]
+    for u in state["updates"]:
+        t = out[u["index"]]
+        for k in ("status", "epochs", "error", "attempts", "run_id"):
+            if k in u:
+                setattr(t, k, u[k])
+        if "values" in u:
+            t.values = list(u["values"])
+    return out
+
+
+# -- the task each trial segment is (runs in an executor's process) ---------------------------------
+def run_segment(log_path: str, target: str, run_id: int, until: int | None, metric: str,
+                counter: str = "epoch") -> dict[str, Any]:
+    """Resume trial run ``run_id`` until ``state[counter] >= until`` at an epoch boundary (or its end).
+
+    Module-level and given only strings and numbers, so any executor can run it
+    in another process.  A finished run is read back, not run again.
+    """
+    from ..errors import ActionFailed
+    from ..replay import state_at
+    from ..worker import as_target, run_lock
+
+    with EventLog(log_path) as log:
+        info = log.run(run_id)
+        if info.status == "finished":
+            return _outcome("completed", state_at(log, run_id), metric, counter)
+        if info.status == "failed":
+            return {"status": "failed", "error": (log.last_event(run_id).error or "").strip()[-2000:], "values": [],
+                    "epochs": 0}
+        trainer = as_target(_import(target), log)
+        with run_lock(log, run_id) as mine:
+            if not mine:
+                raise RuntimeError(f"trial run {run_id} is being run by another process")
+            runner = trainer.resume(run_id)
+            entry = trainer.machine.entry
+            try:
+                for _ in runner.iterate():
+                    if until is not None and runner.next_action == entry and runner.state[counter] >= until:
+                        return _outcome("paused", runner.state, metric, counter)
+            except ActionFailed as e:
+                return {"status": "failed", "error": str(e), "values": list(runner.state.get(metric) or []),
+                        "epochs": runner.state.get(counter, 0)}
+            if runner.status == "waiting":
+                return _outcome("paused", runner.state, metric, counter) | {"waiting": runner.next_action}
+            return _outcome("completed", runner.state, metric, counter)
+
+
+def _outcome(status: str, state: State, metric: str, counter: str) -> dict[str, Any]:
+    return {"status": status, "epochs": state.get(counter, 0), "values": [float(v) for v in (state.get(metric) or [])]}
+
+
+def _import(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _target_string(trial: Any) -> str:
+    """``module:attr`` for the trial target, checked to be importable by other processes."""
+    if isinstance(trial, str):
+        if ":" not in trial:
+            raise InvalidDefinition("study", [f"trial target {trial!r} must be MODULE:ATTR"])
+        try:
+            _import(trial)
+        except (ImportError, AttributeError) as e:
+            raise InvalidDefinition("study", [f"trial target {trial!r} cannot be imported ({e}); the executor's "
+                                              "processes import it by name"]) from None
+        return trial
+    module, qual = getattr(trial, "__module__", None), getattr(trial, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qual:
+        raise InvalidDefinition("study", [
+            f"trial target {trial!r} is not importable by the worker processes (defined in __main__, in a function, "
+            "or a lambda); define it at module level in an importable module, or name it as 'module:attr'"])
+    return _target_string(f"{module}:{qual}")
+
+
+# -- live resources of a study run -------------------------------------------------------------------
+@attrs.define
+class _Live:
+    executor: cf.Executor
+    log_path: str
+    target: str
+    futures: dict[int, cf.Future[dict[str, Any]]] = attrs.field(factory=dict)
+    owned: bool = False
+
+
+class Study:
+    """Search ``space`` for the trial target's best ``metric``, as a resumable run in ``log``.
+
+    ``trial`` names a function ``log -> Trainer`` (or a Machine) as ``"module:attr"``, importable by the
+    executor's processes.  Each trial starts from the target machine's initial state, updated with
+    ``config`` and the trial's parameters (and ``max_epochs`` = the scheduler's ``max_t`` when given).
+    ``executor`` is any ``concurrent.futures.Executor`` (default: a process pool of ``max_concurrent``
+    spawned processes); ``retries`` re-runs a failed trial (as a new child run) up to that many times.
+    """
+
+    def __init__(self, log: EventLog | str | os.PathLike[str], trial: Any, space: Space | Mapping[str, Any], *,
+                 n_trials: int, max_concurrent: int = 2, metric: str = "val_loss", mode: str = "min",
+                 sampler: Any = "random", scheduler: Any = None, seed: int = 0,
+                 config: Mapping[str, Any] | None = None, retries: int = 0, name: str = "study",
+                 executor: cf.Executor | None = None, hooks: Iterable[Any] = (),
+                 stop: Condition | None = None) -> None:
+        problems = []
+        for n, v, lo in (("n_trials", n_trials, 1), ("max_concurrent", max_concurrent, 1), ("retries", retries, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                problems.append(f"{n} must be an int >= {lo}, got {v!r}")
+        if mode not in ("min", "max"):
+            problems.append(f"mode must be 'min' or 'max', got {mode!r}")
+        if not isinstance(metric, str) or not metric:
+            problems.append(f"metric must be a state key, got {metric!r}")
+        if problems:
+            raise InvalidDefinition("study", problems)
+        self.space = as_space(space)
+        self.target = _target_string(trial)
+        self.sampler = make_sampler(sampler, seed)
+        self.scheduler = make_scheduler(scheduler, getattr(scheduler, "max_t", None))
+        self.log = log if isinstance(log, EventLog) else EventLog(log)
+        self.n_trials, self.max_concurrent, self.metric, self.mode = n_trials, max_concurrent, metric, mode
+        self.seed, self.retries, self.name = seed, retries, name
+        self.config = dict(config or {})
+        self.executor = executor
+        self.hooks = list(hooks)
+        self.extra_stop = stop
+        self.machine = self._machine()
+        clash = sorted(set(self.space) & set(self.config))
+        if clash:
+            raise InvalidDefinition("study", [f"{', '.join(clash)} are both searched and fixed in config"])
+
+    # -- the settings that identify a study (to resume the right run) ----------------------------------
+    def settings(self) -> dict[str, Any]:
+        return {"space": self.space.to_json(), "target": self.target, "n_trials": self.n_trials,
+                "max_concurrent": self.max_concurrent, "metric": self.metric, "mode": self.mode, "seed": self.seed,
+                "sampler": getattr(self.sampler, "name", type(self.sampler).__name__),
+                "scheduler": getattr(self.scheduler, "name", type(self.scheduler).__name__),
+                "milestones": self.scheduler.milestones(), "max_t": self.scheduler.max_t,
+                "config": self.config, "retries": self.retries}
+
+    def _key(self) -> str:
+        return hashlib.sha256(dumps(self.settings()).encode()).hexdigest()[:16]
+
+    # -- running -----------------------------------------------------------------------------------------
+    def run(self) -> Runner:
+        """Start the study, or resume its unfinished run with the same settings; run it to its end."""
+        key = self._key()
+        mine = [r for r in self.log.runs(machine=self.machine.name) if r.tags.get("study") == key]
+        live = self._live()
+        try:
+            if mine and mine[-1].status in ("running", "waiting"):
+                runner = Runner.resume(self.machine, self.log, mine[-1].id, hooks=self.hooks, resources=live)
+            elif mine and mine[-1].status == "finished":
+                return Runner.resume(self.machine, self.log, mine[-1].id)
+            else:
+                runner = Runner.start(self.machine, log=self.log, state=self.settings() | {"space": self.space.to_json()},
+                                      tags={"study": key, "name": self.name}, hooks=self.hooks, resources=live)
+            runner.run()
+            return runner
+        finally:
+            if live.owned:
+                live.executor.shutdown(wait=True, cancel_futures=True)
+
+    def _live(self) -> _Live:
+        if self.executor is not None:
+            return _Live(self.executor, str(Path(self.log.path).resolve()), self.target)
+        pool = cf.ProcessPoolExecutor(max_workers=self.max_concurrent, mp_context=multiprocessing.get_context("spawn"))
+        return _Live(pool, str(Path(self.log.path).resolve()), self.target, owned=True)
+
+    # -- the machine -----------------------------------------------------------------------------------------
+    def _machine(self) -> Machine:
+        study = self
+        milestones = self.scheduler.milestones()
+        max_t = self.scheduler.max_t
+
+        def next_stop(epochs: int) -> int | None:
+            later: list[int | None] = [m for m in milestones if m > epochs]
+            return later[0] if later else max_t
+
+        def propose(state: State, resources: _Live) -> dict[str, Any]:
+            trials = trials_of(state)
+            active = sum(t.status in ACTIVE for t in trials)
+            new: list[dict[str, Any]] = []
+            history = [{"params": t.params, "value": t.best(study.mode)[0]} for t in trials
+                       if t.status in ("completed", "pruned", "failed")]
+            index = len(trials)
+            while index < study.n_trials and active + len(new) < study.max_concurrent:
+                params = study.sampler.propose(study.space, index, history)
+                if params is None:  # the sampler has nothing left (a finished grid)
+                    break
+                run_id = study._child(resources, state, index, params, attempt=1)
+                new.append({"index": index, "run_id": run_id, "params": params})
+                index += 1
+            exhausted = index < study.n_trials and not new and active == 0
+            return {"trials": append(*new)} | ({"n_trials": index} if exhausted else {})
+
+        def launch(state: State, resources: _Live) -> dict[str, Any]:
+            changed = []
+            for t in trials_of(state):
+                if t.status in ACTIVE and t.index not in resources.futures:
+                    resources.futures[t.index] = resources.executor.submit(
+                        run_segment, resources.log_path, resources.target, t.run_id, next_stop(t.epochs), study.metric)
+                    if t.status != "running":
+                        changed.append({"index": t.index, "status": "running"})
+            running = sorted(resources.futures)
+            return {"running": running} | ({"updates": append(*changed)} if changed else {})
+
+        def collect(state: State, resources: _Live) -> dict[str, Any]:
+            if not resources.futures:
+                return {}
+            done, _ = cf.wait(list(resources.futures.values()), return_when=cf.FIRST_COMPLETED)
+            trials = {t.index: t for t in trials_of(state)}
+            updates = []
+            for index, fut in sorted(resources.futures.items()):
+                if fut not in done:
+                    continue
+                del resources.futures[index]
+                t = trials[index]
+                try:
+                    out = fut.result()
+                except Exception as e:  # the task itself broke (the trial's own errors come back as "failed")
+                    out = {"status": "failed", "error": f"{type(e).__name__}: {e}", "values": t.values,
+                           "epochs": t.epochs}
+                u: dict[str, Any] = {"index": index, "status": out["status"], "epochs": out["epochs"],
+                                     "values": out["values"]}
+                if out["status"] == "failed":
+                    u["error"] = out.get("error", "")[-2000:]
+                    if t.attempts <= study.retries:  # again, as a new child run from the start
+                        u.update(status="pending", attempts=t.attempts + 1, values=[], epochs=0,
+                                 run_id=study._child(resources, state, index, t.params, attempt=t.attempts + 1))
+                updates.append(u)
+            return {"updates": append(*updates), "running": sorted(resources.futures)}
+
+        def prune(state: State) -> dict[str, Any]:
+            trials = trials_of(state)
+            decisions = []
+            for t in trials:
+                if t.status != "paused" or t.epochs not in milestones:
+                    continue
+                at = t.epochs
+                value = t.values[at - 1] if len(t.values) >= at else float("nan")
+                others = [o.values[at - 1] for o in trials if o.index != t.index and len(o.values) >= at]
+                keep = study.scheduler.keeps(value, others, mode=study.mode)
+                decisions.append({"index": t.index, "status": "pending" if keep else "pruned"})
+            best = _best(trials, study.mode)
+            return ({"updates": append(*decisions)} if decisions else {}) | {"best": best}
+
+        def finish(state: State) -> dict[str, Any]:
+            trials = trials_of(state)
+            counts: dict[str, int] = {}
+            for t in trials:
+                counts[t.status] = counts.get(t.status, 0) + 1
+            return {"best": _best(trials, study.mode), "summary": counts}
+
+        acts = [
+            Action(propose, name="propose", reads=["trials", "updates", "n_trials"], writes=["trials", "n_trials"]),
+            Action(launch, name="launch", reads=["trials", "updates"], writes=["running", "updates"]),
+            Action(collect, name="collect", reads=["trials", "updates"], writes=["updates", "running"]),
+            Action(prune, name="prune", reads=["trials", "updates"], writes=["updates", "best"]),
+            Action(finish, name="finish", reads=["trials", "updates"], writes=["best", "summary"]),
+        ]
+
+        def all_done(s: State) -> tuple[bool, str]:
+            trials = trials_of(s)
+            active = sum(t.status in ACTIVE for t in trials)
+            done = len(trials) >= s["n_trials"] and active == 0
+            return done, f"{len(trials)} of {s['n_trials']} trials proposed, {active} active"
+
+        done = Condition(all_done, keys=["trials", "updates", "n_trials"], name="all_trials_done")
+        stop = done if self.extra_stop is None else done | self.extra_stop
+        return Machine(f"study:{self.name}", acts,
+                       [("propose", "launch"), ("launch", "collect"), ("collect", "prune"),
+                        ("prune", "finish", stop), ("prune", "propose", default)],
+                       entry="propose", terminal=["finish"],
+                       initial={"trials": [], "updates": [], "running": [], "best": None, "summary": None})
+
+    def _child(self, live: _Live, state: State, index: int, params: Mapping[str, Any], *, attempt: int) -> int:
+        """The child run of trial ``index`` (attempt ``attempt``): found by its tags if it exists (so a
+        re-executed step creates nothing twice), else created with a parent pointer to the study."""
+        runner_log = self.log
+        study_id = _current_study(runner_log, self.machine.name, self._key())
+        for r in runner_log.runs(parent_id=study_id):
+            if r.tags.get("trial") == index and r.tags.get("attempt") == attempt:
+                return r.id
+        from ..worker import as_target
+
+        machine = as_target(_import(self.target), runner_log).machine
+        extra = {"max_epochs": self.scheduler.max_t} if self.scheduler.max_t else {}
+        initial = machine.initial.apply({**self.config, **extra, **dict(params)})
+        parent_seq = runner_log.run(study_id).last_seq
+        ev = runner_log.create_run(machine.name, machine.fingerprint, snapshot=initial._data, next_action=machine.entry,
+                                   tags={"study": study_id, "trial": index, "attempt": attempt},
+                                   parent=(study_id, parent_seq), info={"machine": machine.describe()})
+        return ev.run_id
+
+
+def _current_study(log: EventLog, machine: str, key: str) -> int:
+    runs = [r for r in log.runs(machine=machine) if r.tags.get("study") == key]
+    if not runs:
+        raise FsmtrainError(f"no study run of `{machine}` in {log.path}")
+    return runs[-1].id
+
+
+def _best(trials: list[Trial], mode: str) -> dict[str, Any] | None:
+    best: dict[str, Any] | None = None
+    top = 0.0
+    for t in trials:
+        value, epoch = t.best(mode)
+        if value is not None and (best is None or (value < top if mode == "min" else value > top)):
+            best, top = {"index": t.index, "run_id": t.run_id, "value": value, "epoch": epoch, "params": t.params}, value
+    return best
+
+
+def table(state: State | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The trial table, best result first (then unfinished and failed ones)."""
+    mode = state["mode"]
+    rows = []
+    for t in trials_of(state):
+        value, epoch = t.best(mode)
+        rows.append({"trial": t.index, "run_id": t.run_id, "params": t.params, "status": t.status,
+                     "best": value, "best_epoch": epoch, "epochs": t.epochs, "pruned": t.status == "pruned",
+                     "attempts": t.attempts, "error": t.error})
+    sign = 1 if mode == "min" else -1
+    return sorted(rows, key=lambda r: (r["best"] is None, sign * (r["best"] or 0), r["trial"]))
+
+
+_Callable = Callable[..., Any]
