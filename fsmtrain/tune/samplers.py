@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..errors import InvalidDefinition
 from .space import Choice, IntRange, LogUniform, Space, Uniform
@@ -73,13 +73,15 @@ class OptunaSampler:
 
     name = "optuna"
 
-    def __init__(self, sampler: Any, *, direction: str = "minimize") -> None:
+    def __init__(self, sampler: Any, *, direction: Literal["minimize", "maximize"] = "minimize") -> None:
         try:
             import optuna  # noqa: F401
         except ImportError:
             raise InvalidDefinition("OptunaSampler", ["needs optuna: pip install optuna"]) from None
+        if direction not in ("minimize", "maximize"):
+            raise InvalidDefinition("OptunaSampler", [f"direction must be 'minimize' or 'maximize', got {direction!r}"])
         self.sampler = sampler
-        self.direction = direction
+        self.direction: Literal["minimize", "maximize"] = direction
 
     def propose(self, space: Space, index: int, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import optuna
