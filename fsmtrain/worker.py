@@ -81,8 +81,9 @@ class Report:
 
 
 @contextlib.contextmanager
-def run_lock(log: EventLog, run_id: int) -> Iterator[bool]:
-    """Hold this host's exclusive lock on ``run_id`` for the ``with`` block; yields False if another process has it."""
+def run_lock(log: EventLog, run_id: int, *, wait: float = 0.0) -> Iterator[bool]:
+    """Hold this host's exclusive lock on ``run_id`` for the ``with`` block; yields False if another process
+    has it (after trying for ``wait`` seconds)."""
     folder = Path(str(log.artifacts)) / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / f"run{run_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -92,11 +93,16 @@ def run_lock(log: EventLog, run_id: int) -> Iterator[bool]:
         except ImportError:  # pragma: no cover - Windows: the log's one-writer rule still holds
             yield True
             return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.1)
         try:
             yield True
         finally:

@@ -35,3 +35,12 @@ def test_whatif_benchmark_quick_run_prints_its_figures():
     figures = json.loads(p.stdout.strip().splitlines()[-1])
     for key in ("whatif_s", "read_s"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
+
+
+def test_tuning_benchmark_quick_run_prints_its_figures():
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tuning.py"), "--quick"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    figures = json.loads(p.stdout.strip().splitlines()[-1])
+    for key in ("ms_per_trial", "ms_per_trial_normal", "speedup_2_workers"):
+        assert isinstance(figures[key], float) and figures[key] > 0, key

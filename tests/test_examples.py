@@ -88,3 +88,18 @@ def test_gated_training_retrains_with_the_reviewers_learning_rate_then_a_worker_
         assert state["exported"] is not None and state["decision"] == "go"
         assert [e.inputs for e in log.events(1) if e.kind == "input"] == [
             {"decision": "no-go", "new_lr": 0.01, "more_epochs": 2}, {"decision": "go"}]
+
+
+def test_tune_demo_runs_a_study_and_the_study_command_shows_it(tmp_path):
+    script = ROOT / "examples" / "tune_demo.py"
+    p = subprocess.run([sys.executable, str(script), str(tmp_path / "t.db")], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 6 and lines[-1].startswith("best: trial ")
+    p = subprocess.run([sys.executable, "-m", "fsmtrain", "study", str(tmp_path / "t.db"), "--json"],
+                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    data = json.loads(p.stdout)
+    assert data["status"] == "finished" and len(data["trials"]) == 12
+    assert any(t["pruned"] for t in data["trials"])  # ASHA stopped some at a rung
+    assert data["best"]["value"] == data["trials"][0]["best"]

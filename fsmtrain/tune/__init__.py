@@ -10,12 +10,13 @@ from __future__ import annotations
 from .samplers import GridSampler, OptunaSampler, RandomSampler
 from .schedulers import ASHA, MedianStopping, NoScheduler
 from .space import Choice, IntRange, LogUniform, Space, Uniform
-from .study import Study, Trial, table, trials_of
+from .study import InlineExecutor, Study, Trial, table, trials_of
 
 __all__ = [
     "ASHA",
     "Choice",
     "GridSampler",
+    "InlineExecutor",
     "IntRange",
     "LogUniform",
     "MedianStopping",

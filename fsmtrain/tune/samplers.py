@@ -36,6 +36,7 @@ class RandomSampler:
     """Independent uniform draws, trial ``i`` from a generator seeded with ``(seed, i)``."""
 
     name = "random"
+    uses_history = False  # proposals depend on (seed, index) only
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -49,6 +50,7 @@ class GridSampler:
     """Every combination of the space's grid (``points`` values per continuous dimension), in order."""
 
     name = "grid"
+    uses_history = False
 
     def __init__(self, points: int = 3) -> None:
         if isinstance(points, bool) or not isinstance(points, int) or points < 1:

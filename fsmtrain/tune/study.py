@@ -35,16 +35,16 @@ import attrs
 
 from ..actions import Action
 from ..conditions import Condition, default
-from ..errors import FsmtrainError, InvalidDefinition
+from ..errors import InvalidDefinition
 from ..log import EventLog
 from ..machine import Machine
 from ..runner import Runner
-from ..state import State, append, dumps
+from ..state import State, append, dumps, loads
 from .samplers import make_sampler
 from .schedulers import make_scheduler
 from .space import Space, as_space
 
-__all__ = ["Study", "Trial", "run_segment", "table", "trials_of"]
+__all__ = ["InlineExecutor", "Study", "Trial", "run_segment", "table", "trials_of"]
 
 ACTIVE = ("pending", "running", "paused")
 
@@ -61,8 +61,19 @@ class Trial:
     values: list[float] = attrs.field(factory=list)
     error: str | None = None
     attempts: int = 1
+    _best: Any = attrs.field(default=None, repr=False, eq=False)
 
     def best(self, mode: str) -> tuple[float | None, int | None]:
+        """The best finite value and its (1-based) epoch."""
+        cached = self._best
+        if cached is not None and cached[0] is self.values and cached[1] == mode:
+            hit: tuple[float | None, int | None] = cached[2]
+            return hit
+        found = self._find_best(mode)
+        self._best = (self.values, mode, found)
+        return found
+
+    def _find_best(self, mode: str) -> tuple[float | None, int | None]:
         best, at = None, None
         for i, v in enumerate(self.values):
             if isinstance(v, (int, float)) and v == v and abs(v) != float("inf") and \
@@ -73,8 +84,16 @@ class Trial:
 
 def trials_of(state: State | Mapping[str, Any]) -> list[Trial]:
     """The study's trials: each proposed trial with its updates applied in order."""
-    out = [Trial(t["index"], t["run_id"], dict(t["params"])) for t in state["trials"]]
-    for u in state["updates"]:
+    return _fold([], state["trials"], state["updates"], 0, 0)
+
+
+def _fold(out: list[Trial], trials: Any, updates: Any, n_trials: int, n_updates: int) -> list[Trial]:
+    """Apply ``trials[n_trials:]`` and ``updates[n_updates:]`` to ``out`` (in place) and return it."""
+    for i in range(n_trials, len(trials)):
+        t = trials[i]
+        out.append(Trial(t["index"], t["run_id"], dict(t["params"])))
+    for i in range(n_updates, len(updates)):
+        u = updates[i]
         t = out[u["index"]]
         for k in ("status", "epochs", "error", "attempts", "run_id"):
             if k in u:
@@ -82,6 +101,32 @@ def trials_of(state: State | Mapping[str, Any]) -> list[Trial]:
         if "values" in u:
             t.values = list(u["values"])
     return out
+
+
+class _Folder:
+    """``trials_of`` for one study's successive states, folding only what each step appended.
+
+    Appends share a Seq's storage and never change its first items, so a state whose lists
+    are on the same storage and at least as long extends the cached fold.  Every state of
+    one run satisfies that; anything else (a hand-made state) is folded from scratch.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, Any] | None = None
+        self._lens = (0, 0)
+        self._trials: list[Trial] = []
+
+    def __call__(self, state: State) -> list[Trial]:
+        trials, updates = state["trials"], state["updates"]
+        key = (getattr(trials, "_items", None), getattr(updates, "_items", None))
+        n = (len(trials), len(updates))
+        if self._key is None or key[0] is not self._key[0] or key[1] is not self._key[1] \
+                or n[0] < self._lens[0] or n[1] < self._lens[1] or key[0] is None or key[1] is None:
+            self._trials, self._lens = [], (0, 0)
+        if n != self._lens:  # (the fold reflects the state's own lists only, so a retried step sees the same)
+            self._trials = _fold(self._trials, trials, updates, *self._lens)
+        self._key, self._lens = key, n
+        return self._trials
 
 
 # -- the task each trial segment is (runs in an executor's process) ---------------------------------
@@ -94,31 +139,69 @@ def run_segment(log_path: str, target: str, run_id: int, until: int | None, metr
     """
     from ..errors import ActionFailed
     from ..replay import state_at
-    from ..worker import as_target, run_lock
+    from ..worker import run_lock
 
-    with EventLog(log_path) as log:
-        info = log.run(run_id)
+    log, trainer = _opened(log_path, target)  # one connection and target per process, kept across tasks
+    info = log.run(run_id)
+    if info.status == "finished":
+        return _outcome("completed", state_at(log, run_id), metric, counter)
+    if info.status == "failed":
+        return {"status": "failed", "error": (log.last_event(run_id).error or "").strip()[-2000:], "values": [],
+                "epochs": 0}
+    # A process of a killed study's pool may still be finishing this trial's segment: wait for it.
+    with run_lock(log, run_id, wait=LOCK_WAIT) as mine:
+        if not mine:
+            raise RuntimeError(f"trial run {run_id} is being run by another process (waited {LOCK_WAIT:.0f} s)")
+        info = log.run(run_id)  # what that process left
         if info.status == "finished":
             return _outcome("completed", state_at(log, run_id), metric, counter)
-        if info.status == "failed":
-            return {"status": "failed", "error": (log.last_event(run_id).error or "").strip()[-2000:], "values": [],
-                    "epochs": 0}
-        trainer = as_target(_import(target), log)
-        with run_lock(log, run_id) as mine:
-            if not mine:
-                raise RuntimeError(f"trial run {run_id} is being run by another process")
-            runner = trainer.resume(run_id)
-            entry = trainer.machine.entry
-            try:
-                for _ in runner.iterate():
-                    if until is not None and runner.next_action == entry and runner.state[counter] >= until:
-                        return _outcome("paused", runner.state, metric, counter)
-            except ActionFailed as e:
-                return {"status": "failed", "error": str(e), "values": list(runner.state.get(metric) or []),
-                        "epochs": runner.state.get(counter, 0)}
-            if runner.status == "waiting":
-                return _outcome("paused", runner.state, metric, counter) | {"waiting": runner.next_action}
-            return _outcome("completed", runner.state, metric, counter)
+        runner = trainer.resume(run_id)
+        entry = trainer.machine.entry
+        try:
+            for _ in runner.iterate():
+                if until is not None and runner.next_action == entry and runner.state[counter] >= until:
+                    return _outcome("paused", runner.state, metric, counter)
+        except ActionFailed as e:
+            return {"status": "failed", "error": str(e), "values": list(runner.state.get(metric) or []),
+                    "epochs": runner.state.get(counter, 0)}
+        if runner.status == "waiting":
+            return _outcome("paused", runner.state, metric, counter) | {"waiting": runner.next_action}
+        return _outcome("completed", runner.state, metric, counter)
+
+
+LOCK_WAIT = 600.0
+_OPENED: dict[tuple[str, str], tuple[EventLog, Any]] = {}
+
+
+def _opened(log_path: str, target: str) -> tuple[EventLog, Any]:
+    """This process's connection to the log and its trial target (built once, reused by later tasks)."""
+    from ..worker import as_target
+
+    key = (log_path, target)
+    if key not in _OPENED:
+        log = EventLog(log_path)
+        _OPENED[key] = (log, as_target(_import(target), log))
+    return _OPENED[key]
+
+
+class InlineExecutor(cf.Executor):
+    """Runs each task at once, in the calling thread: trials one after another, no other process.
+
+    For debugging a trial, and for objectives so cheap that a process costs more than they do.
+    """
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        fut: cf.Future[Any] = cf.Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            fut.set_exception(e)
+        return fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Close the log connections the tasks opened in this process."""
+        while _OPENED:
+            _OPENED.popitem()[1][0].close()
 
 
 def _outcome(status: str, state: State, metric: str, counter: str) -> dict[str, Any]:
@@ -160,6 +243,25 @@ class _Live:
     target: str
     futures: dict[int, cf.Future[dict[str, Any]]] = attrs.field(factory=dict)
     owned: bool = False
+    runner: Runner | None = None  # the study's own runner, once it exists
+    machine: Machine | None = None  # the trials' machine (built once)
+    description: dict[str, Any] | None = None
+    children_of: int | None = None
+
+    @property
+    def study_id(self) -> int:
+        assert self.runner is not None and self.runner.run_id is not None
+        return self.runner.run_id
+
+    def seq(self) -> int:
+        """The study run's last committed event: a trial's parent pointer."""
+        assert self.runner is not None
+        return self.runner.seq
+
+    def describe(self, machine: Machine) -> dict[str, Any]:
+        if self.description is None:
+            self.description = machine.describe()
+        return self.description
 
 
 class Study:
@@ -191,6 +293,10 @@ class Study:
         self.space = as_space(space)
         self.target = _target_string(trial)
         self.sampler = make_sampler(sampler, seed)
+        self.uses_history = getattr(self.sampler, "uses_history", True)
+        self._children: dict[tuple[int, int], int] | None = None  # (trial, attempt) -> child run, this process
+        if getattr(self.sampler, "name", None) == "optuna":
+            self.sampler.direction = "minimize" if mode == "min" else "maximize"
         self.scheduler = make_scheduler(scheduler, getattr(scheduler, "max_t", None))
         self.log = log if isinstance(log, EventLog) else EventLog(log)
         self.n_trials, self.max_concurrent, self.metric, self.mode = n_trials, max_concurrent, metric, mode
@@ -230,6 +336,7 @@ class Study:
             else:
                 runner = Runner.start(self.machine, log=self.log, state=self.settings() | {"space": self.space.to_json()},
                                       tags={"study": key, "name": self.name}, hooks=self.hooks, resources=live)
+            live.runner = runner
             runner.run()
             return runner
         finally:
@@ -245,6 +352,7 @@ class Study:
     # -- the machine -----------------------------------------------------------------------------------------
     def _machine(self) -> Machine:
         study = self
+        trials_of = _Folder()  # noqa: F811 - the incremental version, for this machine's actions
         milestones = self.scheduler.milestones()
         max_t = self.scheduler.max_t
 
@@ -257,7 +365,7 @@ class Study:
             active = sum(t.status in ACTIVE for t in trials)
             new: list[dict[str, Any]] = []
             history = [{"params": t.params, "value": t.best(study.mode)[0]} for t in trials
-                       if t.status in ("completed", "pruned", "failed")]
+                       if t.status in ("completed", "pruned", "failed")] if study.uses_history else []
             index = len(trials)
             while index < study.n_trials and active + len(new) < study.max_concurrent:
                 params = study.sampler.propose(study.space, index, history)
@@ -285,7 +393,7 @@ class Study:
                 return {}
             done, _ = cf.wait(list(resources.futures.values()), return_when=cf.FIRST_COMPLETED)
             trials = {t.index: t for t in trials_of(state)}
-            updates = []
+            updates: list[dict[str, Any]] = []
             for index, fut in sorted(resources.futures.items()):
                 if fut not in done:
                     continue
@@ -353,27 +461,29 @@ class Study:
         """The child run of trial ``index`` (attempt ``attempt``): found by its tags if it exists (so a
         re-executed step creates nothing twice), else created with a parent pointer to the study."""
         runner_log = self.log
-        study_id = _current_study(runner_log, self.machine.name, self._key())
-        for r in runner_log.runs(parent_id=study_id):
-            if r.tags.get("trial") == index and r.tags.get("attempt") == attempt:
-                return r.id
-        from ..worker import as_target
+        study_id = live.study_id
+        if self._children is None or live.children_of != study_id:  # once per process: the children so far
+            self._children = {}
+            for (rid, tags) in runner_log.conn.execute("SELECT id, tags FROM runs WHERE parent_id = ?", (study_id,)):
+                t = loads(tags)
+                self._children[(t.get("trial"), t.get("attempt"))] = rid
+            live.children_of = study_id
+        known = self._children.get((index, attempt))
+        if known is not None:
+            return known
+        if live.machine is None:
+            from ..worker import as_target
 
-        machine = as_target(_import(self.target), runner_log).machine
+            live.machine = as_target(_import(self.target), runner_log).machine
+        machine = live.machine
         extra = {"max_epochs": self.scheduler.max_t} if self.scheduler.max_t else {}
         initial = machine.initial.apply({**self.config, **extra, **dict(params)})
-        parent_seq = runner_log.run(study_id).last_seq
+        parent_seq = live.seq()
         ev = runner_log.create_run(machine.name, machine.fingerprint, snapshot=initial._data, next_action=machine.entry,
                                    tags={"study": study_id, "trial": index, "attempt": attempt},
-                                   parent=(study_id, parent_seq), info={"machine": machine.describe()})
+                                   parent=(study_id, parent_seq), info={"machine": live.describe(machine)})
+        self._children[(index, attempt)] = ev.run_id
         return ev.run_id
-
-
-def _current_study(log: EventLog, machine: str, key: str) -> int:
-    runs = [r for r in log.runs(machine=machine) if r.tags.get("study") == key]
-    if not runs:
-        raise FsmtrainError(f"no study run of `{machine}` in {log.path}")
-    return runs[-1].id
 
 
 def _best(trials: list[Trial], mode: str) -> dict[str, Any] | None:
