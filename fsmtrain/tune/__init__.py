@@ -1,8 +1,11 @@
 """Hyperparameter search as a state machine: spaces, samplers, schedulers, and the study.
 
->>> from fsmtrain.tune import Study, LogUniform, IntRange, ASHA   # doctest: +SKIP
->>> Study("runs.db", "mypkg.train:trainer", {"lr": LogUniform(1e-4, 1e-1)}, n_trials=20,
-...       max_concurrent=2, scheduler=ASHA(max_t=27)).run()      # doctest: +SKIP
+::
+
+    Study("runs.db", "mypkg.train:trainer", {"lr": LogUniform(1e-4, 1e-1)}, n_trials=20,
+          max_concurrent=2, scheduler=ASHA(max_t=27)).run()
+
+See ``spec/tuning.md``.
 """
 
 from __future__ import annotations
