@@ -162,9 +162,11 @@ class EventLog:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
-                 synchronous: str = "FULL", timeout: float = 30.0) -> None:
+                 synchronous: str = "FULL", timeout: float = 30.0,
+                 artifacts: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self._artifacts = None if artifacts is None else Path(artifacts)
         sync = synchronous.upper()
         if sync not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
@@ -253,8 +255,8 @@ class EventLog:
 
     @property
     def artifacts(self) -> Path:
-        """The folder that :class:`~fsmtrain.Ref` paths are relative to."""
-        return self.path.with_name(self.path.name + ".artifacts")
+        """The folder that :class:`~fsmtrain.Ref` paths are relative to (default: ``<log>.artifacts``)."""
+        return self._artifacts if self._artifacts is not None else self.path.with_name(self.path.name + ".artifacts")
 
     def close(self) -> None:
         self.conn.close()
@@ -272,8 +274,13 @@ class EventLog:
 
     def create_run(self, machine: str, fingerprint: str, *, snapshot: Mapping[str, Any], next_action: str,
                    tags: Mapping[str, Any] | None = None, parent: tuple[int, int] | None = None,
-                   info: Mapping[str, Any] | None = None) -> Event:
-        """Insert a run and its ``start`` event (one transaction); returns that event."""
+                   info: Mapping[str, Any] | None = None, run_id: int | None = None,
+                   created: float | None = None) -> Event:
+        """Insert a run and its ``start`` event (one transaction); returns that event.
+
+        ``run_id`` and ``created`` (default: the next id, now) let a copy of a run elsewhere keep its
+        identity (a study's detached trials replay their run in a scratch log).
+        """
         self._writable()
         tags_text = dumps(dict(tags or {}))
         snap = dumps(snapshot)
@@ -281,10 +288,11 @@ class EventLog:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            created = time.time()
+            created = time.time() if created is None else created
             parent_id, parent_seq = parent if parent else (None, None)
-            cur = c.execute("INSERT INTO runs (machine, fingerprint, created, parent_id, parent_seq, tags) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (machine, fingerprint, created, parent_id, parent_seq, tags_text))
+            cur = c.execute("INSERT INTO runs (id, machine, fingerprint, created, parent_id, parent_seq, tags) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (run_id, machine, fingerprint, created, parent_id, parent_seq, tags_text))
             run_id = int(cur.lastrowid)  # type: ignore[arg-type]
             prev = run_hash(run_id, machine, fingerprint, created, parent_id, parent_seq, tags_text)
             ev = self._insert(run_id, 1, 0, "start", None, None, None, None, next_action, info_text, snap, None, prev, created)

@@ -182,16 +182,38 @@ class TestStudies:
                 Study(log, args.pop("trial"), args.pop("space"), **args)
             assert log.runs() == []
 
+    def test_detached_trials_write_nothing_but_checkpoints_and_the_study_writes_their_events(self, tmp_path):
+        """For workers on other machines: the study process alone writes the log, checkpoints go to a given path."""
+        settings = dict(n_trials=4, max_concurrent=2, seed=3, config={"max_epochs": 3})
+        with EventLog(tmp_path / "pool.db") as log:
+            attached = table(Study(log, TARGET, SPACE, **settings).run().state)
+        with EventLog(tmp_path / "det.db") as log:
+            runner = Study(log, TARGET, SPACE, artifacts=tmp_path / "shared", **settings).run()
+            detached = table(runner.state)
+            children = log.runs(parent_id=runner.run_id)
+            assert log.verify() == [] and all(c.status == "finished" for c in children)
+            for c in children:  # each child is a complete training run, its checkpoints in the shared folder
+                state = state_at(log, c.id)
+                assert (tmp_path / "shared" / state["checkpoint"].path).is_file()
+        assert not (tmp_path / "det.db.artifacts").exists()
+        assert [(r["params"], r["best"], r["epochs"]) for r in detached] == \
+            [(r["params"], r["best"], r["epochs"]) for r in attached]
+
     def test_the_same_study_on_dask_gives_the_same_result(self, tmp_path):
         distributed = pytest.importorskip("distributed", reason="dask.distributed is the optional `tune` extra")
         settings = dict(n_trials=4, max_concurrent=2, seed=3, config={"max_epochs": 2})
         with EventLog(tmp_path / "pool.db") as log:
             pool = table(Study(log, TARGET, SPACE, **settings).run().state)
         with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                distributed.Client(cluster) as client, EventLog(tmp_path / "dask.db") as log:
-            on_dask = table(Study(log, TARGET, SPACE, executor=client.get_executor(), **settings).run().state)
-        assert [(r["params"], r["best"], r["epochs"], r["status"]) for r in on_dask] == \
-            [(r["params"], r["best"], r["epochs"], r["status"]) for r in pool]
+                distributed.Client(cluster) as client:
+            with EventLog(tmp_path / "dask.db") as log:
+                on_dask = table(Study(log, TARGET, SPACE, executor=client.get_executor(), **settings).run().state)
+            with EventLog(tmp_path / "dask-detached.db") as log:  # as workers on other machines would run them
+                detached = table(Study(log, TARGET, SPACE, executor=client.get_executor(), artifacts=tmp_path / "ck",
+                                       **settings).run().state)
+        for other in (on_dask, detached):
+            assert [(r["params"], r["best"], r["epochs"], r["status"]) for r in other] == \
+                [(r["params"], r["best"], r["epochs"], r["status"]) for r in pool]
 
 
 STUDY_SCRIPT = """

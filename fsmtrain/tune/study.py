@@ -44,7 +44,7 @@ from .samplers import make_sampler
 from .schedulers import make_scheduler
 from .space import Space, as_space
 
-__all__ = ["InlineExecutor", "Study", "Trial", "run_segment", "table", "trials_of"]
+__all__ = ["InlineExecutor", "Study", "Trial", "run_segment", "run_segment_detached", "table", "trials_of"]
 
 ACTIVE = ("pending", "running", "paused")
 
@@ -137,7 +137,6 @@ def run_segment(log_path: str, target: str, run_id: int, until: int | None, metr
     Module-level and given only strings and numbers, so any executor can run it
     in another process.  A finished run is read back, not run again.
     """
-    from ..errors import ActionFailed
     from ..replay import state_at
     from ..worker import run_lock
 
@@ -155,18 +154,68 @@ def run_segment(log_path: str, target: str, run_id: int, until: int | None, metr
         info = log.run(run_id)  # what that process left
         if info.status == "finished":
             return _outcome("completed", state_at(log, run_id), metric, counter)
-        runner = trainer.resume(run_id)
-        entry = trainer.machine.entry
+        return _advance(trainer, run_id, until, metric, counter)
+
+
+def _advance(trainer: Any, run_id: int, until: int | None, metric: str, counter: str) -> dict[str, Any]:
+    """Resume the trial until the epoch boundary at ``until`` (or its end); what it reached."""
+    from ..errors import ActionFailed
+
+    runner = trainer.resume(run_id)
+    entry = trainer.machine.entry
+    try:
+        for _ in runner.iterate():
+            if until is not None and runner.next_action == entry and runner.state[counter] >= until:
+                return _outcome("paused", runner.state, metric, counter)
+    except ActionFailed as e:
+        return {"status": "failed", "error": str(e), "values": list(runner.state.get(metric) or []),
+                "epochs": runner.state.get(counter, 0)}
+    if runner.status == "failed":
+        return {"status": "failed", "error": "the trial run is failed", "values": list(runner.state.get(metric) or []),
+                "epochs": runner.state.get(counter, 0)}
+    if runner.status == "waiting":
+        return _outcome("paused", runner.state, metric, counter) | {"waiting": runner.next_action}
+    return _outcome("completed", runner.state, metric, counter)
+
+
+def run_segment_detached(target: str, artifacts: str, run_id: int, events: list[Any], until: int | None,
+                         metric: str, counter: str = "epoch") -> dict[str, Any]:
+    """:func:`run_segment` for a process that cannot reach the study's log (another machine).
+
+    ``events`` are the trial run's events so far; they are replayed into a scratch
+    log here, whose artifacts folder is ``artifacts`` (a path every worker reaches),
+    the trial advances there, and the new events come back in the result for the
+    study process to append to its log: SQLite stays on the study's host.
+    """
+    import tempfile
+
+    from ..worker import as_target
+
+    with tempfile.TemporaryDirectory() as scratch:
+        log = EventLog(Path(scratch) / "trial.db", synchronous="NORMAL", artifacts=artifacts)
         try:
-            for _ in runner.iterate():
-                if until is not None and runner.next_action == entry and runner.state[counter] >= until:
-                    return _outcome("paused", runner.state, metric, counter)
-        except ActionFailed as e:
-            return {"status": "failed", "error": str(e), "values": list(runner.state.get(metric) or []),
-                    "epochs": runner.state.get(counter, 0)}
-        if runner.status == "waiting":
-            return _outcome("paused", runner.state, metric, counter) | {"waiting": runner.next_action}
-        return _outcome("completed", runner.state, metric, counter)
+            trainer = as_target(_import(target), log)
+            first = events[0]
+            m = trainer.machine
+            log.create_run(m.name, m.fingerprint, snapshot=first.snapshot, next_action=first.next, info=first.info,
+                           run_id=run_id, created=first.time)
+            for ev in events[1:]:
+                _copy_event(log, run_id, ev)
+            if log.run(run_id).status == "finished":
+                from ..replay import state_at
+
+                return _outcome("completed", state_at(log, run_id), metric, counter) | {"events": []}
+            out = _advance(trainer, run_id, until, metric, counter)
+            out["events"] = list(log.events(run_id, start=len(events) + 1))
+            return out
+        finally:
+            log.close()
+
+
+def _copy_event(log: EventLog, run_id: int, ev: Any) -> None:
+    log.append(run_id, ev.seq - 1, kind=ev.kind, step=ev.step, action=ev.action, attempt=ev.attempt,
+               inputs=ev.inputs, updates=ev.updates, next_action=ev.next, info=ev.info, snapshot=ev.snapshot,
+               error=ev.error, time=ev.time)
 
 
 LOCK_WAIT = 600.0
@@ -272,6 +321,9 @@ class Study:
     ``config`` and the trial's parameters (and ``max_epochs`` = the scheduler's ``max_t`` when given).
     ``executor`` is any ``concurrent.futures.Executor`` (default: a process pool of ``max_concurrent``
     spawned processes); ``retries`` re-runs a failed trial (as a new child run) up to that many times.
+    With ``artifacts=PATH`` (a folder every worker reaches), trials are *detached*: a task gets its
+    trial's events, advances it in a scratch log on the worker, checkpoints under ``PATH``, and returns
+    the new events, which the study process writes to its log (for workers on other machines).
     """
 
     def __init__(self, log: EventLog | str | os.PathLike[str], trial: Any, space: Space | Mapping[str, Any], *,
@@ -279,7 +331,7 @@ class Study:
                  sampler: Any = "random", scheduler: Any = None, seed: int = 0,
                  config: Mapping[str, Any] | None = None, retries: int = 0, name: str = "study",
                  executor: cf.Executor | None = None, hooks: Iterable[Any] = (),
-                 stop: Condition | None = None) -> None:
+                 stop: Condition | None = None, artifacts: str | os.PathLike[str] | None = None) -> None:
         problems = []
         for n, v, lo in (("n_trials", n_trials, 1), ("max_concurrent", max_concurrent, 1), ("retries", retries, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -303,6 +355,7 @@ class Study:
         self.seed, self.retries, self.name = seed, retries, name
         self.config = dict(config or {})
         self.executor = executor
+        self.artifacts = None if artifacts is None else str(Path(artifacts).resolve())
         self.hooks = list(hooks)
         self.extra_stop = stop
         self.machine = self._machine()
@@ -317,7 +370,7 @@ class Study:
                 "sampler": getattr(self.sampler, "name", type(self.sampler).__name__),
                 "scheduler": getattr(self.scheduler, "name", type(self.scheduler).__name__),
                 "milestones": self.scheduler.milestones(), "max_t": self.scheduler.max_t,
-                "config": self.config, "retries": self.retries}
+                "config": self.config, "retries": self.retries, "artifacts": self.artifacts}
 
     def _key(self) -> str:
         return hashlib.sha256(dumps(self.settings()).encode()).hexdigest()[:16]
@@ -381,8 +434,14 @@ class Study:
             changed = []
             for t in trials_of(state):
                 if t.status in ACTIVE and t.index not in resources.futures:
-                    resources.futures[t.index] = resources.executor.submit(
-                        run_segment, resources.log_path, resources.target, t.run_id, next_stop(t.epochs), study.metric)
+                    if study.artifacts is None:
+                        resources.futures[t.index] = resources.executor.submit(
+                            run_segment, resources.log_path, resources.target, t.run_id, next_stop(t.epochs),
+                            study.metric)
+                    else:
+                        resources.futures[t.index] = resources.executor.submit(
+                            run_segment_detached, resources.target, study.artifacts, t.run_id,
+                            list(study.log.events(t.run_id)), next_stop(t.epochs), study.metric)
                     if t.status != "running":
                         changed.append({"index": t.index, "status": "running"})
             running = sorted(resources.futures)
@@ -401,6 +460,11 @@ class Study:
                 t = trials[index]
                 try:
                     out = fut.result()
+                    if out.get("events"):  # a detached trial's new events: the study writes them
+                        last = study.log.run(t.run_id).last_seq
+                        for ev in out["events"]:
+                            if ev.seq > last:  # (a retried step finds some already written)
+                                _copy_event(study.log, t.run_id, ev)
                 except Exception as e:  # the task itself broke (the trial's own errors come back as "failed")
                     out = {"status": "failed", "error": f"{type(e).__name__}: {e}", "values": t.values,
                            "epochs": t.epochs}
