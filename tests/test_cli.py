@@ -208,23 +208,30 @@ def test_doctor_reports_versions_and_the_log(counter_log):
 def test_ctrl_c_in_the_demo_says_how_to_resume(tmp_path):
     """SIGINT mid-run: exit 130, a one-line hint, no traceback; the same command then resumes."""
     import signal
+    import threading
     import time
 
     log = tmp_path / "slow.db"
-    cmd = [sys.executable, "-m", "fsmtrain", "demo", "--log", str(log), "--delay", "0.2"]
+    cmd = [sys.executable, "-m", "fsmtrain", "demo", "--log", str(log), "--delay", "0.3"]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    def steps() -> int:
-        try:
-            with EventLog(log, readonly=True) as lg:
-                return lg.run(1).steps
-        except Exception:  # not created yet, or the schema is being written
-            return 0
+    first_epoch = threading.Event()
+    lines: list[str] = []
 
-    while p.poll() is None and time.monotonic() < deadline and steps() < 2:
-        time.sleep(0.02)
+    def read() -> None:  # the demo prints a line per epoch: interrupt it once one is out
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("epoch"):
+                first_epoch.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert first_epoch.wait(timeout=60), ("no epoch line", lines, p.poll())
+    time.sleep(0.1)
+    assert p.poll() is None, "the demo finished before it could be interrupted"
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=30)
+    p.wait(timeout=30)
+    reader.join(timeout=5)
+    err = p.stderr.read()
     assert p.returncode == 130, err
     assert "run the same command again to resume run 1" in err and "Traceback" not in err
     again = subprocess.run(cmd[:-2], cwd=ROOT, capture_output=True, text=True, timeout=60)
