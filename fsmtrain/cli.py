@@ -272,6 +272,119 @@ def _num(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+@main.command()
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run", "run_id", type=int, help="The run to follow (default: the newest run).")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Seconds between looks at the log.")
+def watch(log: Path, run_id: int | None, interval: float) -> None:
+    """Follow a run as it progresses, from another process; stop when it finishes, fails or waits.
+
+    Opens LOG read-only and looks at it every --interval seconds: prints each new
+    step (action, next action, metrics appended, the decision) and, when the run
+    waits at a gate, what it needs and the command that gives it.  Ctrl-C stops
+    watching (exit 0); the run is not affected.
+
+    \b
+    Example:
+        fsmtrain watch runs.db --run 1
+    """
+    from .hooks import step_metrics
+    from .replay import decode_updates
+
+    seen = 0
+    try:
+        with EventLog(log, readonly=True) as lg:
+            if run_id is None:
+                runs = lg.runs()
+                if not runs:
+                    raise RunNotRunnable(f"{log} has no runs yet")
+                run_id = runs[-1].id
+            info = lg.run(run_id)
+            click.echo(f"watching run {run_id} ({info.machine}) in {log}; Ctrl-C to stop")
+            while True:
+                info = lg.run(run_id)
+                for ev in lg.events(run_id, start=seen + 1):
+                    seen = ev.seq
+                    if ev.kind == "step":
+                        metrics = step_metrics(decode_updates(ev.updates))
+                        shown = "  ".join(f"{k} {v[-1]:.4g}" for k, v in sorted(metrics.items()))
+                        decision = ""
+                        if isinstance(ev.info, dict) and ev.info.get("condition") not in (None, "default"):
+                            decision = f"  [{ev.info.get('reason')}]"
+                        nxt = f"-> {ev.next}" if ev.next else "(end)"
+                        click.echo(f"{_when(ev.time)}  step {ev.step:4d}  {ev.action} {nxt}  {shown}{decision}".rstrip())
+                    elif ev.kind in ("resume", "error", "failed", "input"):
+                        click.echo(f"{_when(ev.time)}  {ev.kind} {ev.action or ''}".rstrip()
+                                   + (f": {ev.error.strip().splitlines()[-1]}" if ev.error else ""))
+                if info.status in ("finished", "failed"):
+                    click.echo(f"run {run_id} {info.status} after {info.steps} steps")
+                    return
+                if info.status == "waiting":
+                    last = lg.last_event(run_id)
+                    needs = ", ".join(n["name"] + (f" ({' | '.join(map(str, n['choices']))})" if n.get("choices") else "")
+                                      for n in (last.info or {}).get("needs", []) if n.get("required", True))
+                    click.echo(f"run {run_id} is waiting at `{last.action}` for {needs}; answer with "
+                               f"`fsmtrain approve {log} {run_id}`, `fsmtrain reject {log} {run_id}` or "
+                               f"`fsmtrain input {log} {run_id} KEY=VALUE`")
+                    return
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped watching run {run_id}", err=True)
+
+
+@main.command()
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run", "run_id", type=int, required=True, help="The run whose curves to draw.")
+@click.option("--metric", "metrics", multiple=True, required=True, help="A metric (a list of numbers in the state); repeatable.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The image to write: .svg (drawn by fsmtrain) or .png (needs matplotlib).")
+def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None:
+    """Draw a run's metric curves as an image.
+
+    Opens LOG read-only.  One point per recorded value; NaN and infinities are left out.
+
+    \b
+    Example:
+        fsmtrain plot runs.db --run 1 --metric train_loss --metric val_loss -o curves.svg
+    """
+    from .plot import curves
+
+    suffix = output.suffix.lower()
+    if suffix not in (".svg", ".png"):
+        raise click.BadParameter(f"{output.name}: write .svg or .png", param_hint="-o")
+    with EventLog(log, readonly=True) as lg:
+        state = state_at(lg, run_id)
+    series: dict[str, list[float]] = {}
+    for m in metrics:
+        values = state.get(m)
+        if not isinstance(values, Sequence) or isinstance(values, str) or \
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            lists = [k for k in sorted(state) if isinstance(state[k], Sequence) and not isinstance(state[k], str)
+                     and state[k] and all(isinstance(v, (int, float)) for v in state[k])]
+            raise click.BadParameter(f"run {run_id} has no metric {m!r} (its metrics: {', '.join(lists) or 'none'})",
+                                     param_hint="--metric")
+        series[m] = [float(v) for v in values]
+    if suffix == ".svg":
+        output.write_text(curves(series, title=f"run {run_id}"), encoding="utf-8")
+    else:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise click.UsageError("a .png needs matplotlib (pip install matplotlib); or write .svg") from None
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        for name, values in series.items():
+            ax.plot(range(1, len(values) + 1), values, label=name, marker="o", markersize=2)
+        ax.set_xlabel("evaluation")
+        ax.legend()
+        ax.set_title(f"run {run_id}")
+        fig.savefig(output, dpi=100)
+    click.echo(f"wrote {output} ({', '.join(f'{k}: {len(v)} points' for k, v in series.items())})")
+
+
 def load_machine(target: str) -> Any:
     """Import ``module:attr`` (the operator names it; never taken from a log) and return the Machine."""
     from .errors import InvalidDefinition
@@ -447,9 +560,10 @@ def _is_hook(obj: Any) -> bool:
 
 @main.command()
 @click.argument("target")
-@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True,
+              help="svg runs Graphviz's `dot` (when installed) on the DOT text.")
 def graph(target: str, fmt: str) -> None:
-    """Print a machine's graph as Mermaid or Graphviz DOT text.
+    """Print a machine's graph as Mermaid or Graphviz DOT text (or SVG, with Graphviz installed).
 
     TARGET is MODULE:ATTR naming a Machine (or a function returning one).
 
@@ -458,6 +572,19 @@ def graph(target: str, fmt: str) -> None:
         fsmtrain graph fsmtrain.train.demo:machine --format dot | dot -Tsvg > demo.svg
     """
     m = load_machine(target)
+    if fmt == "svg":
+        import shutil
+        import subprocess
+
+        dot = shutil.which("dot")
+        if dot is None:
+            raise click.UsageError("--format svg needs Graphviz's `dot` on PATH (e.g. apt install graphviz); "
+                                   "--format dot prints the text to render elsewhere")
+        out = subprocess.run([dot, "-Tsvg"], input=m.to_dot(), capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise click.ClickException(f"dot failed: {out.stderr.strip()}")
+        click.echo(out.stdout, nl=False)
+        return
     click.echo(m.to_mermaid() if fmt == "mermaid" else m.to_dot(), nl=False)
 
 
@@ -493,9 +620,14 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
         fsmtrain demo --log runs.db
         fsmtrain demo --log gate.db --gate && fsmtrain approve gate.db 1
     """
+    import signal
+
     from .hooks import Hook
     from .train import demo as d
     from .worker import run_lock
+
+    # Ctrl-C interrupts the demo (and says how to resume) even where the shell started it with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     class Progress(Hook):
         t0 = 0.0

@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import HookFailed
 
-__all__ = ["EVENTS", "Hook", "HookBus", "HookWarning", "Notify"]
+__all__ = ["EVENTS", "CsvMetrics", "Hook", "HookBus", "HookWarning", "JsonlMetrics", "Notify", "Progress", "step_metrics"]
 
 EVENTS = ("run_start", "run_resume", "step_start", "step_end", "step_failed", "waiting", "input", "restore",
           "run_end")
@@ -149,3 +149,156 @@ class Notify(Hook):
     def on_input(self, *, run_id: int | None, action: str, inputs: dict[str, Any], **future_kwargs: Any) -> None:
         given = ", ".join(f"{k}={v!r}" for k, v in sorted(inputs.items()))
         self._say(f"run {run_id} got its input for `{action}` ({given}) and goes on")
+
+
+def step_metrics(updates: dict[str, Any]) -> dict[str, list[float]]:
+    """The numbers a step appended to its state's lists: ``{"val_loss": [0.31]}`` (bools and other items left out)."""
+    from .state import Append
+
+    out: dict[str, list[float]] = {}
+    for k, v in updates.items():
+        if type(v) is Append and v.items and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.items):
+            out[k] = [float(x) for x in v.items]
+    return out
+
+
+class _MetricsFile(Hook):
+    """Shared by the metric writers: one record per committed step that appended numbers, never twice.
+
+    A step's hooks are delivered again (``replayed=True``) after a crash between its commit and its
+    hooks; the writer skips any step it already wrote for that run (it reads its file's last step
+    per run the first time it sees the run).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._last: dict[Any, int] = {}
+
+    def _seen(self, run_id: Any) -> int:
+        if run_id not in self._last:
+            self._last[run_id] = self._scan(run_id)
+        return self._last[run_id]
+
+    def _scan(self, run_id: Any) -> int:
+        raise NotImplementedError
+
+    def _write(self, run_id: Any, step: int, epoch: Any, action: str, metrics: dict[str, list[float]]) -> None:
+        raise NotImplementedError
+
+    def on_step_end(self, *, run_id: int | None, step: int, action: str, state: Any, updates: dict[str, Any],
+                    **future_kwargs: Any) -> None:
+        metrics = step_metrics(updates)
+        if not metrics or step <= self._seen(run_id):
+            return
+        epoch = state.get("epoch") if hasattr(state, "get") else None
+        self._write(run_id, step, epoch, action, metrics)
+        self._last[run_id] = step
+
+
+class JsonlMetrics(_MetricsFile):
+    """Appends one JSON line per step that appended metrics: ``{"run", "step", "epoch", "action", "time",
+    "metrics": {"val_loss": [0.31], ...}}`` (NaN and infinities as Python's json writes them)."""
+
+    def _scan(self, run_id: Any) -> int:
+        import json
+
+        last = 0
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        rec = json.loads(line)
+                        if rec.get("run") == run_id:
+                            last = max(last, rec.get("step", 0))
+        return last
+
+    def _write(self, run_id: Any, step: int, epoch: Any, action: str, metrics: dict[str, list[float]]) -> None:
+        import json
+
+        rec = {"run": run_id, "step": step, "epoch": epoch, "action": action, "time": time.time(), "metrics": metrics}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, allow_nan=True) + "\n")
+
+
+class CsvMetrics(_MetricsFile):
+    """Appends one CSV row per metric value: ``run,step,epoch,action,metric,value`` (a header when new)."""
+
+    HEADER = ["run", "step", "epoch", "action", "metric", "value"]
+
+    def _scan(self, run_id: Any) -> int:
+        import csv
+
+        last = 0
+        if os.path.exists(self.path):
+            with open(self.path, newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    if row.get("run") == str(run_id):
+                        last = max(last, int(row["step"]))
+        return last
+
+    def _write(self, run_id: Any, step: int, epoch: Any, action: str, metrics: dict[str, list[float]]) -> None:
+        import csv
+
+        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(self.HEADER)
+            for k, values in metrics.items():
+                for v in values:
+                    w.writerow([run_id, step, "" if epoch is None else epoch, action, k, repr(v)])
+
+
+class Progress(Hook):
+    """A one-line epoch bar on a terminal: ``epoch 3/30 [#####.....] 10% eta 0:41  val_loss 0.193 ...``.
+
+    Quiet when ``stream`` is not a terminal (unless ``force=True``).  The total is ``state["max_epochs"]``
+    when the state has it.  Redraws after each step that appended metrics.
+    """
+
+    def __init__(self, stream: Any = None, *, force: bool = False, width: int = 20) -> None:
+        import sys
+
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = force or bool(getattr(self.stream, "isatty", lambda: False)())
+        self.width = width
+        self._t0: float | None = None
+        self._e0: int | None = None
+        self._latest: dict[str, float] = {}
+
+    def on_step_end(self, *, run_id: int | None, state: Any, updates: dict[str, Any], replayed: bool = False,
+                    **future_kwargs: Any) -> None:
+        if not self.enabled or replayed:
+            return
+        for k, v in step_metrics(updates).items():
+            self._latest[k] = v[-1]
+        epoch = state.get("epoch") if hasattr(state, "get") else None
+        if not isinstance(epoch, int):
+            return
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0, self._e0 = now, epoch
+        total = state.get("max_epochs")
+        line = f"epoch {epoch}"
+        if isinstance(total, int) and total > 0:
+            done = min(epoch / total, 1.0)
+            filled = int(done * self.width)
+            line += f"/{total} [{'#' * filled}{'.' * (self.width - filled)}] {done * 100:3.0f}%"
+            ran = epoch - (self._e0 or 0)
+            if ran > 0:
+                left = (now - self._t0) / ran * max(total - epoch, 0)
+                line += f" eta {int(left // 60)}:{int(left % 60):02d}"
+        line += "  " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(self._latest.items()))
+        self.stream.write("\r" + line)
+        self.stream.flush()
+
+    def on_run_end(self, *, run_id: int | None, state: Any, status: str, **future_kwargs: Any) -> None:
+        if self.enabled:
+            self.stream.write(f"\n{status}\n")
+            self.stream.flush()
+
+    def on_waiting(self, *, run_id: int | None, action: str, needs: list[dict[str, Any]], state: Any,
+                   **future_kwargs: Any) -> None:
+        if self.enabled:
+            self.stream.write(f"\nwaiting at `{action}`\n")
+            self.stream.flush()
