@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 from .actions import Action, Input, action, gate
 from .conditions import Condition, all_of, any_of, default, when
 from .errors import FsmtrainError
-from .hooks import Hook, HookBus, Notify
+from .hooks import CsvMetrics, Hook, HookBus, JsonlMetrics, Notify, Progress
 from .log import EventLog
 from .machine import Machine, Transition
 from .replay import fold, fork, state_at
@@ -20,14 +20,17 @@ from .state import Ref, State, append
 __all__ = [
     "Action",
     "Condition",
+    "CsvMetrics",
     "EventLog",
     "FsmtrainError",
     "Halt",
     "Hook",
     "HookBus",
     "Input",
+    "JsonlMetrics",
     "Machine",
     "Notify",
+    "Progress",
     "Ref",
     "Runner",
     "State",
