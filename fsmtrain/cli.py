@@ -385,6 +385,43 @@ def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None
     click.echo(f"wrote {output} ({', '.join(f'{k}: {len(v)} points' for k, v in series.items())})")
 
 
+@main.command()
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
+def ui(log: Path, port: int, host: str) -> None:
+    """Serve a local web page over LOG: runs, curves, the graph, the timeline, the state, gates.
+
+    Pages read the log read-only and refresh while a run is running.  A waiting
+    run shows its gate's inputs as a form; submitting needs the token in the URL
+    printed at start, and goes through the same checks as `fsmtrain input`.
+
+    \b
+    Example:
+        fsmtrain ui runs.db --port 8765
+    """
+    import errno
+
+    from .ui import UI
+
+    app = UI(log)
+    try:
+        server = app.bind(host, port)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise click.UsageError(f"port {port} on {host} is in use; pick another with --port") from None
+        raise click.UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}, not only this machine; the token guards the gate forms", err=True)
+    click.echo(f"fsmtrain ui on {log}: {app.url}   (Ctrl-C to stop)", err=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("\nstopped", err=True)
+    finally:
+        server.server_close()
+
+
 def load_machine(target: str) -> Any:
     """Import ``module:attr`` (the operator names it; never taken from a log) and return the Machine."""
     from .errors import InvalidDefinition
