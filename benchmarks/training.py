@@ -18,6 +18,7 @@ The last line is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 import torch.nn.functional as F
 
-from fsmtrain import EventLog, Machine, action
+from fsmtrain import CsvMetrics, EventLog, JsonlMetrics, Machine, Progress, action
 from fsmtrain.state import State
 from fsmtrain.stopping import max_epochs
 from fsmtrain.train import Resources, Trainer, epoch_seed, evaluate, train_epoch, training_machine, weights_sha256
@@ -114,7 +115,8 @@ def done(state):
     return None
 
 
-def fsm_run(data, batch: int, epochs: int, log: Path, checkpoint: bool, synchronous: str = "FULL") -> tuple[float, str]:
+def fsm_run(data, batch: int, epochs: int, log: Path, checkpoint: bool, synchronous: str = "FULL",
+            hooks: bool = False) -> tuple[float, str]:
     build = build_factory(data, batch)
     if checkpoint:
         machine = training_machine(max_epochs(epochs), name="bench", keep_last=1)
@@ -124,7 +126,9 @@ def fsm_run(data, batch: int, epochs: int, log: Path, checkpoint: bool, synchron
                            ("evaluate", "train_epoch")],
                           entry="train_epoch", terminal=["done"],
                           initial={"seed": SEED, "epoch": 0, "train_loss": [], "val_loss": [], "val_acc": []})
-    trainer = Trainer(machine, build, log=EventLog(log, synchronous=synchronous))
+    watchers = [Progress(io.StringIO(), force=True), JsonlMetrics(log.with_suffix(".jsonl")),
+                CsvMetrics(log.with_suffix(".csv"))] if hooks else []
+    trainer = Trainer(machine, build, log=EventLog(log, synchronous=synchronous), hooks=watchers)
     runner = trainer.start({"seed": SEED})
     t = time.perf_counter()
     runner.run()
@@ -200,7 +204,7 @@ def main() -> None:
     torch.set_num_threads(1)
     n, epochs, rounds, batch = (1000, 2, 1, 256) if args.quick else (10_000, 10, args.rounds, 256)
     data = make_data(n)
-    names = ("raw", "fsm", "fsm_normal", "raw_ckpt", "fsm_ckpt", "fsm_ckpt_normal")
+    names = ("raw", "fsm", "fsm_normal", "fsm_normal_hooks", "raw_ckpt", "fsm_ckpt", "fsm_ckpt_normal")
     times: dict[str, list[float]] = {k: [] for k in names}
     with tempfile.TemporaryDirectory(dir=Path.cwd() if os.access(Path.cwd(), os.W_OK) else None) as d:
         tmp = Path(d)
@@ -217,7 +221,7 @@ def main() -> None:
                 else:
                     sync = "NORMAL" if name.endswith("normal") else "FULL"
                     s, sha = fsm_run(data, batch, epochs, tmp / f"{name}{i}.db", checkpoint="ckpt" in name,
-                                     synchronous=sync)
+                                     synchronous="NORMAL" if "normal" in name else sync, hooks=name.endswith("hooks"))
                 assert sha == sha_raw, f"{name} and the raw loop did different work"
                 times[name].append(s)
         io_raw, io_raw_nodir, io_fsm = checkpoint_io_ms(tmp, data, batch, 5 if args.quick else 100)
@@ -233,6 +237,7 @@ def main() -> None:
     print(f"{n}x64 data, 64-32-10 MLP, batch {batch}, Adam, {epochs} epochs, 1 thread, median of {rounds} rounds")
     line("fsmtrain (log synchronous=FULL) vs raw loop", med["fsm"], med["raw"], 1.03)
     line("  same, log synchronous=NORMAL", med["fsm_normal"], med["raw"], 1.03)
+    line("  + Progress, JSONL and CSV hooks vs none (NORMAL)", med["fsm_normal_hooks"], med["fsm_normal"], 1.01)
     line("fsmtrain + checkpoint each epoch vs raw + save", med["fsm_ckpt"], med["raw_ckpt"], 1.03)
     line("  same, log synchronous=NORMAL", med["fsm_ckpt_normal"], med["raw_ckpt"], 1.03)
     line("checkpoint save+load vs raw (equally durable)", io_fsm, io_raw, 1.15, unit="ms")
@@ -241,7 +246,8 @@ def main() -> None:
         print(f"{'pytorch-lightning, same model and data':<48} {light * 1e3:8.2f} ms/epoch  {light / med['raw']:5.3f}x raw")
     figures = {"raw_epoch_s": med["raw"], "fsm_epoch_s": med["fsm"], "raw_ckpt_epoch_s": med["raw_ckpt"],
                "fsm_ckpt_epoch_s": med["fsm_ckpt"], "fsm_normal_epoch_s": med["fsm_normal"],
-               "fsm_ckpt_normal_epoch_s": med["fsm_ckpt_normal"], "raw_ckpt_io_ms": io_raw,
+               "fsm_ckpt_normal_epoch_s": med["fsm_ckpt_normal"], "fsm_normal_hooks_epoch_s": med["fsm_normal_hooks"],
+               "hooks_ratio": med["fsm_normal_hooks"] / med["fsm_normal"], "raw_ckpt_io_ms": io_raw,
                "raw_ckpt_io_nodirsync_ms": io_raw_nodir,
                "fsm_ckpt_io_ms": io_fsm, "fsm_ratio": med["fsm"] / med["raw"],
                "fsm_ckpt_ratio": med["fsm_ckpt"] / med["raw_ckpt"], "ckpt_io_ratio": io_fsm / io_raw,

@@ -173,6 +173,20 @@ class _MetricsFile(Hook):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._last: dict[Any, int] = {}
+        self._fh: Any = None  # kept open between records (flushed after each): a record costs one write
+
+    def _file(self) -> Any:
+        if self._fh is None or self._fh.closed:
+            self._fh = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed at run end
+        return self._fh
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def on_run_end(self, *, run_id: int | None, state: Any, status: str, **future_kwargs: Any) -> None:
+        self.close()
 
     def _seen(self, run_id: Any) -> int:
         if run_id not in self._last:
@@ -216,8 +230,9 @@ class JsonlMetrics(_MetricsFile):
         import json
 
         rec = {"run": run_id, "step": step, "epoch": epoch, "action": action, "time": time.time(), "metrics": metrics}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, allow_nan=True) + "\n")
+        f = self._file()
+        f.write(json.dumps(rec, allow_nan=True) + "\n")
+        f.flush()
 
 
 class CsvMetrics(_MetricsFile):
@@ -239,14 +254,14 @@ class CsvMetrics(_MetricsFile):
     def _write(self, run_id: Any, step: int, epoch: Any, action: str, metrics: dict[str, list[float]]) -> None:
         import csv
 
-        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(self.HEADER)
-            for k, values in metrics.items():
-                for v in values:
-                    w.writerow([run_id, step, "" if epoch is None else epoch, action, k, repr(v)])
+        f = self._file()
+        w = csv.writer(f)
+        if f.tell() == 0:
+            w.writerow(self.HEADER)
+        for k, values in metrics.items():
+            for v in values:
+                w.writerow([run_id, step, "" if epoch is None else epoch, action, k, repr(v)])
+        f.flush()
 
 
 class Progress(Hook):
@@ -256,9 +271,12 @@ class Progress(Hook):
     when the state has it.  Redraws after each step that appended metrics.
     """
 
-    def __init__(self, stream: Any = None, *, force: bool = False, width: int = 20) -> None:
+    def __init__(self, stream: Any = None, *, force: bool = False, width: int = 20, every: float = 0.1) -> None:
         import sys
 
+        self.every = every  # seconds between redraws at most (the last state is drawn at the end)
+        self._drawn = 0.0
+        self._pending = ""
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = force or bool(getattr(self.stream, "isatty", lambda: False)())
         self.width = width
@@ -278,6 +296,11 @@ class Progress(Hook):
         now = time.monotonic()
         if self._t0 is None:
             self._t0, self._e0 = now, epoch
+        if now - self._drawn < self.every:
+            self._pending = f"{epoch}"  # something new to draw at the end
+            return
+        self._drawn = now
+        self._pending = ""
         total = state.get("max_epochs")
         line = f"epoch {epoch}"
         if isinstance(total, int) and total > 0:
@@ -294,6 +317,9 @@ class Progress(Hook):
 
     def on_run_end(self, *, run_id: int | None, state: Any, status: str, **future_kwargs: Any) -> None:
         if self.enabled:
+            if self._pending:  # the last epochs were not drawn yet
+                self._drawn = 0.0
+                self.on_step_end(run_id=run_id, state=state, updates={})
             self.stream.write(f"\n{status}\n")
             self.stream.flush()
 

@@ -75,10 +75,17 @@ class TestProgress:
     def test_a_bar_with_eta_and_the_latest_metrics(self):
         out = io.StringIO()
         with _nolog() as log:
-            record(log, hooks=[Progress(out, force=True)])
+            record(log, hooks=[Progress(out, force=True, every=0)])
         text = out.getvalue()
         assert "\repoch 1  val_acc 0.5  val_loss 1" in text
         assert text.rstrip().endswith("finished")
+
+    def test_redraws_at_most_every_interval_but_always_shows_the_end(self):
+        out = io.StringIO()
+        with _nolog() as log:
+            record(log, hooks=[Progress(out, force=True, every=3600)])
+        draws = out.getvalue().count("\r")
+        assert draws == 2 and "\repoch 12  val_acc 0.6  val_loss 0.8" in out.getvalue()
 
     def test_quiet_when_the_stream_is_not_a_terminal(self):
         out = io.StringIO()
@@ -91,7 +98,7 @@ class TestProgress:
         from fsmtrain.state import append
 
         out = io.StringIO()
-        p = Progress(out, force=True, width=10)
+        p = Progress(out, force=True, width=10, every=0)
         for e in (1, 2):
             p.on_step_end(run_id=1, state=State(epoch=e, max_epochs=4), updates={"val_loss": append(0.5 / e)})
         assert re.search(r"epoch 2/4 \[#####\.\.\.\.\.\]  50% eta 0:\d\d  val_loss 0.25", out.getvalue())
