@@ -487,28 +487,18 @@ def input_(log: Path, run_id: int, values: tuple[str, ...], comment: str | None)
     Example:
         fsmtrain input runs.db 1 decision=no-go lr=0.001
     """
-    from .actions import Input
-    from .errors import InvalidInput
-    from .runner import give_input
+    from .runner import give_text_input
 
+    texts: dict[str, str] = {}
+    for item in values:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="KEY=VALUE")
+        if key in texts:
+            raise click.BadParameter(f"{key} is given twice", param_hint="KEY=VALUE")
+        texts[key] = text
     with _existing_log(log) as lg:
-        info = lg.run(run_id)
-        last = lg.last_event(run_id)
-        specs = {d["name"]: Input.from_json(d) for d in (last.info or {}).get("needs", [])} \
-            if info.status == "waiting" else {}
-        parsed: dict[str, Any] = {}
-        for item in values:
-            key, sep, text = item.partition("=")
-            if not sep or not key:
-                raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="KEY=VALUE")
-            if key in parsed:
-                raise click.BadParameter(f"{key} is given twice", param_hint="KEY=VALUE")
-            spec = specs.get(key)
-            if spec is None and info.status == "waiting":
-                raise InvalidInput(f"`{last.action}` of run {run_id} has no input named {key!r} "
-                                   f"(its inputs: {', '.join(specs) or 'none'})")
-            parsed[key] = spec.parse(text, last.action or "?") if spec is not None else text
-        ev = give_input(lg, run_id, parsed, comment=comment)
+        ev = give_text_input(lg, run_id, texts, comment=comment)
         _show_input(lg, ev)
 
 

@@ -34,7 +34,7 @@ from .machine import Machine
 from .replay import active_time, decode_updates, encode_updates, position, state_at
 from .state import Encoded, State, dumps
 
-__all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "decide", "give_input", "summary"]
+__all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "decide", "give_input", "give_text_input", "summary"]
 
 Restore = Callable[["Runner"], "Mapping[str, Any] | None"]
 """``restore(runner)``: bring ``runner.resources`` to the run's last committed step; may return a note to log."""
@@ -489,6 +489,27 @@ def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str
     if comment:
         note["comment"] = comment
     return log.append(run_id, last.seq, kind="input", step=last.step, action=last.action, inputs=checked, info=note)
+
+
+def give_text_input(log: EventLog, run_id: int, texts: Mapping[str, str], *, by: str | None = None,
+                    comment: str | None = None, blank_is_absent: bool = False) -> Event:
+    """:func:`give_input` from text (a command line, a web form): each value is read as the type its gate
+    declares (``Input.parse``), then validated as usual.  ``blank_is_absent`` leaves out an empty optional
+    field (a form sends every field).  Nothing is written unless everything is valid."""
+    info = log.run(run_id)
+    last = log.last_event(run_id)
+    specs = {d["name"]: Input.from_json(d) for d in (last.info or {}).get("needs", [])} \
+        if info.status == "waiting" else {}
+    values: dict[str, Any] = {}
+    for key, text in texts.items():
+        spec = specs.get(key)
+        if blank_is_absent and text == "" and spec is not None and not spec.required:
+            continue
+        if spec is None and info.status == "waiting":
+            raise InvalidInput(f"`{last.action}` of run {run_id} has no input named {key!r} "
+                               f"(its inputs: {', '.join(specs) or 'none'})")
+        values[key] = spec.parse(text, last.action or "?") if spec is not None else text
+    return give_input(log, run_id, values, by=by, comment=comment)
 
 
 APPROVE = ("go", "approve", "approved", "yes", "accept", "ok")

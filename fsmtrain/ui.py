@@ -324,9 +324,7 @@ class UI:
 
     # -- the one write -------------------------------------------------------------------------------------
     def _post_input(self, req: BaseHTTPRequestHandler, run_id: int) -> None:
-        from .actions import Input
-        from .errors import InvalidInput
-        from .runner import give_input
+        from .runner import give_text_input
 
         length = int(req.headers.get("Content-Length") or 0)
         if length > 100_000:
@@ -340,18 +338,7 @@ class UI:
             return self._send(req, 403, self._page("Forbidden", "<p class='err'>This request has no valid token: open "
                                                    "the page from the URL the server printed. Nothing was written.</p>"))
         with EventLog(self.log_path) as log:
-            info = log.run(run_id)
-            last = log.last_event(run_id)
-            specs = {d["name"]: Input.from_json(d) for d in (last.info or {}).get("needs", [])} \
-                if info.status == "waiting" else {}
-            values: dict[str, Any] = {}
-            for k, text in form.items():
-                if text == "" and k in specs and not specs[k].required:
-                    continue
-                if info.status == "waiting" and k not in specs:
-                    raise InvalidInput(f"`{last.action}` has no input named {k!r} (its inputs: {', '.join(specs)})")
-                values[k] = specs[k].parse(text, last.action or "?") if k in specs else text
-            give_input(log, run_id, values, by="web")
+            give_text_input(log, run_id, form, by="web", blank_is_absent=True)
         req.send_response(303)
         req.send_header("Location", self._link(f"/run/{run_id}", True))
         req.send_header("Content-Length", "0")

@@ -405,7 +405,7 @@ class Study:
     # -- the machine -----------------------------------------------------------------------------------------
     def _machine(self) -> Machine:
         study = self
-        trials_of = _Folder()  # noqa: F811 - the incremental version, for this machine's actions
+        fold = _Folder()  # trials_of, folding only what each step appended
         milestones = self.scheduler.milestones()
         max_t = self.scheduler.max_t
 
@@ -414,7 +414,7 @@ class Study:
             return later[0] if later else max_t
 
         def propose(state: State, resources: _Live) -> dict[str, Any]:
-            trials = trials_of(state)
+            trials = fold(state)
             active = sum(t.status in ACTIVE for t in trials)
             new: list[dict[str, Any]] = []
             history = [{"params": t.params, "value": t.best(study.mode)[0]} for t in trials
@@ -432,7 +432,7 @@ class Study:
 
         def launch(state: State, resources: _Live) -> dict[str, Any]:
             changed = []
-            for t in trials_of(state):
+            for t in fold(state):
                 if t.status in ACTIVE and t.index not in resources.futures:
                     if study.artifacts is None:
                         resources.futures[t.index] = resources.executor.submit(
@@ -451,7 +451,7 @@ class Study:
             if not resources.futures:
                 return {}
             done, _ = cf.wait(list(resources.futures.values()), return_when=cf.FIRST_COMPLETED)
-            trials = {t.index: t for t in trials_of(state)}
+            trials = {t.index: t for t in fold(state)}
             updates: list[dict[str, Any]] = []
             for index, fut in sorted(resources.futures.items()):
                 if fut not in done:
@@ -479,7 +479,7 @@ class Study:
             return {"updates": append(*updates), "running": sorted(resources.futures)}
 
         def prune(state: State) -> dict[str, Any]:
-            trials = trials_of(state)
+            trials = fold(state)
             decisions = []
             for t in trials:
                 if t.status != "paused" or t.epochs not in milestones:
@@ -493,7 +493,7 @@ class Study:
             return ({"updates": append(*decisions)} if decisions else {}) | {"best": best}
 
         def finish(state: State) -> dict[str, Any]:
-            trials = trials_of(state)
+            trials = fold(state)
             counts: dict[str, int] = {}
             for t in trials:
                 counts[t.status] = counts.get(t.status, 0) + 1
@@ -508,7 +508,7 @@ class Study:
         ]
 
         def all_done(s: State) -> tuple[bool, str]:
-            trials = trials_of(s)
+            trials = fold(s)
             active = sum(t.status in ACTIVE for t in trials)
             done = len(trials) >= s["n_trials"] and active == 0
             return done, f"{len(trials)} of {s['n_trials']} trials proposed, {active} active"
