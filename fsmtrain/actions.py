@@ -56,18 +56,27 @@ class Input:
         t = _TYPES[self.type]
         ok = isinstance(value, t) and not (t is int and isinstance(value, bool))
         if t is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
+            try:
+                value, ok = float(value), True
+            except OverflowError:
+                raise InvalidInput(f"{where} must be a finite number, got an integer too large for a float") from None
         if not ok:
-            raise InvalidInput(f"{where} must be {self.type}, got {type(value).__name__} {value!r}")
+            raise InvalidInput(f"{where} must be {self.type}, got {type(value).__name__} {_clip(repr(value))}")
+        if t is str:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InvalidInput(f"{where} holds bytes that are not valid UTF-8 (at character {e.start}); "
+                                   "give plain UTF-8 text") from None
         if t is float and not math.isfinite(value):
-            raise InvalidInput(f"{where} must be a finite number, got {value!r}")
+            raise InvalidInput(f"{where} must be a finite number, got {_clip(repr(value))}")
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(repr(c) for c in self.choices)
-            raise InvalidInput(f"{where} must be one of {allowed}; got {value!r}")
+            raise InvalidInput(f"{where} must be one of {allowed}; got {_clip(repr(value))}")
         if self.min is not None and value < self.min:
-            raise InvalidInput(f"{where} must be >= {self.min}; got {value!r}")
+            raise InvalidInput(f"{where} must be >= {self.min}; got {_clip(repr(value))}")
         if self.max is not None and value > self.max:
-            raise InvalidInput(f"{where} must be <= {self.max}; got {value!r}")
+            raise InvalidInput(f"{where} must be <= {self.max}; got {_clip(repr(value))}")
         return value
 
     def parse(self, text: str, action: str) -> Any:
@@ -86,7 +95,7 @@ class Input:
             else:
                 value = text
         except ValueError:
-            raise InvalidInput(f"{where} must be {self.type}; cannot read {text!r} as one") from None
+            raise InvalidInput(f"{where} must be {self.type}; cannot read {_clip(repr(text))} as one") from None
         return self.validate(value, action)
 
     def to_json(self) -> dict[str, Any]:
@@ -99,6 +108,10 @@ class Input:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Input:
         return cls(**dict(d))
+
+
+def _clip(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def validate_inputs(specs: Iterable[Input], given: Mapping[str, Any], action: str) -> tuple[dict[str, Any], list[Input]]:

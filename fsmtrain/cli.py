@@ -6,21 +6,37 @@ Library errors become one-line messages and stable exit codes, never tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
+import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .errors import FsmtrainError, RunNotRunnable
-from .log import Event, EventLog, RunInfo
+from .errors import CorruptLog, FsmtrainError, InvalidDefinition, RunNotRunnable
+from .log import ENDED, MAX_ID, Event, EventLog, RunInfo
 from .replay import state_at
 from .state import dumps, thaw
+
+RUN_ID = click.IntRange(1, MAX_ID)
+"""A run id on the command line: a whole number SQLite can hold (larger ones are refused cleanly)."""
+SEQ = click.IntRange(1, MAX_ID)
+
+_KEPT = "fsmtrain.kept"
+
+
+def kept(what: str) -> None:
+    """Say what a command has committed so far: an interrupt (Ctrl-C) then reports it instead of 'nothing'."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().meta[_KEPT] = what
 
 
 class _Group(click.Group):
@@ -28,10 +44,26 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FsmtrainError as e:
-            click.echo(f"Error: {e}", err=True)
+            echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            what = ctx.meta.get(_KEPT, "nothing was written")
+            echo(f"\ninterrupted: {what}", err=True)
+            ctx.exit(130)
         except sqlite3.DatabaseError as e:
-            click.echo(f"Error: SQLite: {e}", err=True)
+            echo(f"Error: SQLite: {e}", err=True)
+            ctx.exit(1)
+        except OSError as e:
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            echo(f"Error: {e.strerror or e}{where}", err=True)
+            ctx.exit(1)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # a bug of ours: one line, and how to see more
+            if os.environ.get("FSMTRAIN_DEBUG"):
+                raise
+            echo(f"Error: internal error: {type(e).__name__}: {_short(str(e), 300)} "
+                       "(set FSMTRAIN_DEBUG=1 for the traceback, and please report it)", err=True)
             ctx.exit(1)
 
 
@@ -43,20 +75,56 @@ def main() -> None:
     \b
     Example:
         fsmtrain demo --log runs.db && fsmtrain replay runs.db
+
+    \b
+    Exit codes:
+        0    done
+        1    an error: a run or event that does not exist, a run that is not
+             in a state to do that, a failed run, a log that is not a log or
+             fails verification, storage that is full or read-only
+        2    a usage error or invalid input (nothing was written)
+        130  interrupted (Ctrl-C); the message says what was kept
     """
 
 
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+def _when(t: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return f"time {_short(repr(t), 30)}"
 
 
 def _short(value: Any, width: int = 60) -> str:
-    text = value if isinstance(value, str) else dumps(value)
+    try:
+        text = value if isinstance(value, str) else dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7f, 0xa0)) if c not in (0x09, 0x0A)}
+
+
+def safe(text: str) -> str:
+    """Text from a log as a terminal may show it: control characters (escape sequences that would
+    retitle the terminal, move the cursor or hide text) are written as ``\\xNN``; lone surrogates
+    (bytes that were not UTF-8) as ``\\udcNN``."""
+    out = text.translate(_CONTROL)
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        out = out.encode("utf-8", "backslashreplace").decode("utf-8")
+    return out
+
+
+def echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
+    """``click.echo`` for anything that may hold text from a log (see :func:`safe`)."""
+    click.echo(safe(text), err=err, nl=nl)
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(c) for c in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    cells = [[safe(str(c)).replace("\n", "\\n") for c in headers]] + \
+        [[("" if c is None else safe(str(c)).replace("\n", "\\n")) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
@@ -73,15 +141,29 @@ def _event_json(e: Event) -> dict[str, Any]:
             "hash": e.hash}
 
 
+@contextlib.contextmanager
+def _reading(ev: Event) -> Iterator[None]:
+    """Showing an event: data of the wrong shape (a log edited outside fsmtrain) is a clear error."""
+    try:
+        yield
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+        raise CorruptLog(f"run {ev.run_id} event {ev.seq} holds data no fsmtrain writer makes "
+                         f"({type(e).__name__}: {_short(str(e), 80)}); check it with `fsmtrain verify`") from None
+
+
+def _need(spec: Any) -> str:
+    return str(spec["name"]) + (f" ({' | '.join(map(str, spec['choices']))})" if spec.get("choices") else "")
+
+
 def _print_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, default=lambda o: thaw(o) if not hasattr(o, "to_json") else o.to_json(),
+    echo(json.dumps(obj, default=lambda o: thaw(o) if not hasattr(o, "to_json") else o.to_json(),
                           allow_nan=True, ensure_ascii=False))
 
 
 @main.command()
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run", "run_id", type=int, help="Show this run's timeline.")
-@click.option("--at", "at_seq", type=int, help="With --run: the full state after this event.")
+@click.option("--run", "run_id", type=RUN_ID, help="Show this run's timeline.")
+@click.option("--at", "at_seq", type=SEQ, help="With --run: the full state after this event.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool) -> None:
     """Inspect a log: its runs, one run's timeline, or a run's state at any event.
@@ -104,9 +186,9 @@ def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool) -> 
                 _print_json([_run_json(r) for r in runs])
                 return
             if not runs:
-                click.echo(f"{log}: no runs yet")
+                echo(f"{log}: no runs yet")
                 return
-            click.echo(_table(["run", "machine", "status", "steps", "last action", "started", "updated"],
+            echo(_table(["run", "machine", "status", "steps", "last action", "started", "updated"],
                               [[r.id, r.machine, r.status, r.steps, r.last_action or "-", _when(r.created),
                                 _when(r.last_time)] for r in runs]))
             return
@@ -117,35 +199,50 @@ def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool) -> 
             if as_json:
                 _print_json({"run": run_id, "seq": at_seq, "step": ev.step, "state": state.to_dict()})
                 return
-            click.echo(f"run {run_id} after event {at_seq} (step {ev.step}, {ev.kind} {ev.action or ''}):".rstrip())
+            echo(f"run {run_id} after event {at_seq} (step {ev.step}, {ev.kind} {ev.action or ''}):".rstrip())
             for k in sorted(state):
-                click.echo(f"  {k} = {_short(state[k], 200)}")
+                echo(f"  {k} = {_short(state[k], 200)}")
             return
         events = list(lg.events(run_id))
         if as_json:
             _print_json({"run": _run_json(info), "events": [_event_json(e) for e in events]})
             return
-        click.echo(f"run {info.id} · machine {info.machine} · {info.status} · {info.steps} steps"
-                   + (f" · forked from run {info.parent_id} at event {info.parent_seq}" if info.parent_id else ""))
+        resumes = sum(e.kind == "resume" for e in events)
+        echo(f"run {info.id} · machine {info.machine} · {info.status} · {info.steps} steps"
+             + (f" · forked from run {info.parent_id} at event {info.parent_seq}" if info.parent_id else "")
+             + (f" · resumed after {resumes} interruption{'s' if resumes != 1 else ''}" if resumes else ""))
         rows = []
         for e in events:
-            detail = []
-            if e.kind == "step" and isinstance(e.info, dict) and e.info.get("condition") != "default":
-                detail.append(f"[{_short(e.info.get('reason') or e.info.get('condition'), 60)}]")
-            if e.updates:
-                detail.append(_short(e.updates))
-            if e.inputs:
-                detail.append("inputs " + _short(e.inputs, 40))
-            if e.kind == "waiting" and isinstance(e.info, dict):
-                detail.append("needs " + ", ".join(e.info.get("missing", [])))
-            if e.kind == "resume" and isinstance(e.info, dict) and e.info.get("changed_from"):
-                changes = [f"{c['source']}->{c['target']}: {c['was']} => {c['now']}" for c in e.info.get("conditions", [])]
-                detail.append("machine changed" + (": " + "; ".join(changes) if changes else ""))
-            if e.error:
-                detail.append("error " + _short(e.error.strip().splitlines()[-1], 80))
-            nxt = "" if e.kind not in ("start", "step") else ("-> " + e.next if e.next else "(end)")
-            rows.append([e.seq, _when(e.time), e.kind, e.action or "", nxt, "  ".join(detail)])
-        click.echo(_table(["seq", "time", "kind", "action", "next", "details"], rows))
+            with _reading(e):
+                rows.append(_timeline_row(e))
+        echo(_table(["seq", "time", "kind", "action", "next", "details"], rows))
+
+
+def _timeline_row(e: Event) -> list[Any]:
+    """One event of ``fsmtrain replay --run``: when, what, and the details that matter."""
+    detail = []
+    if e.kind == "step" and isinstance(e.info, dict) and e.info.get("condition") != "default":
+        detail.append(f"[{_short(e.info.get('reason') or e.info.get('condition'), 60)}]")
+    if e.updates:
+        detail.append(_short(e.updates))
+    if e.inputs:
+        detail.append("inputs " + _short(e.inputs, 40))
+    if e.kind == "waiting" and isinstance(e.info, dict):
+        detail.append("needs " + ", ".join(e.info.get("missing", [])))
+    if e.kind == "resume" and isinstance(e.info, dict):
+        if isinstance(e.info.get("interrupted"), int) and e.info["interrupted"] > 0:
+            detail.append(f"{e.info['interrupted']} interruption(s) in a row before this one")
+        if e.info.get("changed_from"):
+            changes = [f"{c.get('source')}->{c.get('target')}: {c.get('was')} => {c.get('now')}"
+                       for c in e.info.get("conditions", []) if isinstance(c, dict)]
+            detail.append("machine changed" + (": " + "; ".join(changes) if changes else ""))
+    if e.kind in ("input", "retry", "stopped", "pruned") and isinstance(e.info, dict):
+        why = e.info.get("reason") or e.info.get("comment")
+        detail.append(f"by {_short(e.info.get('by'), 30)}" + (f": {_short(why, 60)}" if why else ""))
+    if e.error and e.error.strip():
+        detail.append("error " + _short(e.error.strip().splitlines()[-1], 80))
+    nxt = "" if e.kind not in ("start", "step") else ("-> " + e.next if e.next else "(end)")
+    return [e.seq, _when(e.time), e.kind, e.action or "", nxt, "  ".join(detail)]
 
 
 @main.command()
@@ -167,11 +264,11 @@ def verify(log: Path, as_json: bool) -> None:
     if as_json:
         _print_json({"ok": not problems, "runs": n_runs, "events": n_events, "problems": problems})
     elif problems:
-        click.echo(f"CORRUPT: {problems[0]}", err=True)
+        echo(f"CORRUPT: {problems[0]}", err=True)
         for p in problems[1:]:
-            click.echo(f"  also: {p}", err=True)
+            echo(f"  also: {p}", err=True)
     else:
-        click.echo(f"OK: {n_runs} run(s), {n_events} event(s); sequences gapless, hash chains intact")
+        echo(f"OK: {n_runs} run(s), {n_events} event(s); sequences gapless, hash chains intact")
     if problems:
         sys.exit(1)
 
@@ -180,7 +277,7 @@ def verify(log: Path, as_json: bool) -> None:
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--condition", "-c", "conditions", multiple=True, required=True, metavar="EXPR",
               help="A condition expression; repeat to compare several side by side.")
-@click.option("--run", "runs", type=int, multiple=True, help="A run to evaluate (repeatable; default: every finished run).")
+@click.option("--run", "runs", type=RUN_ID, multiple=True, help="A run to evaluate (repeatable; default: every finished run).")
 @click.option("--metric", help="The metric whose best is compared (default: the first condition's metric, else val_loss).")
 @click.option("--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better.")
 @click.option("--counter", default="epoch", show_default=True, help="The state key counting epochs.")
@@ -207,6 +304,8 @@ def whatif(log: Path, conditions: tuple[str, ...], runs: tuple[int, ...], metric
     """
     from .whatif import whatif as compare
 
+    if imports:
+        _cwd_on_path()
     for module in imports:
         try:
             importlib.import_module(module)
@@ -217,14 +316,14 @@ def whatif(log: Path, conditions: tuple[str, ...], runs: tuple[int, ...], metric
     if as_json:
         _print_json(result.to_dict())
     elif not result.runs:
-        click.echo(f"{log}: no finished runs to evaluate (name unfinished ones with --run)")
+        echo(f"{log}: no finished runs to evaluate (name unfinished ones with --run)")
     else:
-        click.echo(result.to_text(rows=not summary), nl=False)
+        echo(result.to_text(rows=not summary), nl=False)
 
 
 @main.command()
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--id", "study_id", type=int, help="The study run (default: the newest study in the log).")
+@click.option("--id", "study_id", type=RUN_ID, help="The study run (default: the newest study in the log).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def study(log: Path, study_id: int | None, as_json: bool) -> None:
     """A hyperparameter study's trials, best first: parameters, status, best metric, epochs, pruned.
@@ -256,15 +355,15 @@ def study(log: Path, study_id: int | None, as_json: bool) -> None:
                      "metric": state["metric"], "mode": state["mode"], "n_trials": state["n_trials"],
                      "best": best, "trials": rows})
         return
-    click.echo(f"study {info.id} ({info.machine.split(':', 1)[1]}) · {info.status} · {len(rows)} of {state['n_trials']} "
+    echo(f"study {info.id} ({info.machine.split(':', 1)[1]}) · {info.status} · {len(rows)} of {state['n_trials']} "
                f"trials · {state['metric']} ({state['mode']}) · sampler {state['sampler']}, scheduler {state['scheduler']}")
-    click.echo(_table(["trial", "run", "params", "status", f"best {state['metric']}", "at epoch", "epochs"],
+    echo(_table(["trial", "run", "params", "status", f"best {state['metric']}", "at epoch", "epochs"],
                       [[r["trial"], r["run_id"], ", ".join(f"{k}={_num(v)}" for k, v in r["params"].items()),
                         r["status"] + (f" ({r['attempts']} attempts)" if r["attempts"] > 1 else ""),
                         _num(r["best"]) if r["best"] is not None else "-", r["best_epoch"] or "-", r["epochs"]]
                        for r in rows]))
     if best:
-        click.echo(f"best: trial {best['index']} (run {best['run_id']}): {state['metric']} {_num(best['value'])} at epoch "
+        echo(f"best: trial {best['index']} (run {best['run_id']}): {state['metric']} {_num(best['value'])} at epoch "
                    f"{best['epoch']} with " + ", ".join(f"{k}={_num(v)}" for k, v in best["params"].items()))
 
 
@@ -274,7 +373,7 @@ def _num(v: Any) -> str:
 
 @main.command()
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run", "run_id", type=int, help="The run to follow (default: the newest run).")
+@click.option("--run", "run_id", type=RUN_ID, help="The run to follow (default: the newest run).")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
               help="Seconds between looks at the log.")
 def watch(log: Path, run_id: int | None, interval: float) -> None:
@@ -301,41 +400,44 @@ def watch(log: Path, run_id: int | None, interval: float) -> None:
                     raise RunNotRunnable(f"{log} has no runs yet")
                 run_id = runs[-1].id
             info = lg.run(run_id)
-            click.echo(f"watching run {run_id} ({info.machine}) in {log}; Ctrl-C to stop")
+            echo(f"watching run {run_id} ({info.machine}) in {log}; Ctrl-C to stop")
             while True:
                 info = lg.run(run_id)
                 for ev in lg.events(run_id, start=seen + 1):
                     seen = ev.seq
-                    if ev.kind == "step":
-                        metrics = step_metrics(decode_updates(ev.updates))
-                        shown = "  ".join(f"{k} {v[-1]:.4g}" for k, v in sorted(metrics.items()))
-                        decision = ""
-                        if isinstance(ev.info, dict) and ev.info.get("condition") not in (None, "default"):
-                            decision = f"  [{ev.info.get('reason')}]"
-                        nxt = f"-> {ev.next}" if ev.next else "(end)"
-                        click.echo(f"{_when(ev.time)}  step {ev.step:4d}  {ev.action} {nxt}  {shown}{decision}".rstrip())
-                    elif ev.kind in ("resume", "error", "failed", "input"):
-                        click.echo(f"{_when(ev.time)}  {ev.kind} {ev.action or ''}".rstrip()
-                                   + (f": {ev.error.strip().splitlines()[-1]}" if ev.error else ""))
-                if info.status in ("finished", "failed"):
-                    click.echo(f"run {run_id} {info.status} after {info.steps} steps")
+                    with _reading(ev):
+                        if ev.kind == "step":
+                            metrics = step_metrics(decode_updates(ev.updates))
+                            shown = "  ".join(f"{k} {v[-1]:.4g}" for k, v in sorted(metrics.items()))
+                            decision = ""
+                            if isinstance(ev.info, dict) and ev.info.get("condition") not in (None, "default"):
+                                decision = f"  [{ev.info.get('reason')}]"
+                            nxt = f"-> {ev.next}" if ev.next else "(end)"
+                            echo(f"{_when(ev.time)}  step {ev.step:4d}  {ev.action} {nxt}  {shown}{decision}".rstrip())
+                        elif ev.kind in ("resume", "error", "failed", "input", "retry", "stopped", "pruned"):
+                            why = ev.info.get("reason") if isinstance(ev.info, dict) else None
+                            echo(f"{_when(ev.time)}  {ev.kind} {ev.action or ''}".rstrip()
+                                 + (f": {ev.error.strip().splitlines()[-1]}" if ev.error and ev.error.strip() else "")
+                                 + (f": {why}" if why else ""))
+                if info.status in ENDED:
+                    echo(f"run {run_id} {info.status} after {info.steps} steps")
                     return
                 if info.status == "waiting":
                     last = lg.last_event(run_id)
-                    needs = ", ".join(n["name"] + (f" ({' | '.join(map(str, n['choices']))})" if n.get("choices") else "")
-                                      for n in (last.info or {}).get("needs", []) if n.get("required", True))
-                    click.echo(f"run {run_id} is waiting at `{last.action}` for {needs}; answer with "
+                    with _reading(last):
+                        needs = ", ".join(_need(n) for n in (last.info or {}).get("needs", []) if n.get("required", True))
+                    echo(f"run {run_id} is waiting at `{last.action}` for {needs}; answer with "
                                f"`fsmtrain approve {log} {run_id}`, `fsmtrain reject {log} {run_id}` or "
                                f"`fsmtrain input {log} {run_id} KEY=VALUE`")
                     return
                 time.sleep(interval)
     except KeyboardInterrupt:
-        click.echo(f"\nstopped watching run {run_id}", err=True)
+        echo(f"\nstopped watching run {run_id}", err=True)
 
 
 @main.command()
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run", "run_id", type=int, required=True, help="The run whose curves to draw.")
+@click.option("--run", "run_id", type=RUN_ID, required=True, help="The run whose curves to draw.")
 @click.option("--metric", "metrics", multiple=True, required=True, help="A metric (a list of numbers in the state); repeatable.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The image to write: .svg (drawn by fsmtrain) or .png (needs matplotlib).")
@@ -353,6 +455,9 @@ def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None
     suffix = output.suffix.lower()
     if suffix not in (".svg", ".png"):
         raise click.BadParameter(f"{output.name}: write .svg or .png", param_hint="-o")
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise click.BadParameter(f"folder {folder} does not exist", param_hint="-o")
     with EventLog(log, readonly=True) as lg:
         state = state_at(lg, run_id)
     series: dict[str, list[float]] = {}
@@ -382,7 +487,7 @@ def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None
         ax.legend()
         ax.set_title(f"run {run_id}")
         fig.savefig(output, dpi=100)
-    click.echo(f"wrote {output} ({', '.join(f'{k}: {len(v)} points' for k, v in series.items())})")
+    echo(f"wrote {output} ({', '.join(f'{k}: {len(v)} points' for k, v in series.items())})")
 
 
 @main.command()
@@ -412,36 +517,73 @@ def ui(log: Path, port: int, host: str) -> None:
             raise click.UsageError(f"port {port} on {host} is in use; pick another with --port") from None
         raise click.UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: listening on {host}, not only this machine; the token guards the gate forms", err=True)
-    click.echo(f"fsmtrain ui on {log}: {app.url}   (Ctrl-C to stop)", err=False)
+        echo(f"warning: listening on {host}, not only this machine; the token guards the gate forms", err=True)
+    echo(f"fsmtrain ui on {log}: {app.url}   (Ctrl-C to stop)", err=False)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        click.echo("\nstopped", err=True)
+        echo("\nstopped", err=True)
     finally:
         server.server_close()
 
 
 def load_machine(target: str) -> Any:
-    """Import ``module:attr`` (the operator names it; never taken from a log) and return the Machine."""
-    from .errors import InvalidDefinition
+    """The Machine ``module:attr`` names (the operator names it; never taken from a log).
+
+    The object must be a Machine, a function that builds one (called with no argument), or a
+    worker target (a function taking the log, e.g. returning a Trainer: called with a throwaway
+    log in a temporary folder, so nothing is created beside you).  Its type is checked before
+    anything is called: ``os:system`` is refused, not run.
+    """
+    import tempfile
+
     from .machine import Machine
 
     obj = import_target(target)
-    if not isinstance(obj, Machine) and callable(obj):
-        obj = obj()
-    if not isinstance(obj, Machine):
-        raise InvalidDefinition(f"{target}", [f"is a {type(obj).__name__}, not an fsmtrain Machine"])
-    return obj
+    if isinstance(obj, Machine):
+        return obj
+    params = _plain_function(obj, target)
+    if params == 0:
+        made = obj()
+    else:
+        with tempfile.TemporaryDirectory(prefix="fsmtrain-graph-") as scratch:
+            log = EventLog(Path(scratch) / "graph.db")
+            try:
+                made = obj(log)
+                made = getattr(made, "machine", made)
+            finally:
+                log.close()
+    if not isinstance(made, Machine):
+        raise InvalidDefinition(target, [f"gave a {type(made).__name__}, not an fsmtrain Machine"])
+    return made
+
+
+def _plain_function(obj: Any, target: str) -> int:
+    """How many arguments the Python function ``obj`` needs (0 or 1); anything else is refused unrun."""
+    import inspect
+
+    if not (inspect.isfunction(obj) or inspect.ismethod(obj)):
+        raise InvalidDefinition(target, [
+            f"is a {type(obj).__name__}, not an fsmtrain Machine or a Python function returning one "
+            "(e.g. fsmtrain.train.demo:machine)"])
+    required = [p for p in inspect.signature(obj).parameters.values()
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        raise InvalidDefinition(target, [f"is a function needing {len(required)} arguments; name a Machine, a "
+                                         "function of no argument returning one, or a function taking the log"])
+    return len(required)
 
 
 def import_target(target: str) -> Any:
-    """The object ``module:attr`` names (imported from the operator's command line, never from a log)."""
-    if ":" not in target:
-        raise click.BadParameter(f"{target!r} must be MODULE:ATTR, e.g. fsmtrain.demo:machine")
-    mod_name, _, attr = target.partition(":")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
+    """The object ``module:attr`` names (imported from the operator's command line, never from a log).
+
+    The current folder is on the import path, as for ``python -m``.
+    """
+    mod_name, sep, attr = target.partition(":")
+    if not sep or not mod_name or not attr or not all(p.isidentifier() for p in mod_name.split(".")) \
+            or not all(p.isidentifier() for p in attr.split(".")):
+        raise click.BadParameter(f"{target!r} must be MODULE:ATTR, e.g. fsmtrain.train.demo:machine")
+    _cwd_on_path()
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
@@ -454,25 +596,54 @@ def import_target(target: str) -> Any:
     return obj
 
 
+def _cwd_on_path() -> None:
+    if "" not in sys.path and "." not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, "")
+
+
 def _existing_log(path: Path) -> EventLog:
-    """Open an existing log for writing; a missing file is an error, never a new empty log."""
-    if not path.exists():
+    """Open an existing log to write to; a missing or empty file is an error, never a new empty log, and
+    nothing is written to it (not even its journal mode) unless the command does write."""
+    if not os.path.lexists(path):
         raise click.BadParameter(f"{path} does not exist", param_hint="LOG")
-    return EventLog(path)
+    return EventLog(path, create=False)
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so that a write and the note of it (:func:`kept`) go together."""
+    got: list[int] = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got:
+            raise KeyboardInterrupt
 
 
 def _show_input(lg: EventLog, ev: Event) -> None:
     given = ", ".join(f"{k}={v!r}" for k, v in sorted((ev.inputs or {}).items()))
-    # The run's `worker` tag, if its creator set one, is only shown as a suggestion, never imported.
-    target = lg.run(ev.run_id).tags.get("worker")
-    target = target if isinstance(target, str) and target else "MODULE:ATTR"
-    click.echo(f"run {ev.run_id}: input for `{ev.action}` recorded ({given}) by {ev.info.get('by')}; "
-               f"the next worker pass continues it: fsmtrain worker {lg.path} --machine {target} --once")
+    echo(f"run {ev.run_id}: input for `{ev.action}` recorded ({given}) by {ev.info.get('by')}; "
+         f"the next worker pass continues it: fsmtrain worker {lg.path} --machine MODULE:ATTR --once")
+    _suggested_worker(lg, ev.run_id)
+
+
+def _suggested_worker(lg: EventLog, run_id: int) -> None:
+    """The worker target the run's creator recorded in its tags: shown as data from the log, never run."""
+    target = lg.run(run_id).tags.get("worker")
+    if isinstance(target, str) and target:
+        echo(f"  (run {run_id}'s tags suggest --machine {target!r}; that text comes from the log: check it "
+             "before you run anything)")
 
 
 @main.command("input")
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=RUN_ID)
 @click.argument("values", nargs=-1, required=True, metavar="KEY=VALUE...")
 @click.option("--comment", help="A note recorded with the input.")
 def input_(log: Path, run_id: int, values: tuple[str, ...], comment: str | None) -> None:
@@ -498,7 +669,9 @@ def input_(log: Path, run_id: int, values: tuple[str, ...], comment: str | None)
             raise click.BadParameter(f"{key} is given twice", param_hint="KEY=VALUE")
         texts[key] = text
     with _existing_log(log) as lg:
-        ev = give_text_input(lg, run_id, texts, comment=comment)
+        with _uninterrupted():
+            ev = give_text_input(lg, run_id, texts, comment=comment)
+            kept(f"the input was recorded (run {run_id}, event {ev.seq})")
         _show_input(lg, ev)
 
 
@@ -508,14 +681,67 @@ def _decision_command(name: str, approve: bool, example: str) -> None:
     @main.command(name, help=f"{name.capitalize()} a run waiting at a go/no-go gate (its `decision` input: "
                              f"{'go' if approve else 'no-go'}).\n\n\b\nExample:\n    {example}")
     @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
-    @click.argument("run_id", type=int)
+    @click.argument("run_id", type=RUN_ID)
     @click.option("--comment", help="Why; recorded with the decision (and given as the gate's `comment` input "
                                     "if it has one).")
     def command(log: Path, run_id: int, comment: str | None) -> None:
         from .runner import decide
 
         with _existing_log(log) as lg:
-            _show_input(lg, decide(lg, run_id, approve, comment=comment))
+            with _uninterrupted():
+                ev = decide(lg, run_id, approve, comment=comment)
+                kept(f"the decision was recorded (run {run_id}, event {ev.seq})")
+            _show_input(lg, ev)
+
+
+@main.command("retry")
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("run_id", type=RUN_ID)
+@click.option("--comment", help="Why; recorded with the retry.")
+def retry_(log: Path, run_id: int, comment: str | None) -> None:
+    """Continue a failed run deliberately, from its last committed step.
+
+    Records who retried it ($FSMTRAIN_USER, else the login name), when and why;
+    the run is then running again, with its attempts counted afresh, and the next
+    process that resumes it (the same training command, or a worker) continues it.
+
+    \b
+    Example:
+        fsmtrain retry runs.db 3 --comment "freed disk space"
+    """
+    from .runner import retry
+
+    with _existing_log(log) as lg:
+        with _uninterrupted():
+            ev = retry(lg, run_id, comment=comment)
+            kept(f"the retry was recorded (run {run_id}, event {ev.seq})")
+        echo(f"run {run_id}: retry recorded by {ev.info.get('by')}; it continues from step {ev.step} (`{ev.action}`) "
+             f"when a process resumes it: the same training command, or fsmtrain worker {lg.path} --machine "
+             "MODULE:ATTR --once")
+        _suggested_worker(lg, run_id)
+
+
+@main.command("stop")
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("run_id", type=RUN_ID)
+@click.option("--reason", required=True, help="Why it is stopped; recorded with who and when.")
+def stop_(log: Path, run_id: int, reason: str) -> None:
+    """End a run for good: no worker continues it, a process driving it stops at its next step.
+
+    Records who stopped it ($FSMTRAIN_USER, else the login name), when and why.
+    Its history stays (replay, whatif and the page show it as stopped).
+
+    \b
+    Example:
+        fsmtrain stop runs.db 3 --reason "diverged; lr too high"
+    """
+    from .runner import stop
+
+    with _existing_log(log) as lg:
+        with _uninterrupted():
+            ev = stop(lg, run_id, reason=reason)
+            kept(f"the stop was recorded (run {run_id}, event {ev.seq})")
+        echo(f"run {run_id} stopped by {ev.info.get('by')} after {ev.step} step(s): {reason}")
 
 
 _decision_command("approve", True, 'fsmtrain approve runs.db 1 --comment "val_acc 0.97, ship it"')
@@ -528,7 +754,7 @@ _decision_command("reject", False, 'fsmtrain reject runs.db 1 --comment "overfit
               help="The machine (or a function log -> Trainer) whose runs to continue; code comes only from here.")
 @click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
 @click.option("--every", metavar="DURATION", help="Pass again after this pause (e.g. 30s, 10m) until SIGINT/SIGTERM.")
-@click.option("--max-runs", type=int, help="Continue at most N runs per pass.")
+@click.option("--max-runs", type=click.IntRange(1, MAX_ID), help="Continue at most N runs per pass.")
 @click.option("--hook", "hook_targets", multiple=True, metavar="MODULE:ATTR",
               help="A hook object (or a function returning one) to attach, e.g. to notify on waiting (repeatable).")
 def worker(log: Path, target: str, once: bool, every: str | None, max_runs: int | None,
@@ -557,15 +783,14 @@ def worker(log: Path, target: str, once: bool, every: str | None, max_runs: int 
     obj = import_target(target)
     hooks = []
     for h in hook_targets:
-        hook = import_target(h)
-        hooks.append(hook() if isinstance(hook, type) or (callable(hook) and not _is_hook(hook)) else hook)
+        hooks.append(_hook(h))
     if max_runs is not None and max_runs < 1:
         raise click.BadParameter("must be >= 1", param_hint="--max-runs")
     with _existing_log(log) as lg:
-        w = Worker(lg, obj, hooks=hooks, max_runs=max_runs, echo=click.echo)
+        w = Worker(lg, obj, hooks=hooks, max_runs=max_runs, echo=echo)
 
         def on_signal(signum: int, frame: Any) -> None:
-            click.echo(f"worker: {signal.Signals(signum).name}: stopping after the current step", err=True)
+            echo(f"worker: {signal.Signals(signum).name}: stopping after the current step", err=True)
             w.stop()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -573,12 +798,29 @@ def worker(log: Path, target: str, once: bool, every: str | None, max_runs: int 
         if once:
             reports = w.run_once()
             if not reports:
-                click.echo(f"nothing to do: no run of `{w.machine.name}` in {log} can make progress")
+                echo(f"nothing to do: no run of `{w.machine.name}` in {log} can make progress")
         else:
-            click.echo(f"worker: passing over {log} every {every} (Ctrl-C to stop)")
+            echo(f"worker: passing over {log} every {every} (Ctrl-C to stop)")
             reports = w.serve(pause)
     if any(r.outcome in ("failed", "error") for r in reports):
         sys.exit(1)
+
+
+def _hook(target: str) -> Any:
+    """The hook ``--hook MODULE:ATTR`` names: a hook object, a class (made with no argument) or a Python
+    function returning one; checked before anything is called."""
+    import inspect
+
+    obj = import_target(target)
+    if _is_hook(obj) and not isinstance(obj, type):
+        return obj
+    if inspect.isclass(obj) or inspect.isfunction(obj):
+        made = obj()
+        if _is_hook(made):
+            return made
+        raise InvalidDefinition(target, [f"gave a {type(made).__name__}, which has no on_<event> hook method"])
+    raise InvalidDefinition(target, [f"is a {type(obj).__name__}, not a hook (an object with on_<event> methods, "
+                                     "a class, or a Python function returning one)"])
 
 
 def _is_hook(obj: Any) -> bool:
@@ -610,16 +852,16 @@ def graph(target: str, fmt: str) -> None:
         out = subprocess.run([dot, "-Tsvg"], input=m.to_dot(), capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise click.ClickException(f"dot failed: {out.stderr.strip()}")
-        click.echo(out.stdout, nl=False)
+        echo(out.stdout, nl=False)
         return
-    click.echo(m.to_mermaid() if fmt == "mermaid" else m.to_dot(), nl=False)
+    echo(m.to_mermaid() if fmt == "mermaid" else m.to_dot(), nl=False)
 
 
 @main.command()
 @click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The event log (created if missing); checkpoints go to LOG.artifacts/.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Max epochs of a new run.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of a new run.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Seed of a new run.")
 @click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
               help="Early stopping: evaluations without a better val_loss before a new run stops.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
@@ -651,7 +893,6 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
 
     from .hooks import Hook
     from .train import demo as d
-    from .worker import run_lock
 
     # Ctrl-C interrupts the demo (and says how to resume) even where the shell started it with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -667,15 +908,15 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
 
         def on_restore(self, *, run_id: int | None, note: dict[str, Any], **_: Any) -> None:
             for s in note.get("skipped", []):
-                click.echo(f"warning: {s['problem']}; falling back to an older checkpoint", err=True)
+                echo(f"warning: {s['problem']}; falling back to an older checkpoint", err=True)
             if not as_json:
                 where = f"checkpoint {note['checkpoint']}" if "checkpoint" in note else "the start"
-                click.echo(f"run {run_id}: restored from {where}, re-ran {note['redone']} committed step(s)")
+                echo(f"run {run_id}: restored from {where}, re-ran {note['redone']} committed step(s)")
 
         def on_step_end(self, *, action: str, state: Any, replayed: bool = False, **_: Any) -> None:
             if action == "evaluate" and not as_json and not replayed:
                 ms = (time.perf_counter() - self.t0) * 1000
-                click.echo(f"epoch {state['epoch']:3d}  train_loss {state['train_loss'][-1]:.4f}  "
+                echo(f"epoch {state['epoch']:3d}  train_loss {state['train_loss'][-1]:.4f}  "
                            f"val_loss {state['val_loss'][-1]:.4f}  val_acc {state['val_acc'][-1]:.4f}  ({ms:.0f} ms)")
                 Progress.t0 = time.perf_counter()
 
@@ -686,7 +927,7 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
         if unfinished:
             runner = trainer.resume(unfinished[-1].id)
             if not as_json:
-                click.echo(f"run {runner.run_id}: resuming at `{runner.next_action}` after {runner.steps} steps")
+                echo(f"run {runner.run_id}: resuming at `{runner.next_action}` after {runner.steps} steps")
         elif runs and runs[-1].status == "finished":
             _summary(runs[-1].id, "finished", state_at(lg, runs[-1].id), as_json,
                      note="already finished (use --new for another run)", artifacts=lg.artifacts)
@@ -695,8 +936,13 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
             last = lg.last_event(runs[-1].id)
             why = (last.error or "").strip().splitlines()[-1:] or ["?"]
             raise RunNotRunnable(f"the newest demo run, {runs[-1].id}, failed at `{last.action}` ({why[0]}); "
+                                 f"continue it with `fsmtrain retry {log_path} {runs[-1].id}` and this command again, "
                                  f"inspect it with `fsmtrain replay {log_path} --run {runs[-1].id}`, "
                                  "or start another with --new")
+        elif runs and runs[-1].status in ("stopped", "pruned"):
+            _summary(runs[-1].id, runs[-1].status, state_at(lg, runs[-1].id), as_json,
+                     note=f"was {runs[-1].status} (use --new for another run)", artifacts=lg.artifacts)
+            return
         else:
             config = {**d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data}
             tags: dict[str, Any] = {"demo": True}
@@ -704,18 +950,15 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
                 tags["worker"] = "fsmtrain.train.demo:gated_trainer"
             runner = trainer.start(config, tags=tags)
             if not as_json:
-                click.echo(f"run {runner.run_id}: new demo run (epochs={epochs}, seed={seed}) in {log_path}")
+                echo(f"run {runner.run_id}: new demo run (epochs={epochs}, seed={seed}) in {log_path}")
         assert runner.run_id is not None
-        with run_lock(lg, runner.run_id) as mine:
-            if not mine:
-                raise RunNotRunnable(f"run {runner.run_id} is being run by another process (a worker?); "
-                                     f"watch it with `fsmtrain replay {log_path} --run {runner.run_id}`")
-            try:
+        try:
+            with runner:  # holds the run's lock: a worker started meanwhile leaves it alone
                 halt = runner.run()
-            except KeyboardInterrupt:
-                click.echo(f"\ninterrupted after {runner.steps} steps; run the same command again to resume "
-                           f"run {runner.run_id}", err=True)
-                sys.exit(130)
+        except KeyboardInterrupt:
+            echo(f"\ninterrupted after {runner.steps} steps; run the same command again to resume "
+                 f"run {runner.run_id}", err=True)
+            sys.exit(130)
         if halt.reason == "waiting":
             _waiting(lg, runner.run_id, halt.state, as_json)
             return
@@ -732,12 +975,12 @@ def _waiting(lg: EventLog, run_id: int, state: Any, as_json: bool) -> None:
                      "approve": f"fsmtrain approve {lg.path} {run_id}", "reject": f"fsmtrain reject {lg.path} {run_id}",
                      "worker": worker_cmd})
         return
-    click.echo(f"run {run_id} is waiting at `review` for a person's decision: {state['epoch']} epochs, best val_loss "
+    echo(f"run {run_id} is waiting at `review` for a person's decision: {state['epoch']} epochs, best val_loss "
                f"{best.get('value', float('nan')):.4f} at epoch {best.get('epoch')}, val_acc "
                f"{state['val_acc'][(best.get('epoch') or 1) - 1]:.4f} there")
-    click.echo(f"  go:     fsmtrain approve {lg.path} {run_id} --comment \"looks good\"   (exports the best model)")
-    click.echo(f"  no-go:  fsmtrain reject {lg.path} {run_id}")
-    click.echo(f"  then:   {worker_cmd}")
+    echo(f"  go:     fsmtrain approve {lg.path} {run_id} --comment \"looks good\"   (exports the best model)")
+    echo(f"  no-go:  fsmtrain reject {lg.path} {run_id}")
+    echo(f"  then:   {worker_cmd}")
 
 
 def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: str = "",
@@ -752,13 +995,13 @@ def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: s
                      **({"decision": state.get("decision"), "exported": exported.path if exported else None}
                         if "decision" in state else {})})
         return
-    click.echo(f"run {run_id} {note or status}: {state['epoch']} epochs, best val_loss {best.get('value', float('nan')):.4f} "
+    echo(f"run {run_id} {note or status}: {state['epoch']} epochs, best val_loss {best.get('value', float('nan')):.4f} "
                f"at epoch {best.get('epoch')}; final weights sha256 {(state['weights_sha256'] or '?')[:16]}…")
     if ref and artifacts is not None:
-        click.echo(f"best checkpoint: {artifacts / ref.path}")
+        echo(f"best checkpoint: {artifacts / ref.path}")
     if state.get("decision") is not None:
         exported = state.get("exported")
-        click.echo(f"decision: {state['decision']}" + (f" ({state['comment']})" if state.get("comment") else "")
+        echo(f"decision: {state['decision']}" + (f" ({state['comment']})" if state.get("comment") else "")
                    + (f"; exported model: {artifacts / exported.path}" if exported and artifacts else "; nothing exported"))
 
 
@@ -783,20 +1026,20 @@ def doctor(log_path: Path | None) -> None:
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    click.echo(f"fsmtrain     {__version__}")
-    click.echo(f"python       {platform.python_version()} ({sys.executable})")
+    echo(f"fsmtrain     {__version__}")
+    echo(f"python       {platform.python_version()} ({sys.executable})")
     for pkg in ("attrs", "click", "sqlite-utils", "torch"):
-        click.echo(f"{pkg:12s} {version(pkg)}")
+        echo(f"{pkg:12s} {version(pkg)}")
     v = tuple(int(x) for x in sqlite3.sqlite_version.split("."))
     note = ""
     if (3, 7, 0) <= v < (3, 51, 3):
         note = "  (inside the range of SQLite's rare WAL-reset bug, fixed in 3.51.3; see sqlite.org/wal.html)"
-    click.echo(f"sqlite       {sqlite3.sqlite_version}{note}")
+    echo(f"sqlite       {sqlite3.sqlite_version}{note}")
     if log_path is not None:
         with EventLog(log_path, readonly=True) as lg:
             mode = lg.conn.execute("PRAGMA journal_mode").fetchone()[0]
             n = lg.conn.execute("SELECT count(*) FROM runs").fetchone()[0]
-            click.echo(f"log          {log_path}: schema v{lg.schema_version}, journal {mode}, {n} run(s), "
+            echo(f"log          {log_path}: schema v{lg.schema_version}, journal {mode}, {n} run(s), "
                        f"filesystem {_filesystem_of(log_path) or 'unknown'}")
 
 

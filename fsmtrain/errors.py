@@ -8,6 +8,8 @@ CLI exits with when the error reaches it.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from collections.abc import Iterable
 
 
@@ -91,7 +93,15 @@ class ActionFailed(FsmtrainError, RuntimeError):
 
 
 class RunNotRunnable(FsmtrainError, RuntimeError):
-    """The run is finished, failed or waiting for input, so it cannot step."""
+    """The run is finished, failed, stopped or waiting for input, so it cannot step."""
+
+
+class RunFailed(FsmtrainError, RuntimeError):
+    """The run to continue is failed; it is continued only deliberately (``fsmtrain retry``)."""
+
+
+class RunBusy(FsmtrainError, RuntimeError):
+    """Another process is running this run (it holds the run's lock)."""
 
 
 class CheckpointError(FsmtrainError, RuntimeError):
@@ -152,4 +162,51 @@ class MachineMismatch(LogError, RuntimeError):
 
 
 class CorruptLog(LogError, RuntimeError):
-    """The log fails verification (integrity, sequence gaps or hash chain)."""
+    """The log fails verification (integrity, sequence gaps or hash chain), or holds data no writer makes."""
+
+
+class LogBusy(LogError, RuntimeError):
+    """Another process holds a lock on the whole log file for longer than we wait."""
+
+
+class StorageError(FsmtrainError, OSError):
+    """The environment, not the run, stopped a write: the disk is full, read-only, or failing.
+
+    Nothing half-done is committed; the run stays resumable once the cause is fixed.
+    """
+
+    exit_code = 1
+
+
+# --- telling the environment's failures from the action's ----------------------------
+
+_ENV_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EROFS: "the storage is read-only", errno.EIO: "the storage reported an I/O error"}
+_ENV_SQLITE = (("database or disk is full", "the disk is full"),
+               ("disk i/o error", "the storage reported an I/O error"),
+               ("attempt to write a readonly database", "the log cannot be written (read-only storage or permissions)"),
+               ("unable to open database file", "the log file cannot be opened (missing folder or permissions)"))
+
+
+def environmental(error: BaseException) -> str | None:
+    """What in the environment caused ``error`` (the disk is full, read-only storage, I/O errors), or None.
+
+    The exception and its causes are examined, so a library error wrapping an ``OSError(ENOSPC)`` counts.
+    Such failures are not the action's fault: they stop the process and leave the run resumable.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, StorageError):
+            return str(e)
+        if isinstance(e, OSError) and e.errno in _ENV_ERRNOS:
+            where = f" ({e.filename})" if e.filename else ""
+            return f"{_ENV_ERRNOS[e.errno]}{where}: {e.strerror or e}"
+        if isinstance(e, sqlite3.OperationalError):
+            text = str(e).lower()
+            for needle, what in _ENV_SQLITE:
+                if needle in text:
+                    return f"{what} (SQLite: {e})"
+        e = e.__cause__ or e.__context__
+    return None

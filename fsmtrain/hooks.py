@@ -14,6 +14,7 @@ the run with :class:`~fsmtrain.errors.HookFailed`; any other failure is a
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -275,7 +276,7 @@ class Progress(Hook):
         import sys
 
         self.every = every  # seconds between redraws at most (the last state is drawn at the end)
-        self._drawn = 0.0
+        self._drawn = -math.inf  # (monotonic time starts anywhere: at boot on Linux)
         self._pending = ""
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = force or bool(getattr(self.stream, "isatty", lambda: False)())
@@ -318,7 +319,7 @@ class Progress(Hook):
     def on_run_end(self, *, run_id: int | None, state: Any, status: str, **future_kwargs: Any) -> None:
         if self.enabled:
             if self._pending:  # the last epochs were not drawn yet
-                self._drawn = 0.0
+                self._drawn = -math.inf
                 self.on_step_end(run_id=run_id, state=state, updates={})
             self.stream.write(f"\n{status}\n")
             self.stream.flush()

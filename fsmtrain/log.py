@@ -26,22 +26,36 @@ import attrs
 import sqlite_utils
 
 from .errors import (
+    CorruptLog,
     EventNotFound,
+    FsmtrainError,
+    LogBusy,
+    LogError,
     NotALog,
     ReadOnlyLog,
     RunNotFound,
     SchemaVersionError,
+    StorageError,
+    UnserializableValue,
     WriteConflict,
+    environmental,
 )
 from .state import dumps, loads
 
-__all__ = ["EVENT_KINDS", "SCHEMA_VERSION", "Event", "EventLog", "RunInfo", "event_hash", "run_hash", "status_of"]
+__all__ = ["ENDED", "EVENT_KINDS", "SCHEMA_VERSION", "Event", "EventLog", "RunInfo", "event_hash", "run_hash",
+           "status_of"]
 
 _now = time.time  # (append's `time` argument shadows the module)
 
-SCHEMA_VERSION = 1
-EVENT_KINDS = ("start", "step", "resume", "waiting", "input", "error", "failed")
+SCHEMA_VERSION = 2
+"""Version 2 added the event kinds ``retry``, ``stopped`` and ``pruned``; version-1 logs are read as they are
+and upgraded (a row in ``fsmtrain_schema``) by their first write."""
+EVENT_KINDS = ("start", "step", "resume", "waiting", "input", "error", "failed", "retry", "stopped", "pruned")
+ENDED = ("finished", "failed", "stopped", "pruned")
+"""Statuses of a run that no runner continues (``failed`` only after a deliberate ``retry``)."""
+MAX_ID = 2**63 - 1
 _HEADER = b"SQLite format 3\x00"
+_TABLES = {"fsmtrain_schema", "runs", "events"}
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "lustre", "glusterfs", "ceph", "fuse.s3fs"}
 
 _EVENT_COLS = ("run_id", "seq", "step", "time", "kind", "action", "attempt", "inputs",
@@ -74,8 +88,30 @@ class Event(NamedTuple):
         r = list(row)
         for i in (7, 8, 10, 11):  # inputs, updates, info, snapshot
             if r[i] is not None:
-                r[i] = loads(r[i])
+                r[i] = decode(r[i], f"run {r[0]} event {r[1]}: its {_EVENT_COLS[i]} column")
         return cls._make(r)
+
+
+def decode(text: Any, where: str) -> Any:
+    """JSON text read from a log, decoded; :class:`CorruptLog` naming ``where`` when it is not what a writer makes.
+
+    A log that was edited outside fsmtrain can hold anything: text that is not JSON, JSON nested
+    100,000 deep, a Ref whose path leaves the artifact folder.  Readers say so instead of crashing.
+    """
+    if not isinstance(text, str):
+        raise CorruptLog(f"{where} holds a {type(text).__name__}, not JSON text; the log was edited outside fsmtrain")
+    try:
+        return loads(text)
+    except RecursionError:
+        raise CorruptLog(f"{where} holds JSON nested too deeply to read; the log was edited outside fsmtrain") from None
+    except (ValueError, TypeError) as e:
+        raise CorruptLog(f"{where} is not valid fsmtrain JSON ({_first_line(e)}); "
+                         "the log was edited outside fsmtrain") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 @attrs.frozen
@@ -102,11 +138,9 @@ class RunInfo:
 
 
 def status_of(kind: str, next_action: str | None) -> str:
-    """A run's status from its last event: running, waiting, finished or failed."""
-    if kind == "failed":
-        return "failed"
-    if kind == "waiting":
-        return "waiting"
+    """A run's status from its last event: running, waiting, finished, failed, stopped or pruned."""
+    if kind in ("failed", "waiting", "stopped", "pruned"):
+        return kind
     if kind == "step" and next_action is None:
         return "finished"
     return "running"
@@ -152,76 +186,176 @@ _SCHEMA_TRIGGERS = [
 ]
 
 
+class _Fresh(Exception):
+    """A SQLite file without any table yet: made into a log by the first writer."""
+
+
+_TRIGGER_SQL = {sql.split()[5]: " ".join(sql.split()).replace(" IF NOT EXISTS", "") for sql in _SCHEMA_TRIGGERS}
+
+
 class EventLog:
     """An fsmtrain event log file.
 
-    ``EventLog(path)`` opens (creating if needed) for writing; ``readonly=True``
-    opens an existing log without ever writing to it.  ``synchronous`` is
-    ``"FULL"`` (default: a committed step survives power loss) or ``"NORMAL"``
-    (faster; the last commits may be lost on power loss, never on a crash).
+    ``EventLog(path)`` opens a log to write to, creating the file when it does not exist
+    (``create=False`` refuses a missing or empty file instead); ``readonly=True`` opens an existing
+    log without ever writing to it.  ``synchronous`` is ``"FULL"`` (default: a committed step
+    survives power loss) or ``"NORMAL"`` (faster; the last commits may be lost on power loss,
+    never on a crash).
+
+    Nothing is written, and no file is created, before the first write: a writer reads through a
+    read-only connection until it appends, so a command that refuses (bad input, a run not waiting)
+    leaves every file byte-for-byte as it was, and a log on read-only storage still opens for reading.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False, create: bool = True,
                  synchronous: str = "FULL", timeout: float = 30.0,
                  artifacts: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self._artifacts = None if artifacts is None else Path(artifacts)
-        sync = synchronous.upper()
+        sync = synchronous.upper() if isinstance(synchronous, str) else synchronous
         if sync not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
         self.synchronous = sync
-        _check_file(self.path, readonly)
-        if readonly:
-            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
-            self.conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
-                                        check_same_thread=False)
-            self.conn.execute("PRAGMA query_only=ON")
-        else:
-            self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
-                                        check_same_thread=False)
-        self.db = sqlite_utils.Database(self.conn, recursive_triggers=False, execute_plugins=False)
+        self.timeout = timeout
+        self.schema_version = SCHEMA_VERSION
+        self._rw: sqlite3.Connection | None = None
+        self._ro: sqlite3.Connection | None = None
+        self._sidecars: set[str] = set()
+        self._create = create and not readonly
+        new = _inspect(self.path, readonly=readonly, create=create)
+        self._key = str(self.path.resolve())
+        if not readonly:
+            _check_writable(self.path, new)
         try:
-            self._setup()
-        except sqlite3.DatabaseError as e:
-            self.conn.close()
-            raise NotALog(f"{self.path} is not a usable SQLite database: {e}") from None
-        except Exception:
-            self.conn.close()
+            if not new:
+                try:
+                    self._open_ro()
+                except _Fresh:  # SQLite without tables: another process is creating the log right now
+                    assert self._ro is not None
+                    self._ro.close()
+                    self._ro = None
+                    new = True
+            if new:
+                self._open_rw()  # a new log: the schema is the first write
+        except BaseException:
+            self.close()
             raise
+        _OPEN[self._key] = _OPEN.get(self._key, 0) + 1
 
     # -- opening --------------------------------------------------------------------
-    def _setup(self) -> None:
-        c = self.conn
-        tables = {t for t in self.db.table_names() if not t.startswith("sqlite_")}  # e.g. sqlite_stat1 after ANALYZE
-        if self.readonly:
-            if "fsmtrain_schema" not in tables:
-                raise NotALog(f"{self.path} is a SQLite database but not an fsmtrain log (no fsmtrain_schema table)")
-            self._check_version()
-            return
-        # Decide before touching anything, so a foreign or too-new file is left byte-for-byte as it was.
-        if tables - {"fsmtrain_schema", "runs", "events"}:
-            raise NotALog(f"{self.path} is a SQLite database with other tables, not an fsmtrain log; use a new file")
-        if "fsmtrain_schema" in tables:
-            self._check_version()
-        mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            warnings.warn(f"{self.path}: SQLite refused WAL mode (got {mode}); writes will be slower", stacklevel=3)
-        c.execute(f"PRAGMA synchronous={self.synchronous}")
-        _warn_if_network_fs(self.path)
-        if "fsmtrain_schema" in tables:
-            return
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            if "fsmtrain_schema" not in set(self.db.table_names()):  # another process may have won the race
-                self._create_schema()
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        self._check_version()
+    def _connect(self, uri: str) -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None, check_same_thread=False)
 
-    def _create_schema(self) -> None:
+    def _open_ro(self) -> None:
+        """Read through a read-only connection; check what the file is before anything else."""
+        self._sidecars = {s for s in ("-wal", "-shm") if _sidecar(self.path, s).exists()}
+        base = f"file:{quote(str(self.path.resolve()))}"
+        try:
+            conn = self._connect(base + "?mode=ro")
+            self._ro = conn
+            self._probe(conn)
+        except (sqlite3.OperationalError, LogBusy) as e:
+            # Read-only storage where the WAL's shared-memory file cannot be created: with no WAL
+            # left behind, the database file alone is the whole log, and can be read as immutable.
+            if self._ro is not None:
+                self._ro.close()
+                self._ro = None
+            if isinstance(e, LogBusy) or _sidecar(self.path, "-wal").exists() or \
+                    ("unable to open" not in str(e) and "readonly" not in str(e)):
+                raise self._open_error(e) from None
+            conn = self._connect(base + "?immutable=1")
+            self._ro = conn
+            try:
+                self._probe(conn)
+            except sqlite3.DatabaseError as e2:
+                raise self._open_error(e2) from None
+        except sqlite3.DatabaseError as e:
+            raise self._open_error(e) from None
+        conn.execute("PRAGMA query_only=ON")
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        """Check that the file is a complete fsmtrain log of a version we read (quickly, if it is locked)."""
+        conn.execute(f"PRAGMA busy_timeout={int(min(self.timeout, 5.0) * 1000)}")
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                      if not r[0].startswith("sqlite_")}  # e.g. sqlite_stat1 after ANALYZE
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise LogBusy(f"{self.path} is locked by another process (it holds the whole file, e.g. an exclusive "
+                              f"transaction); nothing was read or written. Try again once it has finished") from None
+            raise
+        conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+        if not tables and self._create and conn is self._ro:
+            raise _Fresh
+        if "fsmtrain_schema" not in tables:
+            raise NotALog(f"{self.path} is a SQLite database but not an fsmtrain log (no fsmtrain_schema table)")
+        other = sorted(tables - _TABLES)
+        if other:
+            raise NotALog(f"{self.path} is a SQLite database with other tables ({', '.join(other[:5])}), "
+                          "not an fsmtrain log; use a new file")
+        missing = sorted(_TABLES - tables)
+        if missing:
+            raise NotALog(f"{self.path} is an incomplete fsmtrain log (no {', '.join(missing)} table); use a new file")
+        self._check_version(conn)
+
+    def _open_error(self, e: BaseException) -> FsmtrainError:
+        if isinstance(e, (LogError, FsmtrainError)):
+            return e
+        text = str(e)
+        if "locked" in text or "busy" in text:
+            return LogBusy(f"{self.path} is locked by another process; nothing was read or written. "
+                           "Try again once it has finished")
+        if "unable to open" in text or "readonly" in text:
+            return NotALog(f"{self.path} cannot be opened for reading ({text}); check the permissions of the file "
+                           "and its folder")
+        return NotALog(f"{self.path} is not a usable SQLite database ({text})")
+
+    def _open_rw(self) -> sqlite3.Connection:
+        """The connection that writes, opened at the first write (creating the schema of a new log)."""
+        if self._rw is not None:
+            return self._rw
+        if self.readonly:
+            self._writable()
+        try:
+            conn = self._connect(f"file:{quote(str(self.path.resolve()))}")
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot open {self.path} to write: {e}") from None
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                warnings.warn(f"{self.path}: SQLite refused WAL mode (got {mode}); writes will be slower", stacklevel=4)
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            _warn_if_network_fs(self.path)
+            self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+            tables = {t for t in self.db.table_names() if not t.startswith("sqlite_")}
+            if not tables:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if "fsmtrain_schema" not in set(self.db.table_names()):  # another process may have won the race
+                        self._create_schema(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            else:
+                self._probe(conn)
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            env = environmental(e)
+            if env:
+                raise StorageError(f"cannot write to {self.path}: {env}") from None
+            raise self._open_error(e) from None
+        except BaseException:
+            conn.close()
+            raise
+        self._rw = self.conn = conn
+        self._check_version(conn)
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
         from . import __version__
 
         db = self.db
@@ -235,17 +369,19 @@ class EventLog:
         db.create_table("events", dict(zip(_EVENT_COLS, types, strict=True)),
                         pk=("run_id", "seq"), not_null=["step", "time", "kind", "prev_hash", "hash"],
                         foreign_keys=[("run_id", "runs", "id")])
-        self.conn.execute("CREATE INDEX IF NOT EXISTS events_snapshots ON events(run_id, seq) WHERE snapshot IS NOT NULL")
+        conn.execute("CREATE INDEX IF NOT EXISTS events_snapshots ON events(run_id, seq) WHERE snapshot IS NOT NULL")
         for sql in _SCHEMA_TRIGGERS:
-            self.conn.execute(sql)
-        self.conn.execute("INSERT INTO fsmtrain_schema (version, applied, fsmtrain) VALUES (?, ?, ?)",
-                          (SCHEMA_VERSION, time.time(), __version__))
+            conn.execute(sql)
+        conn.execute("INSERT INTO fsmtrain_schema (version, applied, fsmtrain) VALUES (?, ?, ?)",
+                     (SCHEMA_VERSION, time.time(), __version__))
 
-    def _check_version(self) -> None:
-        row = self.conn.execute("SELECT max(version) FROM fsmtrain_schema").fetchone()
+    def _check_version(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT max(version) FROM fsmtrain_schema").fetchone()
         version = row[0] if row else None
         if version is None:
             raise NotALog(f"{self.path} has an empty fsmtrain_schema table; it is not a complete fsmtrain log")
+        if not isinstance(version, int):
+            raise NotALog(f"{self.path} records schema version {version!r}, which no fsmtrain writes")
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{self.path} uses log schema version {version}, newer than this fsmtrain supports "
@@ -253,13 +389,38 @@ class EventLog:
             )
         self.schema_version = version
 
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        """Inside a write transaction: record that the log now holds this schema version's events."""
+        from . import __version__
+
+        (version,) = conn.execute("SELECT max(version) FROM fsmtrain_schema").fetchone()
+        if version < SCHEMA_VERSION:
+            conn.execute("INSERT INTO fsmtrain_schema (version, applied, fsmtrain) VALUES (?, ?, ?)",
+                         (SCHEMA_VERSION, time.time(), __version__))
+        self.schema_version = SCHEMA_VERSION
+
     @property
     def artifacts(self) -> Path:
         """The folder that :class:`~fsmtrain.Ref` paths are relative to (default: ``<log>.artifacts``)."""
         return self._artifacts if self._artifacts is not None else self.path.with_name(self.path.name + ".artifacts")
 
     def close(self) -> None:
-        self.conn.close()
+        """Close the log.  A reader removes the WAL files it made beside a log nobody else has open."""
+        was_open = self._ro is not None or self._rw is not None
+        if self._ro is not None:
+            self._ro.close()
+            self._ro = None
+        if self._rw is not None:
+            self._rw.close()
+            self._rw = None
+        if not was_open:
+            return
+        left = _OPEN.get(self._key, 1) - 1
+        if left > 0:
+            _OPEN[self._key] = left
+            return
+        _OPEN.pop(self._key, None)
+        _remove_own_sidecars(self.path, self._sidecars)
 
     def __enter__(self) -> EventLog:  # noqa: PYI034
         return self
@@ -272,34 +433,73 @@ class EventLog:
         if self.readonly:
             raise ReadOnlyLog(f"{self.path} was opened read-only; open it with EventLog(path) to write")
 
+    def _begin(self) -> sqlite3.Connection:
+        """``BEGIN IMMEDIATE`` on the writing connection; the environment's failures become StorageError."""
+        c = self._rw if self._rw is not None else self._open_rw()
+        try:
+            c.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise self._write_error(e) from None
+        if self.schema_version < SCHEMA_VERSION:
+            try:
+                self._upgrade(c)
+            except BaseException:
+                _rollback(c)
+                raise
+        return c
+
+    def _write_error(self, e: BaseException) -> BaseException:
+        """What a failed write raises: the real cause, never a ROLLBACK's complaint."""
+        if isinstance(e, UnicodeEncodeError):
+            return UnserializableValue(f"cannot write to {self.path}: a text holds characters that are not valid "
+                                       f"UTF-8 ({e.reason} at position {e.start}); give plain UTF-8 text")
+        env = environmental(e) if isinstance(e, (sqlite3.Error, OSError)) else None
+        if env:
+            return StorageError(f"cannot write to {self.path}: {env}; nothing of this write was committed, "
+                                "and the log is as it was before it. Fix the cause and run again to continue")
+        if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+            return LogBusy(f"{self.path} stayed locked by another process for {self.timeout:.0f} s; nothing was "
+                           "written. Try again once it has finished")
+        if isinstance(e, OverflowError):
+            return UnserializableValue(f"cannot write to {self.path}: {e}")
+        return e
+
     def create_run(self, machine: str, fingerprint: str, *, snapshot: Mapping[str, Any], next_action: str,
                    tags: Mapping[str, Any] | None = None, parent: tuple[int, int] | None = None,
                    info: Mapping[str, Any] | None = None, run_id: int | None = None,
-                   created: float | None = None) -> Event:
+                   created: float | None = None, on_id: Any = None) -> Event:
         """Insert a run and its ``start`` event (one transaction); returns that event.
 
         ``run_id`` and ``created`` (default: the next id, now) let a copy of a run elsewhere keep its
-        identity (a study's detached trials replay their run in a scratch log).
+        identity (a study's detached trials replay their run in a scratch log).  ``on_id(run_id)``,
+        when given, is called inside the transaction once the new id is known, before anything is
+        inserted (a runner takes the run's lock there, so no other process can pick the run up first).
         """
         self._writable()
         tags_text = dumps(dict(tags or {}))
         snap = dumps(snapshot)
         info_text = None if info is None else dumps(info)
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE")
+        c = self._begin()
         try:
             created = time.time() if created is None else created
             parent_id, parent_seq = parent if parent else (None, None)
-            cur = c.execute("INSERT INTO runs (id, machine, fingerprint, created, parent_id, parent_seq, tags) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (run_id, machine, fingerprint, created, parent_id, parent_seq, tags_text))
-            run_id = int(cur.lastrowid)  # type: ignore[arg-type]
+            if run_id is None:
+                (top,) = c.execute("SELECT max(id) FROM runs").fetchone()
+                run_id = (top or 0) + 1
+            if on_id is not None:
+                on_id(run_id)
+            c.execute("INSERT INTO runs (id, machine, fingerprint, created, parent_id, parent_seq, tags) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (run_id, machine, fingerprint, created, parent_id, parent_seq, tags_text))
             prev = run_hash(run_id, machine, fingerprint, created, parent_id, parent_seq, tags_text)
             ev = self._insert(run_id, 1, 0, "start", None, None, None, None, next_action, info_text, snap, None, prev, created)
             c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        except BaseException as e:
+            _rollback(c)
+            err = self._write_error(e)
+            if err is e:
+                raise
+            raise err from e
         return ev
 
     def append(self, run_id: int, expected_seq: int, *, kind: str, step: int, action: str | None = None,
@@ -316,7 +516,9 @@ class EventLog:
         (another writer got there first).  A writer that knows the hash of that
         event passes it as ``prev_hash`` and saves a read: the database itself
         then refuses the insert if the run has moved on (primary key and the
-        gapless trigger), which is reported as the same conflict.
+        gapless trigger), which is reported as the same conflict.  A write the
+        environment stops (disk full, read-only storage, I/O error) raises
+        :class:`~fsmtrain.errors.StorageError` and commits nothing.
         """
         if self.readonly:
             self._writable()
@@ -324,8 +526,14 @@ class EventLog:
             raise ValueError(f"unknown event kind {kind!r}")
         texts = (None if inputs is None else dumps(inputs), None if updates is None else dumps(updates),
                  None if info is None else dumps(info), None if snapshot is None else dumps(snapshot))
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE")
+        c = self._rw
+        if c is None or self.schema_version != SCHEMA_VERSION:
+            c = self._begin()  # the first write: open the writing connection (upgrading a v1 log) and begin
+        else:
+            try:
+                c.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise self._write_error(e) from None
         try:
             if prev_hash is None:
                 row = c.execute("SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
@@ -347,9 +555,12 @@ class EventLog:
                     raise self._conflict(run_id, expected_seq) from None
                 raise
             c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        except BaseException as e:
+            _rollback(c)
+            err = self._write_error(e)
+            if err is e:
+                raise
+            raise err from e
         return Event(run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info, snapshot,
                      error, prev_hash, h)
 
@@ -364,9 +575,10 @@ class EventLog:
     def _insert(self, run_id: int, seq: int, step: int, kind: str, action: str | None, attempt: int | None,
                 inputs: str | None, updates: str | None, next_action: str | None, info: str | None,
                 snapshot: str | None, error: str | None, prev: str, t: float) -> Event:
+        assert self._rw is not None
         h = event_hash(prev, run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info, snapshot, error)
-        self.conn.execute(_INSERT, (run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info,
-                                    snapshot, error, prev, h))
+        self._rw.execute(_INSERT, (run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info,
+                                   snapshot, error, prev, h))
         return Event.from_row((run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info,
                                snapshot, error, prev, h))
 
@@ -393,6 +605,7 @@ class EventLog:
         return [_run_info(r) for r in self.conn.execute(sql + " ORDER BY r.id", params)]
 
     def run(self, run_id: int) -> RunInfo:
+        _check_id(run_id, self.path)
         row = self.conn.execute(self._RUNS_SQL + " WHERE r.id = ?", (run_id,)).fetchone()
         if row is None:
             n = self.conn.execute("SELECT count(*) FROM runs").fetchone()[0]
@@ -402,6 +615,8 @@ class EventLog:
 
     def events(self, run_id: int, *, start: int = 1, end: int | None = None) -> Iterator[Event]:
         """The run's events with ``start <= seq <= end``, in order."""
+        _check_id(run_id, self.path)
+        start, end = _clamp(start), None if end is None else _clamp(end)
         sql = _SELECT_EVENT + " WHERE run_id = ? AND seq >= ?"
         params: list[Any] = [run_id, start]
         if end is not None:
@@ -411,6 +626,10 @@ class EventLog:
             yield Event.from_row(row)
 
     def event(self, run_id: int, seq: int) -> Event:
+        _check_id(run_id, self.path)
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_ID:
+            last = self.run(run_id).last_seq
+            raise EventNotFound(f"run {run_id} has no event {seq} (its events are 1..{last})")
         row = self.conn.execute(_SELECT_EVENT + " WHERE run_id = ? AND seq = ?", (run_id, seq)).fetchone()
         if row is None:
             last = self.run(run_id).last_seq
@@ -418,6 +637,7 @@ class EventLog:
         return Event.from_row(row)
 
     def last_event(self, run_id: int) -> Event:
+        _check_id(run_id, self.path)
         row = self.conn.execute(_SELECT_EVENT + " WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (run_id,)).fetchone()
         if row is None:
             self.run(run_id)  # raises RunNotFound
@@ -425,39 +645,55 @@ class EventLog:
 
     def snapshot_before(self, run_id: int, seq: int) -> tuple[int, dict[str, Any]]:
         """The newest full snapshot at or before ``seq``: ``(its seq, state dict)``."""
+        _check_id(run_id, self.path)
         row = self.conn.execute(
             "SELECT seq, snapshot FROM events WHERE run_id = ? AND seq <= ? AND snapshot IS NOT NULL "
-            "ORDER BY seq DESC LIMIT 1", (run_id, seq)).fetchone()
+            "ORDER BY seq DESC LIMIT 1", (run_id, _clamp(seq))).fetchone()
         if row is None:
             self.run(run_id)
             raise EventNotFound(f"run {run_id} has no snapshot at or before event {seq}")
-        return row[0], loads(row[1])
+        snap = decode(row[1], f"run {run_id} event {row[0]}: its snapshot column")
+        if not isinstance(snap, dict):
+            raise CorruptLog(f"run {run_id} event {row[0]}: its snapshot is a {type(snap).__name__}, not a JSON object; "
+                             "the log was edited outside fsmtrain")
+        return row[0], snap
 
     def updates_between(self, run_id: int, after: int, upto: int | None = None) -> Iterator[str]:
         """Raw JSON text of the updates of events ``after < seq <= upto``, in order (the fold's hot path)."""
+        _check_id(run_id, self.path)
         sql = "SELECT updates FROM events WHERE run_id = ? AND seq > ? AND updates IS NOT NULL"
-        params: list[Any] = [run_id, after]
+        params: list[Any] = [run_id, _clamp(after)]
         if upto is not None:
             sql += " AND seq <= ?"
-            params.append(upto)
+            params.append(_clamp(upto))
         for (text,) in self.conn.execute(sql + " ORDER BY seq", params):
             yield text
 
     # -- verifying ------------------------------------------------------------------
     def verify(self) -> list[str]:
-        """Every problem found: SQLite integrity, sequence gaps, broken hash chains. Empty when intact."""
+        """Every problem found: SQLite integrity, missing triggers, sequence gaps, broken hash chains,
+        JSON no writer makes. Empty when intact."""
         problems: list[str] = []
-        for (msg,) in self.conn.execute("PRAGMA integrity_check"):
-            if msg != "ok":
-                problems.append(f"SQLite integrity check: {msg}")
+        try:
+            for (msg,) in self.conn.execute("PRAGMA integrity_check"):
+                if msg != "ok":
+                    problems.append(f"SQLite integrity check: {msg}")
+        except sqlite3.DatabaseError as e:
+            return [f"SQLite integrity check: {e}"]
         if problems:
             return problems
+        problems += self._check_triggers()
         runs = {r[0]: r for r in self.conn.execute(
             "SELECT id, machine, fingerprint, created, parent_id, parent_seq, tags FROM runs ORDER BY id")}
         for rid, row in runs.items():
             if row[4] is not None and row[4] not in runs:
                 problems.append(f"run {rid}: parent run {row[4]} does not exist")
-            prev = run_hash(*row)
+            try:
+                prev = run_hash(*row)
+            except (TypeError, ValueError) as e:
+                problems.append(f"run {rid}: its row holds values no writer makes ({_first_line(e)})")
+                continue
+            _json_problem(row[6], f"run {rid}: its tags column", problems)
             expected = 1
             for r in self.conn.execute(_SELECT_EVENT + " WHERE run_id = ? ORDER BY seq", (rid,)):
                 seq = r[1]
@@ -467,11 +703,19 @@ class EventLog:
                     expected = seq
                 if r[13] != prev:
                     problems.append(f"{where}: prev_hash does not match the previous event's hash (the chain is broken)")
-                h = event_hash(r[13], *r[:13])
+                try:
+                    h = event_hash(r[13], *r[:13])
+                except (TypeError, ValueError) as e:
+                    h = f"unhashable: {_first_line(e)}"
                 if h != r[14]:
                     problems.append(f"{where}: hash does not match its contents (the event was edited)")
                 if seq == 1 and r[4] != "start":
                     problems.append(f"{where}: the first event is {r[4]!r}, not 'start'")
+                if r[4] not in EVENT_KINDS:
+                    problems.append(f"{where}: unknown event kind {r[4]!r}")
+                for i in (7, 8, 10, 11):
+                    if r[i] is not None:
+                        _json_problem(r[i], f"{where}: its {_EVENT_COLS[i]} column", problems)
                 prev = r[14]
                 expected = seq + 1
             if expected == 1:
@@ -480,31 +724,156 @@ class EventLog:
         problems.extend(f"events of run {r[0]} exist but the run does not" for r in orphans)
         return problems
 
+    def _check_triggers(self) -> list[str]:
+        """The append-only triggers are all there, as written (a dropped trigger lets the log be edited)."""
+        have = {name: " ".join(sql.split()) for name, sql in self.conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'") if isinstance(sql, str)}
+        out = []
+        for name, sql in _TRIGGER_SQL.items():
+            if name not in have:
+                out.append(f"trigger {name} is missing: the log is no longer protected against edits")
+            elif have[name] != sql:
+                out.append(f"trigger {name} was changed: the log is no longer protected against edits")
+        return out
+
+
+def _json_problem(text: Any, where: str, problems: list[str]) -> None:
+    try:
+        decode(text, where)
+    except CorruptLog as e:
+        problems.append(str(e).replace("; the log was edited outside fsmtrain", ""))
+
 
 def _run_info(row: tuple[Any, ...]) -> RunInfo:
     r = list(row)
-    r[6] = loads(r[6])
+    tags = decode(r[6], f"run {r[0]}: its tags column")
+    r[6] = tags if isinstance(tags, dict) else {"tags": tags}
     return RunInfo(*r)
 
 
-def _check_file(path: Path, readonly: bool) -> None:
-    if path.is_dir():
-        raise NotALog(f"{path} is a directory, not an fsmtrain log file")
-    if not path.exists():
-        if readonly:
-            raise NotALog(f"{path} does not exist")
-        if not path.parent.exists():
+def _check_id(run_id: Any, path: Path) -> None:
+    if isinstance(run_id, bool) or not isinstance(run_id, int) or not 1 <= run_id <= MAX_ID:
+        raise RunNotFound(f"run {run_id!r} does not exist in {path} (run ids are whole numbers from 1 to {MAX_ID})")
+
+
+def _clamp(n: Any) -> int:
+    """A sequence bound as SQLite can take it (beyond the range, nothing matches anyway)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"an event sequence number must be an int, got {type(n).__name__}")
+    return max(-MAX_ID, min(n, MAX_ID))
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is open; a failing ROLLBACK never hides the error that caused it."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+# Open EventLogs per file in this process: the last one to close may tidy the WAL files up.
+_OPEN: dict[str, int] = {}
+
+
+def _sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _inspect(path: Path, *, readonly: bool, create: bool) -> bool:
+    """Check what is at ``path`` before SQLite opens it; True when a new log is to be made there.
+
+    Reads at most the 100-byte header, so a file that is not a log is refused without being
+    touched: no WAL or shared-memory file appears beside it.
+    """
+    try:
+        if path.is_dir():
+            raise NotALog(f"{path} is a directory, not an fsmtrain log file")
+        exists = path.exists()
+    except OSError as e:
+        raise NotALog(f"cannot look at {path}: {e.strerror or e}") from None
+    except ValueError as e:  # e.g. a NUL in the path
+        raise NotALog(f"{path!r} is not a usable file name: {e}") from None
+    if not exists:
+        if readonly or not create:
+            raise NotALog(f"{path} does not exist" + ("" if readonly else "; nothing was created"))
+        if not path.parent.is_dir():
             raise NotALog(f"cannot create {path}: folder {path.parent} does not exist")
-        return
-    size = path.stat().st_size
+        return True
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(100)
+    except OSError as e:
+        raise NotALog(f"cannot read {path}: {e.strerror or e}") from None
     if size == 0:
-        if readonly:
+        if readonly or not create:
             raise NotALog(f"{path} is an empty file, not an fsmtrain log")
-        return
-    with path.open("rb") as f:
-        head = f.read(16)
-    if head != _HEADER:
+        return True
+    if head[:16] != _HEADER:
         raise NotALog(f"{path} is not a SQLite database (it starts with {head[:8]!r}); not an fsmtrain log")
+    if len(head) < 100:
+        raise NotALog(f"{path} is a truncated SQLite file ({size} bytes, shorter than its 100-byte header); "
+                      "not a usable log")
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    if page < 512 or page & (page - 1) or head[18] not in (1, 2) or head[19] not in (1, 2):
+        raise NotALog(f"{path} has a damaged SQLite header; not a usable log")
+    if size % page:
+        raise NotALog(f"{path} is truncated or damaged: {size} bytes is not a whole number of "
+                      f"{page}-byte pages; restore it from a copy")
+    return False
+
+
+def _check_writable(path: Path, new: bool) -> None:
+    """Refuse to write, before any work, where the file or its folder cannot be written."""
+    folder = path.parent if str(path.parent) else Path(".")
+    problems = []
+    if path.exists() and not os.access(path, os.W_OK):
+        problems.append(f"the file {path} is not writable")
+    if not os.access(folder, os.W_OK):
+        problems.append(f"its folder {folder} is not writable (SQLite keeps its journal there)")
+    if problems:
+        raise ReadOnlyLog(f"cannot write to {path}: {' and '.join(problems)} (read-only storage or permissions); "
+                          "nothing was done. Commands that only read it (replay, verify, ui, whatif, plot, study, "
+                          "watch) still work")
+
+
+def _remove_own_sidecars(path: Path, before: set[str]) -> None:
+    """Remove the ``-wal``/``-shm`` files a reader made beside a log, once nobody has the log open.
+
+    A read-only connection to a WAL log creates them and cannot delete them.  They are removed only
+    when they did not exist before this object opened the log, the WAL holds nothing, and an
+    exclusive lock on the shared-memory file's "dead man switch" byte (what SQLite itself takes
+    before it deletes them) shows that no other connection is open.
+    """
+    made = [s for s in ("-wal", "-shm") if s not in before and _sidecar(path, s).exists()]
+    if not made:
+        return
+    wal, shm = _sidecar(path, "-wal"), _sidecar(path, "-shm")
+    try:
+        if wal.exists() and wal.stat().st_size > 0:
+            return  # someone wrote meanwhile: theirs to clean up
+        if not shm.exists():
+            if "-wal" in made:
+                wal.unlink(missing_ok=True)
+            return
+        import fcntl
+
+        fd = os.open(shm, os.O_RDWR)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128, 0)  # SQLite's DMS byte of the -shm
+            except OSError:
+                return  # another connection is open
+            if wal.exists() and wal.stat().st_size > 0:
+                return
+            for s in made:
+                _sidecar(path, s).unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    except (OSError, ImportError):
+        pass
 
 
 def _filesystem_of(path: Path) -> str | None:

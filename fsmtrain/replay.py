@@ -12,8 +12,8 @@ from typing import Any
 
 import attrs
 
-from .errors import EventNotFound, InvalidInput, RunNotRunnable
-from .log import Event, EventLog
+from .errors import CorruptLog, EventNotFound, FsmtrainError, InvalidInput, RunNotRunnable
+from .log import Event, EventLog, decode
 from .state import Append, State, dumps, loads
 
 __all__ = ["Position", "active_time", "apply_updates", "decode_updates", "encode_updates", "fold", "fork", "position", "state_at"]
@@ -56,8 +56,18 @@ def fold(snapshot: Mapping[str, Any], updates: Iterable[str | Mapping[str, Any]]
     data = {k: (list(v) if isinstance(v, list) else v) for k, v in snapshot.items()}
     for u in updates:
         # Decoded updates are round-tripped so that folding never mutates the caller's lists.
-        apply_updates(data, loads(u if isinstance(u, str) else dumps(u)))
-    return State(data)
+        decoded = decode(u, "an event's updates column") if isinstance(u, str) else loads(dumps(u))
+        if not isinstance(decoded, dict):
+            raise CorruptLog(f"an event's updates column holds a {type(decoded).__name__}, not "
+                             '{"set": ..., "append": ...}; the log was edited outside fsmtrain')
+        try:
+            apply_updates(data, decoded)
+        except (AttributeError, TypeError) as e:
+            raise CorruptLog(f"an event's updates cannot be applied ({e}); the log was edited outside fsmtrain") from None
+    try:
+        return State(data)
+    except FsmtrainError as e:
+        raise CorruptLog(f"the folded state holds a value no writer makes ({e})") from None
 
 
 def state_at(log: EventLog, run_id: int, seq: int | None = None) -> State:
@@ -84,9 +94,11 @@ class Position:
     next_action: str | None
     pending_inputs: dict[str, Any]
     waiting_for: list[dict[str, Any]] | None
-    attempts: int
+    attempts: int  # failed attempts (exceptions) of the due action since it last became due
     state: State
     last_step: Event | None  # the last committed step event (None before the first step)
+    interrupted: int = 0  # processes that resumed the due action and went away without a trace, in a row
+    last_event: Event | None = None
 
 
 def position(log: EventLog, run_id: int) -> Position:
@@ -95,26 +107,35 @@ def position(log: EventLog, run_id: int) -> Position:
     attempts = 0
     pending: dict[str, Any] = {}
     waiting: list[dict[str, Any]] | None = None
-    # What follows the last start/step event says what is pending: input given,
-    # a gate waiting, and how many attempts (resumes, errors) the next action had.
+    interrupted = 0
+    # What follows the last start/step event says what is pending: input given, a gate
+    # waiting, how many attempts of the next action raised, and how many processes resumed
+    # it and went away without a trace (killed: interruptions are not failed attempts).
     (since,) = log.conn.execute(
         "SELECT max(seq) FROM events WHERE run_id = ? AND kind IN ('start', 'step')", (run_id,)).fetchone()
+    if since is None:
+        raise CorruptLog(f"run {run_id} has no start event; the log was edited outside fsmtrain")
     tail = list(log.events(run_id, start=since))
     next_action = tail[0].next
     for ev in tail[1:]:
-        if ev.kind in ("resume", "error"):
+        if ev.kind == "error":  # the action ran and raised: a failed attempt, and the process lived on
             attempts = max(attempts, ev.attempt or 0)
+            interrupted = 0
+        elif ev.kind == "resume":
+            interrupted += 1
         elif ev.kind == "waiting":
             waiting = ev.info.get("needs") if isinstance(ev.info, dict) else None
             pending = {}
-        elif ev.kind == "input":
-            pending.update(ev.inputs or {})
+        elif ev.kind in ("input", "retry"):
+            if ev.kind == "input":
+                pending.update(ev.inputs or {})
             waiting = None
-            attempts = 0
+            attempts = interrupted = 0
     status = info.status
     return Position(run_id, info.machine, info.fingerprint, info.last_seq, info.steps, status,
                     next_action, pending, waiting if status == "waiting" else None, attempts,
-                    state_at(log, run_id, info.last_seq), tail[0] if tail[0].kind == "step" else None)
+                    state_at(log, run_id, info.last_seq), tail[0] if tail[0].kind == "step" else None,
+                    interrupted, tail[-1])
 
 
 ACTIVE_KINDS = frozenset({"step", "error", "failed"})

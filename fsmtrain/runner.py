@@ -26,15 +26,20 @@ from .errors import (
     MachineMismatch,
     RestoreFailed,
     RunNotRunnable,
+    StorageError,
     UnknownAction,
+    WriteConflict,
+    environmental,
 )
 from .hooks import HookBus
-from .log import Event, EventLog
+from .locks import RunLock
+from .log import ENDED, Event, EventLog
 from .machine import Machine
 from .replay import active_time, decode_updates, encode_updates, position, state_at
 from .state import Encoded, State, dumps
 
-__all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "decide", "give_input", "give_text_input", "summary"]
+__all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "decide", "give_input", "give_text_input", "retry", "stop",
+           "summary"]
 
 Restore = Callable[["Runner"], "Mapping[str, Any] | None"]
 """``restore(runner)``: bring ``runner.resources`` to the run's last committed step; may return a note to log."""
@@ -62,7 +67,8 @@ class Redo(NamedTuple):
 
 @attrs.frozen
 class Halt:
-    """Why ``run`` returned: ``finished``, ``waiting``, ``halt_before``, ``halt_after`` or ``max_steps``."""
+    """Why ``run`` returned: ``finished``, ``failed``, ``stopped``/``pruned`` (ended from outside), ``waiting``,
+    ``halt_before``, ``halt_after`` or ``max_steps``."""
 
     reason: str
     action: str | None
@@ -75,11 +81,12 @@ class Runner:
 
     def __init__(self, machine: Machine, *, log: EventLog | None, run_id: int | None, state: State,
                  next_action: str | None, hooks: Iterable[Any] = (), resources: Any = None,
-                 restore: Restore | None = None, max_attempts: int = 3, snapshot_every: int = 100) -> None:
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-        if snapshot_every < 1:
-            raise ValueError(f"snapshot_every must be >= 1, got {snapshot_every}")
+                 restore: Restore | None = None, max_attempts: int = 3, snapshot_every: int = 100,
+                 max_interruptions: int | None = None) -> None:
+        for name, value in (("max_attempts", max_attempts), ("snapshot_every", snapshot_every),
+                            ("max_interruptions", 1 if max_interruptions is None else max_interruptions)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.machine = machine
         self.log = log
         self.run_id = run_id
@@ -87,7 +94,10 @@ class Runner:
         self.restore = restore
         self._restore_due = False
         self.max_attempts = max_attempts
+        self.max_interruptions = max_interruptions
         self.snapshot_every = snapshot_every
+        self._lock: RunLock | None = None
+        self._interrupted = 0
         self.hooks = HookBus(hooks)
         self._state = state
         self._next = next_action
@@ -109,18 +119,29 @@ class Runner:
     @classmethod
     def start(cls, machine: Machine, *, log: EventLog | None = None, state: Mapping[str, Any] | None = None,
               hooks: Iterable[Any] = (), resources: Any = None, restore: Restore | None = None,
-              tags: Mapping[str, Any] | None = None, max_attempts: int = 3, snapshot_every: int = 100) -> Runner:
+              tags: Mapping[str, Any] | None = None, max_attempts: int = 3, snapshot_every: int = 100,
+              max_interruptions: int | None = None, lock: bool = True) -> Runner:
         """Begin a new run at the machine's entry; with a ``log``, it is recorded there.
 
         ``restore`` (optional) is called before an action is retried after it raised
-        (see :meth:`resume`).
+        (see :meth:`resume`).  With ``lock`` (default), the runner holds the run's lock
+        (see :mod:`fsmtrain.locks`) from the moment the run exists until it ends or
+        :meth:`close` is called, so no worker picks up a run that a process is driving.
         """
         initial = machine.initial.apply(dict(state)) if state else machine.initial
         r = cls(machine, log=log, run_id=None, state=initial, next_action=machine.entry, hooks=hooks,
-                resources=resources, restore=restore, max_attempts=max_attempts, snapshot_every=snapshot_every)
+                resources=resources, restore=restore, max_attempts=max_attempts, snapshot_every=snapshot_every,
+                max_interruptions=max_interruptions)
         if log is not None:
+            def take(run_id: int) -> None:  # inside the transaction that creates the run
+                run_lock = RunLock(log.artifacts, run_id)
+                if not run_lock.acquire():
+                    raise run_lock.busy("the run was not created")
+                r._lock = run_lock
+
             ev = log.create_run(machine.name, machine.fingerprint, snapshot=initial._data,
-                                next_action=machine.entry, tags=tags, info={"machine": machine.describe()})
+                                next_action=machine.entry, tags=tags, info={"machine": machine.describe()},
+                                on_id=take if lock else None)
             r.run_id, r._seq, r._hash, r._t = ev.run_id, ev.seq, ev.hash, ev.time
         r.hooks.emit("run_start", run_id=r.run_id, state=initial, machine=machine)
         return r
@@ -128,7 +149,8 @@ class Runner:
     @classmethod
     def resume(cls, machine: Machine, log: EventLog, run_id: int, *, hooks: Iterable[Any] = (),
                resources: Any = None, restore: Restore | None = None, allow_changed_machine: bool = False,
-               max_attempts: int = 3, snapshot_every: int = 100) -> Runner:
+               max_attempts: int = 3, snapshot_every: int = 100, max_interruptions: int | None = None,
+               lock: bool = True) -> Runner:
         """Continue ``run_id`` from its last committed event.
 
         The machine must have the name and fingerprint the run was recorded with;
@@ -140,7 +162,31 @@ class Runner:
         before the first action this runner executes (so resuming a run that then
         waits for input costs nothing), and again before any retry after an action
         raised.  What it returns is recorded in the ``resume`` event's ``info``.
+
+        A process that died while it ran an action (killed, out of memory, preempted)
+        is not a failed attempt: it is counted as an *interruption* in the ``resume``
+        event, and only ``max_interruptions`` in a row (default: no limit) fail the run.
+        With ``lock`` (default), the run's lock is taken before its position is read,
+        and :class:`~fsmtrain.errors.RunBusy` names the process that holds it.
         """
+        run_lock = None
+        if lock and log.run(run_id).status not in ENDED:
+            run_lock = RunLock(log.artifacts, run_id)
+            if not run_lock.acquire():
+                raise run_lock.busy()
+        try:
+            return cls._resume(machine, log, run_id, hooks=hooks, resources=resources, restore=restore,
+                               allow_changed_machine=allow_changed_machine, max_attempts=max_attempts,
+                               snapshot_every=snapshot_every, max_interruptions=max_interruptions, run_lock=run_lock)
+        except BaseException:
+            if run_lock is not None:
+                run_lock.release()
+            raise
+
+    @classmethod
+    def _resume(cls, machine: Machine, log: EventLog, run_id: int, *, hooks: Iterable[Any], resources: Any,
+                restore: Restore | None, allow_changed_machine: bool, max_attempts: int, snapshot_every: int,
+                max_interruptions: int | None, run_lock: RunLock | None) -> Runner:
         pos = position(log, run_id)
         if pos.machine != machine.name:
             raise MachineMismatch(f"run {run_id} was recorded by machine `{pos.machine}`, not `{machine.name}`")
@@ -162,14 +208,16 @@ class Runner:
         if pos.next_action is not None and pos.next_action not in machine.actions:
             raise UnknownAction(f"run {run_id} is due to run `{pos.next_action}`, which machine `{machine.name}` lacks")
         r = cls(machine, log=log, run_id=run_id, state=pos.state, next_action=pos.next_action, hooks=hooks,
-                resources=resources, restore=restore, max_attempts=max_attempts, snapshot_every=snapshot_every)
+                resources=resources, restore=restore, max_attempts=max_attempts, snapshot_every=snapshot_every,
+                max_interruptions=max_interruptions)
+        r._lock = run_lock
         r._seq, r._step, r._status = pos.seq, pos.step, pos.status
-        r._pending, r._attempts = dict(pos.pending_inputs), pos.attempts
+        r._pending, r._attempts, r._interrupted = dict(pos.pending_inputs), pos.attempts, pos.interrupted
         r._active, r._t = active_time(log, run_id)
         r._state = pos.state.with_elapsed(r._active)
         r._restore_due = restore is not None and pos.status in ("running", "waiting")
         if pos.status == "running":
-            r._resume_info = {"fingerprint": machine.fingerprint, "pid": os.getpid()}
+            r._resume_info = {"fingerprint": machine.fingerprint, "pid": os.getpid(), "interrupted": pos.interrupted}
             if changed:
                 r._resume_info.update(_changes(log, run_id, recorded, machine))
         r.hooks.emit("run_resume", run_id=run_id, state=pos.state, next_action=pos.next_action)
@@ -183,6 +231,8 @@ class Runner:
                          inputs=last.inputs or {}, replayed=True)
             if last.next is None:
                 r.hooks.emit("run_end", run_id=run_id, state=pos.state, status="finished", replayed=True)
+        if pos.status in ENDED and run_lock is not None:
+            run_lock.release()
         return r
 
     @classmethod
@@ -220,9 +270,15 @@ class Runner:
 
     # -- stepping -------------------------------------------------------------------
     def step(self, inputs: Mapping[str, Any] | None = None) -> StepResult | None:
-        """Run the next action once; None when the run waits for input it was not given."""
-        if self._status in ("finished", "failed"):
-            raise RunNotRunnable(f"run {self.run_id} is {self._status}; there is no next action")
+        """Run the next action once; None when the run waits for input it was not given (or was stopped
+        from outside meanwhile: then ``status`` says so)."""
+        if self._status in ENDED:
+            raise RunNotRunnable(f"run {self.run_id} is {self._status}; there is no next action"
+                                 + ("; continue it deliberately with `fsmtrain retry`" if self._status == "failed" else ""))
+        if self._lock is not None and not self._lock.held:
+            self._relock()
+            if self._status in ENDED:
+                return None
         name = self._next
         assert name is not None
         act = self.machine.actions[name]
@@ -244,6 +300,14 @@ class Runner:
             self._append(kind="input", step=self._step, action=name, inputs={k: values[k] for k in given},
                          info={"by": _who(None), "at": time.time()})
             self._status = "running"
+        if self._resume_info is not None and self.max_interruptions is not None \
+                and self._interrupted >= self.max_interruptions:
+            err = (f"crash loop: `{name}` was interrupted {self._interrupted} times in a row without completing (its "
+                   f"process died each time: killed, out of memory, preempted?); max_interruptions="
+                   f"{self.max_interruptions}. Fix the cause, then continue it with `fsmtrain retry`")
+            self._resume_info = None
+            self._append(kind="failed", step=self._step, action=name, attempt=self._attempts, error=err)
+            self._failed(name, self._attempts, RuntimeError(err))
         note = self._run_restore(emit=False) if self._restore_due else None
         if note:
             if self._resume_info is None:  # a waiting run: nothing else would record the note
@@ -280,6 +344,11 @@ class Runner:
             except FsmtrainError:
                 raise  # a broken contract (undeclared write, bad value...): nothing is written
             except Exception as e:
+                env = environmental(e)
+                if env:  # the disk, not the action: stop, write nothing, stay resumable
+                    raise StorageError(f"run {self.run_id} stopped while `{name}` ran: {env}. Nothing of this step "
+                                       "was committed and the run stays resumable: fix the cause and run it again "
+                                       "(the same command continues it)") from e
                 self._attempts = attempt
                 final = attempt >= self.max_attempts
                 err = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-8000:]
@@ -296,16 +365,24 @@ class Runner:
         step = self._step + 1
         if self.log is not None:  # the commit (the hot path: one call, no **fields)
             assert self.run_id is not None
-            ev = self.log.append(
-                self.run_id, self._seq, kind="step", step=step, action=name, attempt=attempt, inputs=values or None,
-                updates=encode_updates(updates), next_action=target,
-                info=None if cond is None else self._decision(cond, reason), prev_hash=self._hash,
-                snapshot=new_state._data if (target is None or step % self.snapshot_every == 0) else None, time=now)
+            try:
+                ev = self.log.append(
+                    self.run_id, self._seq, kind="step", step=step, action=name, attempt=attempt,
+                    inputs=values or None, updates=encode_updates(updates), next_action=target,
+                    info=None if cond is None else self._decision(cond, reason), prev_hash=self._hash,
+                    snapshot=new_state._data if (target is None or step % self.snapshot_every == 0) else None,
+                    time=now)
+            except WriteConflict:
+                if self._ended_from_outside():
+                    return None
+                raise
             self._seq, self._hash = ev.seq, ev.hash
         self._active, self._t = elapsed, now
         self._state, self._next, self._step = new_state, target, step
         self._pending, self._attempts = {}, 0
         self._status = "running" if target is not None else "finished"
+        if target is None:
+            self._unlock()
         result = StepResult(name, step, self._seq if self.log else None, values, updates, new_state, target, reason)
         if self.hooks:
             self.hooks.emit("step_end", run_id=self.run_id, step=step, action=name, state=new_state,
@@ -324,14 +401,16 @@ class Runner:
         before, after = self._names(halt_before), self._names(halt_after)
         n = 0
         while True:
-            if self._status in ("finished", "failed"):
-                return self._stop("finished" if self._status == "finished" else "failed", None, n)
+            if self._status in ENDED:
+                return self._stop(self._status, None, n)
             if self._next in before:
                 return self._stop("halt_before", self._next, n)
             if max_steps is not None and n >= max_steps:
                 return self._stop("max_steps", self._next, n)
             result = self.step(inputs if n == 0 else None)
             if result is None:
+                if self._status in ENDED:  # stopped from outside while this step ran
+                    return self._stop(self._status, None, n)
                 return self._stop("waiting", self._next, n)
             n += 1
             yield result
@@ -401,6 +480,54 @@ class Runner:
             self.hooks.emit("restore", run_id=self.run_id, state=self._state, note=out)
         return out
 
+    # -- the run's lock ---------------------------------------------------------------
+    def close(self) -> None:
+        """Give up the run's lock (also when the run ends or waits); the runner can step again later."""
+        self._unlock()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    def _relock(self) -> None:
+        """Take the lock again (after a wait or ``close``) and catch up with what others wrote meanwhile:
+        input for the gate this run waits at is taken in; a stop ends it; anything else is a conflict."""
+        assert self._lock is not None and self.log is not None and self.run_id is not None
+        if not self._lock.acquire():
+            raise self._lock.busy()
+        for ev in self.log.events(self.run_id, start=self._seq + 1):
+            if ev.kind == "input" and self._status == "waiting":
+                self._pending.update(ev.inputs or {})
+                self._status, self._attempts, self._interrupted = "running", 0, 0
+            elif ev.kind in ("stopped", "pruned"):
+                self._status = ev.kind
+            else:
+                self._lock.release()
+                raise WriteConflict(f"run {self.run_id} moved on in the log (event {ev.seq}: {ev.kind}) since this "
+                                    "runner last saw it; resume it afresh to continue from the log")
+            self._seq, self._hash, self._t = ev.seq, ev.hash, ev.time
+        if self._status in ENDED:
+            self._unlock()
+
+    def _ended_from_outside(self) -> bool:
+        """After a conflict at a commit: was the run stopped (or pruned) from outside meanwhile?"""
+        assert self.log is not None and self.run_id is not None
+        last = self.log.last_event(self.run_id)
+        if last.kind not in ("stopped", "pruned"):
+            return False
+        self._status = last.kind
+        self._seq, self._hash = last.seq, last.hash
+        self._unlock()
+        if self.hooks:
+            self.hooks.emit("run_end", run_id=self.run_id, state=self._state, status=last.kind)
+        return True
+
     # -- internals ------------------------------------------------------------------
     def _names(self, names: Iterable[str]) -> frozenset[str]:
         out = frozenset([names] if isinstance(names, str) else names)
@@ -449,12 +576,14 @@ class Runner:
                      info={"needs": needs, "missing": [m.name for m in missing], "summary": summary(self._state)})
         self._status = "waiting"
         self._resume_info = None
+        self._unlock()  # a person answers, then any process (a worker) may continue it
         if self.hooks:
             self.hooks.emit("waiting", run_id=self.run_id, action=name, needs=needs, state=self._state)
 
     def _failed(self, name: str, attempt: int, cause: BaseException) -> NoReturn:
         """The `failed` event is committed: mark the run failed, tell the hooks, raise."""
         self._status = "failed"
+        self._unlock()
         if self.hooks:
             self.hooks.emit("run_end", run_id=self.run_id, state=self._state, status="failed")
         raise ActionFailed(f"action `{name}` of run {self.run_id} failed on attempt {attempt}/{self.max_attempts}; "
@@ -483,12 +612,69 @@ def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str
     if missing:
         names = ", ".join(m.name for m in missing)
         raise InvalidInput(f"run {run_id} needs input {names} for `{last.action}`; give every required input")
-    if comment is not None and not isinstance(comment, str):
-        raise InvalidInput(f"comment must be a str, got {type(comment).__name__}")
-    note: dict[str, Any] = {"by": _who(by), "at": time.time()}
-    if comment:
-        note["comment"] = comment
+    note = _note(by, comment, "comment")
     return log.append(run_id, last.seq, kind="input", step=last.step, action=last.action, inputs=checked, info=note)
+
+
+def retry(log: EventLog, run_id: int, *, by: str | None = None, comment: str | None = None) -> Event:
+    """Continue a failed run deliberately: record who retried it and when (a ``retry`` event).
+
+    The run is ``running`` again, from its last committed step, with its attempts
+    counted afresh; a worker, ``Trainer.fit`` or ``Runner.resume`` then continues it.
+    A run that is not failed is refused, and nothing is written.
+    """
+    info = log.run(run_id)
+    if info.status != "failed":
+        raise RunNotRunnable(f"run {run_id} is {info.status}, not failed; only a failed run can be retried")
+    last = log.last_event(run_id)
+    return log.append(run_id, last.seq, kind="retry", step=last.step, action=last.action,
+                      info=_note(by, comment, "comment"))
+
+
+STOP_KINDS = ("stopped", "pruned")
+
+
+def stop(log: EventLog, run_id: int, *, reason: str, by: str | None = None, kind: str = "stopped",
+         details: Mapping[str, Any] | None = None) -> Event:
+    """End a run from outside, for good: a person (``fsmtrain stop``) or a study's scheduler (``kind="pruned"``).
+
+    Records who, when and why (a ``stopped`` or ``pruned`` event, with ``details`` such as
+    a scheduler's rung and value).  No worker continues the run afterwards; a process
+    driving it stops at its next commit (that step is not recorded).  A run that has
+    already ended is refused, and nothing is written.
+    """
+    if kind not in STOP_KINDS:
+        raise InvalidInput(f"kind must be one of {', '.join(STOP_KINDS)}, got {kind!r}")
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput("give a reason for stopping the run (it is recorded)")
+    info = log.run(run_id)
+    if info.status in ENDED:
+        raise RunNotRunnable(f"run {run_id} is {info.status} already; there is nothing to stop")
+    last = log.last_event(run_id)
+    note = _note(by, reason, "reason")
+    if details:
+        note.update({k: v for k, v in details.items() if k not in note})
+    return log.append(run_id, last.seq, kind=kind, step=last.step, action=info.next, info=note)
+
+
+def _note(by: str | None, text: str | None, key: str) -> dict[str, Any]:
+    """Who and when (and a comment or reason) for an event recording something from outside."""
+    if text is not None and not isinstance(text, str):
+        raise InvalidInput(f"{key} must be a str, got {type(text).__name__}")
+    note: dict[str, Any] = {"by": _who(by), "at": time.time()}
+    if text:
+        note[key] = _utf8(text, key)
+    return note
+
+
+def _utf8(text: str, what: str) -> str:
+    """``text`` if it can be stored (UTF-8 without lone surrogates), else a clear InvalidInput."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInput(f"{what} holds bytes that are not valid UTF-8 (at character {e.start}); give plain "
+                           "UTF-8 text") from None
+    return text
 
 
 def give_text_input(log: EventLog, run_id: int, texts: Mapping[str, str], *, by: str | None = None,
@@ -583,7 +769,10 @@ def summary(state: State) -> dict[str, Any]:
 
 
 def _who(by: str | None) -> str:
-    return by or os.environ.get("FSMTRAIN_USER") or _user()
+    if by is not None and not isinstance(by, str):
+        raise InvalidInput(f"by must be a str naming who gives the input, got {type(by).__name__}")
+    who = by or os.environ.get("FSMTRAIN_USER") or _user()
+    return _utf8(who, "the user name (by, $FSMTRAIN_USER)")
 
 
 def _changes(log: EventLog, run_id: int, recorded: str, machine: Machine) -> dict[str, Any]:

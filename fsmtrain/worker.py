@@ -6,25 +6,25 @@ that is not finished, not failed and not waiting for a person goes on until it
 finishes, fails, or reaches its next gate.  Code comes only from the target the
 operator names, never from the log.
 
-Two workers never drive the same run at once: a worker holds an exclusive lock
-on ``<log>.artifacts/locks/run<ID>.lock`` (``flock``; the kernel releases it when
-the process dies, so a killed worker blocks nobody) while it runs that run, and
-reads the run's position only once it holds it.  The log's one-writer rule
-(``WriteConflict``) backs this up for any other writer.
+Two processes never drive the same run at once: a worker holds the run's lock
+(:mod:`fsmtrain.locks`: ``flock`` on ``<log>.artifacts/locks/run<ID>.lock``, which
+the kernel releases when the process dies, so a killed worker blocks nobody)
+while it runs that run, and reads the run's position only once it holds it;
+``Runner.start``/``resume`` and so ``Trainer.fit`` and ``fsmtrain demo`` take the
+same lock.  The log's one-writer rule (``WriteConflict``) backs this up.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
 
+from . import locks
 from .errors import ActionFailed, FsmtrainError, InvalidInput
 from .log import EventLog
 from .machine import Machine
@@ -53,10 +53,19 @@ class _MachineTarget:
 
 
 def as_target(obj: Any, log: EventLog) -> Target:
-    """A Machine, or a callable ``log -> Target`` (e.g. ``lambda log: Trainer(machine, build, log=log)``)."""
+    """A Machine, or a Python function ``log -> Target`` (e.g. ``lambda log: Trainer(machine, build, log=log)``).
+
+    The type is checked before anything is called: a builtin such as ``os.system`` is refused, not run.
+    """
+    import inspect
+
     if isinstance(obj, Machine):
         return _MachineTarget(obj, log)
     if callable(obj) and not hasattr(obj, "resume"):
+        if not (inspect.isfunction(obj) or inspect.ismethod(obj)):
+            raise InvalidInput(f"a worker target must be a Machine, or a Python function taking the EventLog and "
+                               f"returning a Trainer (or anything with .machine and .resume); got "
+                               f"{type(obj).__name__} {getattr(obj, '__qualname__', '')}, which is not run")
         obj = obj(log)
     if isinstance(getattr(obj, "machine", None), Machine) and callable(getattr(obj, "resume", None)):
         return obj  # type: ignore[no-any-return]
@@ -80,35 +89,10 @@ class Report:
         return text + (f"; {self.detail}" if self.detail else "")
 
 
-@contextlib.contextmanager
-def run_lock(log: EventLog, run_id: int, *, wait: float = 0.0) -> Iterator[bool]:
-    """Hold this host's exclusive lock on ``run_id`` for the ``with`` block; yields False if another process
-    has it (after trying for ``wait`` seconds)."""
-    folder = Path(str(log.artifacts)) / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / f"run{run_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: the log's one-writer rule still holds
-            yield True
-            return
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(0.1)
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+def run_lock(log: EventLog, run_id: int, *, wait: float = 0.0) -> contextlib.AbstractContextManager[bool]:
+    """Hold the lock of ``run_id`` for the ``with`` block; yields False if another process has it
+    (after trying for ``wait`` seconds).  See :mod:`fsmtrain.locks`."""
+    return locks.run_lock(log.artifacts, run_id, wait=wait)
 
 
 class Worker:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,26 @@ def tamper(path: Path, *statements: str | tuple[str, tuple]) -> None:
         conn.commit()
     finally:
         conn.close()
+
+
+_HOLDER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from fsmtrain.locks import RunLock
+lock = RunLock(__import__("pathlib").Path(sys.argv[1]), int(sys.argv[2]))
+print("held" if lock.acquire() else "busy", flush=True)
+time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(artifacts: Path, run_id: int) -> Iterator[subprocess.Popen]:
+    """Another process takes the lock of ``run_id`` (as a second worker would) and holds it for the block."""
+    p = subprocess.Popen([sys.executable, "-c", _HOLDER.format(root=str(ROOT)), str(artifacts), str(run_id)],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "held"
+        yield p
+    finally:
+        p.kill()
+        p.wait()

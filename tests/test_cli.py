@@ -94,7 +94,8 @@ class TestVerify:
         tamper(counter_log, "DROP TRIGGER events_no_update", "UPDATE events SET error = 'x' WHERE run_id = 1 AND seq = 5")
         r = invoke("verify", counter_log)
         assert r.exit_code == 1
-        assert "CORRUPT: run 1 event 5: hash does not match its contents" in r.output
+        assert r.output.startswith("CORRUPT: trigger events_no_update is missing")
+        assert "also: run 1 event 5: hash does not match its contents" in r.output
 
 
 class TestGraph:
@@ -202,7 +203,7 @@ def test_every_command_has_help_ending_with_an_example():
 def test_doctor_reports_versions_and_the_log(counter_log):
     r = invoke("doctor", "--log", counter_log)
     assert r.exit_code == 0, r.output
-    assert "sqlite       " in r.output and "schema v1, journal wal, 1 run(s)" in r.output
+    assert "sqlite       " in r.output and "schema v2, journal wal, 1 run(s)" in r.output
 
 
 def test_ctrl_c_in_the_demo_says_how_to_resume(tmp_path):

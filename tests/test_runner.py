@@ -1,4 +1,6 @@
 
+import errno
+
 import pytest
 
 from fsmtrain import EventLog, Hook, Machine, Runner, action, give_input, when
@@ -8,12 +10,15 @@ from fsmtrain.errors import (
     InvalidInput,
     MachineMismatch,
     RunNotRunnable,
+    StorageError,
     UndeclaredWrite,
     WriteConflict,
 )
 from fsmtrain.hooks import HookWarning
+from fsmtrain.replay import position
+from fsmtrain.runner import retry
 from tests.conftest import file_digest
-from tests.machines import FAIL_FILE, counter, flaky_machine, gated
+from tests.machines import FAIL_FILE, counter, done, flaky_machine, gated
 
 
 class Recorder(Hook):
@@ -169,15 +174,66 @@ class TestFailures:
             Runner.start(flaky_machine(), log=log, max_attempts=2, hooks=[Watch()]).run()
         assert seen == [(1, True, "error"), (2, False, "failed"), "failed"]
 
-    def test_crash_loops_are_bounded_through_resume_events(self, log_path):
-        """Each resume records an attempt, so a step that kills its process every time ends failed."""
+    def test_a_process_that_died_is_an_interruption_not_a_failed_attempt(self, log_path):
+        """Five processes resume `tick` and die without a trace: the run is not failed, and each is counted."""
         with EventLog(log_path) as log:
             run_id = Runner.start(counter(3), log=log).run_id
-            for _ in range(3):  # three processes resume and die during `tick` (simulated: no step written)
-                Runner.resume(counter(3), log, run_id, max_attempts=3)._write_resume_event()
-            with pytest.raises(ActionFailed, match="did not complete in 3 attempt"):
-                Runner.resume(counter(3), log, run_id, max_attempts=3).step()
+            for _ in range(5):  # simulated deaths: a resume event, then nothing
+                Runner.resume(counter(3), log, run_id, max_attempts=1)._write_resume_event()
+            r = Runner.resume(counter(3), log, run_id, max_attempts=1)
+            assert r.run().reason == "finished"
+            resumes = [e.info["interrupted"] for e in log.events(run_id) if e.kind == "resume"]
+            assert resumes == [0, 1, 2, 3, 4, 5]
+
+    def test_a_crash_loop_is_bounded_by_max_interruptions_and_can_be_retried(self, log_path):
+        with EventLog(log_path) as log:
+            run_id = Runner.start(counter(3), log=log).run_id
+            for _ in range(3):
+                Runner.resume(counter(3), log, run_id, max_interruptions=3)._write_resume_event()
+            with pytest.raises(ActionFailed, match="crash loop: `tick` was interrupted 3 times in a row"):
+                Runner.resume(counter(3), log, run_id, max_interruptions=3).step()
             assert log.run(run_id).status == "failed"
+            ev = retry(log, run_id, by="ops", comment="more memory now")
+            assert (ev.kind, ev.info["by"], ev.info["comment"]) == ("retry", "ops", "more memory now")
+            r = Runner.resume(counter(3), log, run_id, max_interruptions=3)
+            assert r.run().reason == "finished" and r.state["result"] == 30
+
+    def test_failed_attempts_and_interruptions_are_counted_apart(self, log_path, failures):
+        """error, death, death, error, death: two failed attempts so far; the third one that raises fails the run."""
+        failures(100)
+        with EventLog(log_path) as log:
+            start = log.create_run("flaky", flaky_machine().fingerprint, snapshot=dict(flaky_machine().initial),
+                                   next_action="flaky")
+            seq = start.seq
+            for kind, attempt in [("error", 1), ("resume", 2), ("resume", 2), ("error", 2), ("resume", 3)]:
+                seq = log.append(1, seq, kind=kind, step=0, action="flaky", attempt=attempt,
+                                 info={} if kind == "resume" else None, error="x" if kind == "error" else None).seq
+            pos = position(log, 1)
+            assert (pos.attempts, pos.interrupted) == (2, 1)
+            with pytest.raises(ActionFailed, match="failed on attempt 3/3"):
+                Runner.resume(flaky_machine(), log, 1, max_attempts=3).run()
+
+    def test_the_environment_stopping_an_action_fails_nothing_and_writes_nothing(self, log_path):
+        """A full disk is not the action's fault: StorageError, no event, the run resumable."""
+        calls = []
+
+        @action(reads=["n"], writes=["n"])
+        def write_file(state):
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError(errno.ENOSPC, "No space left on device", "/data/ckpt.pt")
+            return {"n": state["n"] + 1}
+
+        m = Machine("disk", [write_file, done], [("write_file", "done")], entry="write_file", terminal=["done"],
+                    initial={"n": 0})
+        with EventLog(log_path) as log:
+            r = Runner.start(m, log=log, max_attempts=1)
+            digest = file_digest(log_path)
+            with pytest.raises(StorageError, match=r"the disk is full \(/data/ckpt.pt\).*stays resumable"):
+                r.run()
+            assert file_digest(log_path) == digest and log.run(r.run_id).status == "running"
+            r.close()
+            assert Runner.resume(m, log, r.run_id, max_attempts=1).run().reason == "finished"
 
     def test_an_undeclared_write_raises_and_writes_nothing(self, log_path):
         @action(reads=[], writes=["a"])

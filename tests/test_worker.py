@@ -10,9 +10,9 @@ import time
 import pytest
 
 from fsmtrain import EventLog, Runner, decide, state_at
-from fsmtrain.errors import InvalidInput
+from fsmtrain.errors import InvalidInput, RunBusy
 from fsmtrain.worker import Worker, parse_duration, run_lock
-from tests.conftest import ROOT
+from tests.conftest import ROOT, lock_held_elsewhere
 from tests.machines.approval import machine
 
 ENV = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
@@ -75,12 +75,15 @@ class TestOnePass:
 
     def test_a_run_locked_by_another_worker_is_skipped_as_busy(self, tmp_path):
         approved_runs(tmp_path / "w.db", 1)
-        with EventLog(tmp_path / "w.db") as log, run_lock(log, 1) as mine:
-            assert mine
+        with EventLog(tmp_path / "w.db") as log, lock_held_elsewhere(log.artifacts, 1) as other:
             (report,) = Worker(log, machine).run_once()
             assert report.outcome == "busy" and log.run(1).status == "running"
             with run_lock(log, 1) as again:
                 assert not again
+            with pytest.raises(RunBusy, match=f"run 1 is being run by another process \\(pid {other.pid} on "):
+                Runner.resume(machine, log, 1)
+        with EventLog(tmp_path / "w.db") as log, run_lock(log, 1) as mine:
+            assert mine  # the holder died: the kernel released its lock
 
     def test_a_failing_run_is_reported_and_the_others_go_on(self, tmp_path):
         from fsmtrain import Machine, action
@@ -124,7 +127,7 @@ class TestRealProcesses:
         assert "waiting" in fsmtrain("replay", "g.db", cwd=tmp_path).stdout.splitlines()[1]
         p = fsmtrain("approve", "g.db", "1", "--comment", "good enough", cwd=tmp_path, env={"FSMTRAIN_USER": "ann"})
         assert p.returncode == 0, p.stderr
-        assert "--machine fsmtrain.train.demo:gated_trainer --once" in p.stdout  # the run's suggested target
+        assert "tags suggest --machine 'fsmtrain.train.demo:gated_trainer'; that text comes from the log" in p.stdout
         p = fsmtrain("worker", "g.db", "--machine", "fsmtrain.train.demo:gated_trainer", "--once", cwd=tmp_path)
         assert p.returncode == 0, p.stderr
         assert p.stdout.strip() == "run 1: finished after 3 step(s)"
@@ -243,7 +246,7 @@ class TestRealProcesses:
         (["--machine", "no_such_module:x", "--once"], "cannot import module 'no_such_module'"),
         (["--machine", "os:sep", "--once"], "a worker target must be a Machine"),
         (["--machine", TARGET, "--every", "soon"], "cannot read 'soon' as a duration"),
-        (["--machine", TARGET, "--once", "--max-runs", "0"], "must be >= 1"),
+        (["--machine", TARGET, "--once", "--max-runs", "0"], "0 is not in the range 1<=x"),
     ])
     def test_bad_usage_exits_2_with_a_message(self, tmp_path, args, message):
         approved_runs(tmp_path / "w.db", 1)
@@ -263,7 +266,7 @@ def test_nothing_named_in_the_log_is_ever_imported(tmp_path):
         Runner.start(machine, log=log, tags={"worker": "evil_mod:x"}).run()
     env = {"PYTHONPATH": f"{ROOT}:{tmp_path}"}
     p = fsmtrain("approve", "w.db", "1", cwd=tmp_path, env=env)
-    assert p.returncode == 0 and "--machine evil_mod:x --once" in p.stdout
+    assert p.returncode == 0 and "tags suggest --machine 'evil_mod:x'; that text comes from the log" in p.stdout
     p = fsmtrain("worker", "w.db", "--machine", TARGET, "--once", cwd=tmp_path, env=env)
     assert p.returncode == 0 and "finished" in p.stdout
     assert not (tmp_path / "imported").exists()

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..actions import gate
 from ..conditions import Condition, default, when
-from ..errors import CheckpointError, FsmtrainError, InvalidDefinition, ResourceError
+from ..errors import CheckpointError, FsmtrainError, InvalidDefinition, ResourceError, RunFailed
 from ..hooks import Hook
 from ..log import EventLog
 from ..machine import Machine
@@ -111,8 +111,9 @@ class _Retention(Hook):
         self.kept[run_id] = now
 
     def on_run_end(self, *, run_id: int | None, state: Any, status: str, **_: Any) -> None:
-        if status == "finished":
-            self.trainer.sweep(run_id, state)
+        # A run that ended (finished, failed, stopped): its files no state names go; what its final
+        # state names stays (a failed run may be retried, a stopped one inspected or forked).
+        self.trainer.sweep(run_id, state)
         self.kept.pop(run_id, None)
 
 
@@ -125,7 +126,8 @@ class Trainer:
     """
 
     def __init__(self, machine: Machine, build: Factory, *, log: EventLog | str | os.PathLike[str],
-                 hooks: Iterable[Any] = (), max_attempts: int = 3, map_location: Any = None) -> None:
+                 hooks: Iterable[Any] = (), max_attempts: int = 3, max_interruptions: int | None = None,
+                 map_location: Any = None) -> None:
         if not isinstance(machine, Machine):
             raise TypeError(f"machine must be a Machine, got {type(machine).__name__}")
         if not callable(build):
@@ -135,6 +137,7 @@ class Trainer:
         self.log = log if isinstance(log, EventLog) else EventLog(log)
         self.hooks = [_Retention(self), *hooks]
         self.max_attempts = max_attempts
+        self.max_interruptions = max_interruptions
         self.map_location = map_location
 
     @property
@@ -162,7 +165,8 @@ class Trainer:
         resources = self._build(state, None)
         all_tags = {"config": config_hash(config), **(tags or {})}
         runner = Runner.start(self.machine, log=self.log, state=config, hooks=self.hooks, resources=resources,
-                              restore=self._restore, tags=all_tags, max_attempts=self.max_attempts)
+                              restore=self._restore, tags=all_tags, max_attempts=self.max_attempts,
+                              max_interruptions=self.max_interruptions)
         resources.run_id = runner.run_id
         return runner
 
@@ -172,7 +176,8 @@ class Trainer:
         ``hooks`` are added to the Trainer's own for this runner (a worker passes its own this way).
         """
         return Runner.resume(self.machine, self.log, run_id, hooks=[*self.hooks, *hooks], restore=self._restore,
-                             allow_changed_machine=allow_changed_machine, max_attempts=self.max_attempts)
+                             allow_changed_machine=allow_changed_machine, max_attempts=self.max_attempts,
+                             max_interruptions=self.max_interruptions)
 
     def runs(self, config: Mapping[str, Any] | None = None) -> list[Any]:
         """This machine's runs (with this ``config`` when given), oldest first."""
@@ -182,21 +187,61 @@ class Trainer:
             runs = [r for r in runs if r.tags.get("config") == h]
         return runs
 
-    def fit(self, config: Mapping[str, Any] | None = None, *, new: bool = False) -> Runner:
+    def fit(self, config: Mapping[str, Any] | None = None, *, new: bool = False, allow_changed_machine: bool = False,
+            on_interrupt: str = "exit") -> Runner:
         """Train with ``config`` until the run halts, resuming where a previous process stopped.
 
-        The newest unfinished run with the same config is resumed; a finished
-        one is returned as it is (``new=True`` starts another).
+        The newest run with the same config is resumed when it is unfinished, and
+        returned as it is when it ended (finished, stopped or pruned); ``new=True``
+        starts another.  A failed run is never silently replaced: :class:`RunFailed`
+        says why it failed and how to continue it (:meth:`retry`) or start anew.
+        ``allow_changed_machine=True`` resumes a run recorded with another graph (e.g.
+        a swapped stop condition; the change is recorded).  Ctrl-C prints one line
+        saying what was kept and how to continue, then exits with status 130
+        (``on_interrupt="raise"`` re-raises ``KeyboardInterrupt`` instead).
         """
+        if on_interrupt not in ("exit", "raise"):
+            raise ValueError(f"on_interrupt must be 'exit' or 'raise', got {on_interrupt!r}")
         runs = [] if new else self.runs(config or {})
-        if runs and runs[-1].status in ("running", "waiting"):
-            runner = self.resume(runs[-1].id)
-        elif runs and runs[-1].status == "finished":
-            return self.resume(runs[-1].id)
-        else:
-            runner = self.start(config)
-        runner.run()
+        last = runs[-1] if runs else None
+        if last is not None and last.status == "failed":
+            raise self._failed(last.id)
+        if last is not None and last.status in ("finished", "stopped", "pruned"):
+            return self.resume(last.id, allow_changed_machine=allow_changed_machine)
+        runner = self.resume(last.id, allow_changed_machine=allow_changed_machine) if last is not None \
+            else self.start(config)
+        return self._drive(runner, on_interrupt)
+
+    def retry(self, run_id: int, *, comment: str | None = None, by: str | None = None,
+              on_interrupt: str = "exit") -> Runner:
+        """Continue failed run ``run_id`` from its last committed step (recording who retried it, and when),
+        until it halts: the Python form of ``fsmtrain retry LOG RUN``."""
+        from ..runner import retry
+
+        retry(self.log, run_id, by=by, comment=comment)
+        return self._drive(self.resume(run_id), on_interrupt)
+
+    def _drive(self, runner: Runner, on_interrupt: str) -> Runner:
+        try:
+            with runner:
+                runner.run()
+        except KeyboardInterrupt:
+            if on_interrupt == "raise":
+                raise
+            import sys
+
+            print(f"\ninterrupted: run {runner.run_id} keeps its {runner.steps} committed step(s) in {self.log.path}; "
+                  "run the same code again to continue it", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
         return runner
+
+    def _failed(self, run_id: int) -> RunFailed:
+        last = self.log.last_event(run_id)
+        why = (last.error or "").strip().splitlines()[-1:] or ["no error recorded"]
+        return RunFailed(
+            f"run {run_id} (this config's newest) failed at `{last.action}`: {why[0]}. Continue it from its last "
+            f"committed step with trainer.retry({run_id}) or `fsmtrain retry {self.log.path} {run_id}`, or start "
+            "a new run with fit(config, new=True)")
 
     def load(self, run_id: int, which: str = "best") -> Resources:
         """Fresh resources holding run ``run_id``'s ``best`` or newest (``checkpoint``) checkpoint."""

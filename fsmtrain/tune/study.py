@@ -233,6 +233,25 @@ def _opened(log_path: str, target: str) -> tuple[EventLog, Any]:
     return _OPENED[key]
 
 
+def exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """In a pool process: exit as soon as ``parent`` (the study) has died, so a killed study leaves no orphan.
+
+    A daemon thread polls the parent pid (portable; ``PR_SET_PDEATHSIG`` would fire when the *thread*
+    that started the process exits, which a pool may do).  The trial it was running stops uncommitted
+    mid-step, exactly as a killed process does; the resumed study continues it.
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(every)
+
+    threading.Thread(target=watch, name="fsmtrain-exit-with-parent", daemon=True).start()
+
+
 class InlineExecutor(cf.Executor):
     """Runs each task at once, in the calling thread: trials one after another, no other process.
 
@@ -399,7 +418,8 @@ class Study:
     def _live(self) -> _Live:
         if self.executor is not None:
             return _Live(self.executor, str(Path(self.log.path).resolve()), self.target)
-        pool = cf.ProcessPoolExecutor(max_workers=self.max_concurrent, mp_context=multiprocessing.get_context("spawn"))
+        pool = cf.ProcessPoolExecutor(max_workers=self.max_concurrent, mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=exit_with_parent, initargs=(os.getpid(),))
         return _Live(pool, str(Path(self.log.path).resolve()), self.target, owned=True)
 
     # -- the machine -----------------------------------------------------------------------------------------
