@@ -49,7 +49,12 @@ if __name__ == "__main__":
     with EventLog(LOG) as log:
         runner = Runner.latest(machine, log) or Runner.start(machine, log=log)
         inputs = {"decision": DECISION} if DECISION and runner.status == "waiting" else None
-        halt = runner.run(inputs=inputs)
+        try:
+            halt = runner.run(inputs=inputs)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: run {runner.run_id} keeps its {runner.steps} committed steps in {LOG}; run this "
+                  "script again to continue it", file=sys.stderr)
+            sys.exit(130)
         print(f"run {runner.run_id}: {halt.reason} after {runner.steps} steps; n={runner.state['n']}"
               + (f", total={runner.state['total']}" if runner.status == "finished" else ""))
         if halt.reason == "waiting":

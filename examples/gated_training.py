@@ -101,7 +101,12 @@ if __name__ == "__main__":
             for item in answer[1:]:
                 key, _, value = item.partition("=")
                 inputs[key] = float(value) if key == "new_lr" else int(value)
-        halt = runner.run(inputs=inputs)
+        try:
+            halt = runner.run(inputs=inputs)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: run {runner.run_id} keeps its {runner.steps} committed steps in {LOG}; run this "
+                  "script again to continue it", file=sys.stderr)
+            sys.exit(130)
         best = runner.state["best"]
         if halt.reason == "waiting":
             print(f"run {runner.run_id} waits for review: best val_loss {best['value']:.4f} at epoch {best['epoch']}. "

@@ -1,6 +1,6 @@
 """``python -m fsmtrain`` runs the command line."""
 
 if __name__ == "__main__":
-    from .cli import main
+    from ._entry import main
 
     main()

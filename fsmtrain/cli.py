@@ -32,6 +32,12 @@ SEQ = click.IntRange(1, MAX_ID)
 _KEPT = "fsmtrain.kept"
 
 
+def _early_interrupt() -> Any:
+    from ._entry import _early
+
+    return _early
+
+
 def kept(what: str) -> None:
     """Say what a command has committed so far: an interrupt (Ctrl-C) then reports it instead of 'nothing'."""
     ctx = click.get_current_context(silent=True)
@@ -41,6 +47,11 @@ def kept(what: str) -> None:
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
+        try:
+            if signal.getsignal(signal.SIGINT) is _early_interrupt():
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # the command answers Ctrl-C from here
+        except ValueError:  # not the main thread
+            pass
         try:
             return super().invoke(ctx)
         except FsmtrainError as e:
@@ -543,7 +554,7 @@ def load_machine(target: str) -> Any:
     if isinstance(obj, Machine):
         return obj
     params = _plain_function(obj, target)
-    if params == 0:
+    if params == 0 and not _takes_log(obj):
         made = obj()
     else:
         with tempfile.TemporaryDirectory(prefix="fsmtrain-graph-") as scratch:
@@ -556,6 +567,13 @@ def load_machine(target: str) -> Any:
     if not isinstance(made, Machine):
         raise InvalidDefinition(target, [f"gave a {type(made).__name__}, not an fsmtrain Machine"])
     return made
+
+
+def _takes_log(fn: Any) -> bool:
+    """Whether ``fn`` has a parameter named ``log`` (a worker target such as ``def trainer(log="x.db")``)."""
+    import inspect
+
+    return "log" in inspect.signature(fn).parameters
 
 
 def _plain_function(obj: Any, target: str) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,6 +40,8 @@ from .stopping import CONDITIONS, Setting, setting
 __all__ = ["parse"]
 
 MAX_LENGTH = 2000
+MAX_DEPTH = 40
+"""How deeply an expression may nest (operators, ``~``, parentheses and calls)."""
 
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**",
         ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>", ast.MatMult: "@"}
@@ -58,13 +61,36 @@ def parse(text: str, *, conditions: Mapping[str, Callable[..., Condition]] | Non
     if len(flat) > MAX_LENGTH:
         raise ExpressionError(f"the condition expression is {len(flat)} characters long; at most {MAX_LENGTH}")
     try:
-        tree = ast.parse(flat, mode="eval")
+        with warnings.catch_warnings():  # e.g. "invalid decimal literal" for `1and 2`: the error below says it
+            warnings.simplefilter("ignore")
+            tree = ast.parse(flat, mode="eval")
     except SyntaxError as e:
         col = (e.offset or 1) - 1
         raise ExpressionError(_point(flat, col, col + 1, f"not a valid expression ({e.msg})")) from None
     except (ValueError, RecursionError, MemoryError) as e:
-        raise ExpressionError(f"cannot parse the condition expression: {e}") from None
+        raise ExpressionError(f"cannot parse the condition expression: {_depth_hint(e)}") from None
+    depth = _depth(tree.body)
+    if depth > MAX_DEPTH:
+        raise ExpressionError(f"the condition expression nests {depth} deep; at most {MAX_DEPTH} "
+                              "(write it without so many ~, parentheses or nested calls)")
     return _Parser(flat, CONDITIONS if conditions is None else conditions).condition(tree.body)
+
+
+def _depth(node: ast.AST) -> int:
+    """How deeply ``node`` nests, counted without recursion (so any depth is measured safely)."""
+    deepest, todo = 0, [(node, 1)]
+    while todo:
+        n, d = todo.pop()
+        deepest = max(deepest, d)
+        todo.extend((child, d + 1) for child in ast.iter_child_nodes(n)
+                    if not isinstance(child, (ast.expr_context, ast.operator, ast.unaryop, ast.boolop, ast.cmpop)))
+    return deepest
+
+
+def _depth_hint(e: BaseException) -> str:
+    if isinstance(e, RecursionError) or "too many nested" in str(e) or "recursion" in str(e).lower():
+        return f"it nests too deeply (at most {MAX_DEPTH} levels)"
+    return str(e) or type(e).__name__
 
 
 class _Parser:

@@ -290,6 +290,9 @@ class EventLog:
         conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
         if not tables and self._create and conn is self._ro:
             raise _Fresh
+        if not tables:
+            raise NotALog(f"{self.path} is an empty SQLite database (no tables): not an fsmtrain log, or one "
+                          "that a process is creating right now")
         if "fsmtrain_schema" not in tables:
             raise NotALog(f"{self.path} is a SQLite database but not an fsmtrain log (no fsmtrain_schema table)")
         other = sorted(tables - _TABLES)
@@ -715,7 +718,7 @@ class EventLog:
                     problems.append(f"{where}: unknown event kind {r[4]!r}")
                 for i in (7, 8, 10, 11):
                     if r[i] is not None:
-                        _json_problem(r[i], f"{where}: its {_EVENT_COLS[i]} column", problems)
+                        _json_problem(r[i], f"{where}: its {_EVENT_COLS[i]} column", problems, _EVENT_COLS[i])
                 prev = r[14]
                 expected = seq + 1
             if expected == 1:
@@ -737,11 +740,20 @@ class EventLog:
         return out
 
 
-def _json_problem(text: Any, where: str, problems: list[str]) -> None:
+def _json_problem(text: Any, where: str, problems: list[str], column: str = "") -> None:
+    """Add a problem if ``text`` is not JSON of the shape its column holds (every JSON column holds an object)."""
     try:
-        decode(text, where)
+        value = decode(text, where)
     except CorruptLog as e:
         problems.append(str(e).replace("; the log was edited outside fsmtrain", ""))
+        return
+    if not isinstance(value, dict):
+        problems.append(f"{where} holds a JSON {type(value).__name__}, not an object")
+    elif column == "updates":
+        bad = sorted(set(value) - {"set", "append"})
+        if bad or not isinstance(value.get("set", {}), dict) or not isinstance(value.get("append", {}), dict) \
+                or not all(isinstance(v, list) for v in value.get("append", {}).values()):
+            problems.append(f'{where} is not of the form {{"set": {{...}}, "append": {{key: [...]}}}}')
 
 
 def _run_info(row: tuple[Any, ...]) -> RunInfo:

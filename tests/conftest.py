@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +70,67 @@ def lock_held_elsewhere(artifacts: Path, run_id: int) -> Iterator[subprocess.Pop
     finally:
         p.kill()
         p.wait()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Any]:
+    """``small_disk(size)``: a folder on a tmpfs of its own (``"2m"``...), for a real full disk and, remounted
+    with ``remount_read_only``, real read-only storage.  Needs the right to mount (root); skipped otherwise."""
+    mounts: list[Path] = []
+
+    def make(size: str = "4m") -> Path:
+        d = tmp_path / f"disk{len(mounts)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); these tests need root")
+        mounts.append(d)
+        return d
+
+    yield make
+    for d in reversed(mounts):
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def remount_read_only(folder: Path) -> None:
+    """Make a ``small_disk`` read-only (as a read-only volume or snapshot would be)."""
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the disk holding ``folder`` up to the last byte; returns the filler file (delete it to free the space)."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (b"\0" * 65536, b"\0" * 512, b"\0"):
+            try:
+                while True:
+                    f.write(chunk)
+            except OSError:
+                pass
+    return filler
+
+
+def forge(path: Path, run_id: int, seq: int, column: str, value: Any) -> None:
+    """Edit one event as someone who knows the format would: drop the triggers, change the column, recompute
+    the run's hash chain with the public formula, put the triggers back.  ``verify``'s chain check passes."""
+    from fsmtrain.log import _EVENT_COLS, _SCHEMA_TRIGGERS, event_hash
+
+    conn = sqlite3.connect(path)
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
+        for n in names:
+            conn.execute(f"DROP TRIGGER {n}")
+        conn.execute(f"UPDATE events SET {column} = ? WHERE run_id = ? AND seq = ?", (value, run_id, seq))
+        rows = conn.execute(f"SELECT {', '.join(_EVENT_COLS)} FROM events WHERE run_id = ? ORDER BY seq",
+                            (run_id,)).fetchall()
+        prev = rows[0][13]
+        for r in rows:
+            h = event_hash(prev, *r[:13])
+            conn.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE run_id = ? AND seq = ?", (prev, h, r[0], r[1]))
+            prev = h
+        for sql in _SCHEMA_TRIGGERS:
+            conn.execute(sql)
+        conn.commit()
+    finally:
+        conn.close()

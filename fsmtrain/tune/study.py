@@ -36,7 +36,7 @@ import attrs
 from ..actions import Action
 from ..conditions import Condition, default
 from ..errors import InvalidDefinition
-from ..log import EventLog
+from ..log import ENDED, EventLog
 from ..machine import Machine
 from ..runner import Runner
 from ..state import State, append, dumps, loads
@@ -249,7 +249,19 @@ def exit_with_parent(parent: int, every: float = 0.5) -> None:
                 os._exit(1)
             time.sleep(every)
 
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the study's to handle (it stops the pool)
     threading.Thread(target=watch, name="fsmtrain-exit-with-parent", daemon=True).start()
+
+
+def _kill_pool(executor: cf.Executor) -> None:
+    """Stop a process pool's workers now (their trials stop uncommitted, as a killed process does)."""
+    for proc in list((getattr(executor, "_processes", None) or {}).values()):
+        try:
+            proc.kill()
+        except Exception:
+            pass
 
 
 class InlineExecutor(cf.Executor):
@@ -395,25 +407,46 @@ class Study:
         return hashlib.sha256(dumps(self.settings()).encode()).hexdigest()[:16]
 
     # -- running -----------------------------------------------------------------------------------------
-    def run(self) -> Runner:
-        """Start the study, or resume its unfinished run with the same settings; run it to its end."""
+    def run(self, *, on_interrupt: str = "exit") -> Runner:
+        """Start the study, or resume its unfinished run with the same settings; run it to its end.
+
+        Ctrl-C stops the trials at once (they resume from their last commit next time), prints one
+        line saying so, and exits with status 130 (``on_interrupt="raise"`` re-raises instead).
+        """
+        if on_interrupt not in ("exit", "raise"):
+            raise ValueError(f"on_interrupt must be 'exit' or 'raise', got {on_interrupt!r}")
         key = self._key()
         mine = [r for r in self.log.runs(machine=self.machine.name) if r.tags.get("study") == key]
+        if mine and mine[-1].status in ENDED:
+            return Runner.resume(self.machine, self.log, mine[-1].id)
         live = self._live()
+        runner: Runner | None = None
+        interrupted = False
         try:
             if mine and mine[-1].status in ("running", "waiting"):
                 runner = Runner.resume(self.machine, self.log, mine[-1].id, hooks=self.hooks, resources=live)
-            elif mine and mine[-1].status == "finished":
-                return Runner.resume(self.machine, self.log, mine[-1].id)
             else:
                 runner = Runner.start(self.machine, log=self.log, state=self.settings() | {"space": self.space.to_json()},
                                       tags={"study": key, "name": self.name}, hooks=self.hooks, resources=live)
             live.runner = runner
-            runner.run()
+            with runner:
+                runner.run()
             return runner
+        except KeyboardInterrupt:
+            interrupted = True
+            if on_interrupt == "raise":
+                raise
+            import sys
+
+            where = f"study run {runner.run_id}" if runner is not None else "the study"
+            print(f"\ninterrupted: {where} keeps what it committed in {self.log.path}; its trials resume from their "
+                  "last commits when you run it again", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
         finally:
             if live.owned:
-                live.executor.shutdown(wait=True, cancel_futures=True)
+                if interrupted:
+                    _kill_pool(live.executor)
+                live.executor.shutdown(wait=not interrupted, cancel_futures=True)
 
     def _live(self) -> _Live:
         if self.executor is not None:
