@@ -115,18 +115,15 @@ def build_long_run(path: Path, events: int) -> int:
             h = event_hash(prev, ev.run_id, seq, seq - 1, 0.0, "step", "inc", 1, None, updates, "inc", None, None, None)
             rows.append((ev.run_id, seq, seq - 1, 0.0, "step", "inc", 1, updates, "inc", prev, h))
             prev = h
-        log.conn.execute("BEGIN")
-        log.conn.executemany("INSERT INTO events (run_id, seq, step, time, kind, action, attempt, updates, next, "
+        with log.transaction() as conn:
+            conn.executemany("INSERT INTO events (run_id, seq, step, time, kind, action, attempt, updates, next, "
                              "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        log.conn.execute("COMMIT")
         return ev.run_id
 
 
 def build_many_runs(path: Path, runs: int) -> None:
     """``runs`` runs of three events each, written in one transaction."""
-    with EventLog(path, synchronous="NORMAL") as log:
-        c = log.conn
-        c.execute("BEGIN")
+    with EventLog(path, synchronous="NORMAL") as log, log.transaction() as c:
         for rid in range(1, runs + 1):
             created = 1.0e9 + rid
             c.execute("INSERT INTO runs (id, machine, fingerprint, created, tags) VALUES (?, 'bench', 'f', ?, '{}')",
@@ -137,7 +134,6 @@ def build_many_runs(path: Path, runs: int) -> None:
                 c.execute("INSERT INTO events (run_id, seq, step, time, kind, next, prev_hash, hash) "
                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (rid, seq, seq - 1, created, kind, nxt, prev, h))
                 prev = h
-        c.execute("COMMIT")
 
 
 def append_us(history: int, appends: int = 20000) -> float:

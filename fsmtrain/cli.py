@@ -29,6 +29,29 @@ RUN_ID = click.IntRange(1, MAX_ID)
 """A run id on the command line: a whole number SQLite can hold (larger ones are refused cleanly)."""
 SEQ = click.IntRange(1, MAX_ID)
 
+class Finite(click.ParamType):
+    """A finite number in a range (click's FloatRange lets NaN through: every comparison with it is false)."""
+
+    name = "float"
+
+    def __init__(self, low: float, high: float = float("inf"), *, low_open: bool = False) -> None:
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        inside = (number > self.low if self.low_open else number >= self.low) and number <= self.high
+        if not (inside and abs(number) != float("inf")):
+            low = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+            high = f" and <= {self.high:g}" if self.high != float("inf") else ""
+            self.fail(f"{value!r} is not a finite number {low}{high}", param, ctx)
+        return number
+
+
+FINITE_POSITIVE = Finite(0, low_open=True)
+
 _KEPT = "fsmtrain.kept"
 
 
@@ -385,7 +408,7 @@ def _num(v: Any) -> str:
 @main.command()
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--run", "run_id", type=RUN_ID, help="The run to follow (default: the newest run).")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+@click.option("--interval", type=Finite(0.05, 3600), default=1.0, show_default=True,
               help="Seconds between looks at the log.")
 def watch(log: Path, run_id: int | None, interval: float) -> None:
     """Follow a run as it progresses, from another process; stop when it finishes, fails or waits.
@@ -554,19 +577,31 @@ def load_machine(target: str) -> Any:
     if isinstance(obj, Machine):
         return obj
     params = _plain_function(obj, target)
-    if params == 0 and not _takes_log(obj):
-        made = obj()
-    else:
-        with tempfile.TemporaryDirectory(prefix="fsmtrain-graph-") as scratch:
-            log = EventLog(Path(scratch) / "graph.db")
-            try:
-                made = obj(log)
-                made = getattr(made, "machine", made)
-            finally:
-                log.close()
+    with _calling(target):
+        if params == 0 and not _takes_log(obj):
+            made = obj()
+        else:
+            with tempfile.TemporaryDirectory(prefix="fsmtrain-graph-") as scratch:
+                log = EventLog(Path(scratch) / "graph.db")
+                try:
+                    made = obj(log)
+                    made = getattr(made, "machine", made)
+                finally:
+                    log.close()
     if not isinstance(made, Machine):
         raise InvalidDefinition(target, [f"gave a {type(made).__name__}, not an fsmtrain Machine"])
     return made
+
+
+@contextlib.contextmanager
+def _calling(target: str) -> Iterator[None]:
+    """Calling the operator's function: whatever it raises is a clear error naming it."""
+    try:
+        yield
+    except (FsmtrainError, click.ClickException):
+        raise
+    except Exception as e:
+        raise InvalidDefinition(target, [f"raised {type(e).__name__} when called: {_short(str(e), 200)}"]) from None
 
 
 def _takes_log(fn: Any) -> bool:
@@ -805,7 +840,8 @@ def worker(log: Path, target: str, once: bool, every: str | None, max_runs: int 
     if max_runs is not None and max_runs < 1:
         raise click.BadParameter("must be >= 1", param_hint="--max-runs")
     with _existing_log(log) as lg:
-        w = Worker(lg, obj, hooks=hooks, max_runs=max_runs, echo=echo)
+        with _calling(target):
+            w = Worker(lg, obj, hooks=hooks, max_runs=max_runs, echo=echo)
 
         def on_signal(signum: int, frame: Any) -> None:
             echo(f"worker: {signal.Signals(signum).name}: stopping after the current step", err=True)
@@ -833,7 +869,8 @@ def _hook(target: str) -> Any:
     if _is_hook(obj) and not isinstance(obj, type):
         return obj
     if inspect.isclass(obj) or inspect.isfunction(obj):
-        made = obj()
+        with _calling(target):
+            made = obj()
         if _is_hook(made):
             return made
         raise InvalidDefinition(target, [f"gave a {type(made).__name__}, which has no on_<event> hook method"])
@@ -882,13 +919,12 @@ def graph(target: str, fmt: str) -> None:
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Seed of a new run.")
 @click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
               help="Early stopping: evaluations without a better val_loss before a new run stops.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
-              help="Adam learning rate of a new run.")
+@click.option("--lr", type=FINITE_POSITIVE, default=0.01, show_default=True, help="Adam learning rate of a new run.")
 @click.option("--data", type=str, default=None,
               help="A CSV file (features, then an integer label) instead of the bundled digits.")
 @click.option("--new", is_flag=True, help="Start a new run even if an unfinished one exists.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary line.")
-@click.option("--delay", type=click.FloatRange(min=0), default=0.0,
+@click.option("--delay", type=Finite(0, 3600), default=0.0,
               help="Sleep this many seconds at the start of each epoch: slow enough to press Ctrl-C, then resume.")
 @click.option("--gate", is_flag=True,
               help="After training, wait at a go/no-go review gate; go exports the best model (see fsmtrain approve).")

@@ -10,6 +10,7 @@ See ``spec/log.md`` for the normative schema.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -203,8 +204,9 @@ class EventLog:
     never on a crash).
 
     Nothing is written, and no file is created, before the first write: a writer reads through a
-    read-only connection until it appends, so a command that refuses (bad input, a run not waiting)
-    leaves every file byte-for-byte as it was, and a log on read-only storage still opens for reading.
+    read-only connection until it appends (a log that does not exist yet reads as an empty one), so
+    a command that refuses (bad input, a run not waiting) leaves every file byte-for-byte as it was
+    and creates none, and a log on read-only storage still opens for reading.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False, create: bool = True,
@@ -236,8 +238,8 @@ class EventLog:
                     self._ro.close()
                     self._ro = None
                     new = True
-            if new:
-                self._open_rw()  # a new log: the schema is the first write
+            if new:  # nothing exists until the first write: until then, read an empty log in memory
+                self._open_blank()
         except BaseException:
             self.close()
             raise
@@ -275,6 +277,13 @@ class EventLog:
         conn.execute("PRAGMA query_only=ON")
         self.conn = conn
         self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+
+    def _open_blank(self) -> None:
+        """A log that does not exist yet reads as an empty one; the file is made by the first write."""
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+        self._create_schema(conn)
+        self._ro = self.conn = conn
 
     def _probe(self, conn: sqlite3.Connection) -> None:
         """Check that the file is a complete fsmtrain log of a version we read (quickly, if it is locked)."""
@@ -466,6 +475,22 @@ class EventLog:
         if isinstance(e, OverflowError):
             return UnserializableValue(f"cannot write to {self.path}: {e}")
         return e
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``with log.transaction() as conn:`` one ``BEGIN IMMEDIATE`` transaction on the writing connection,
+        committed at the end, rolled back (and the real cause raised) on any error.  For bulk imports and
+        tools; the triggers still refuse any UPDATE or DELETE."""
+        c = self._begin()
+        try:
+            yield c
+            c.execute("COMMIT")
+        except BaseException as e:
+            _rollback(c)
+            err = self._write_error(e)
+            if err is e:
+                raise
+            raise err from e
 
     def create_run(self, machine: str, fingerprint: str, *, snapshot: Mapping[str, Any], next_action: str,
                    tags: Mapping[str, Any] | None = None, parent: tuple[int, int] | None = None,

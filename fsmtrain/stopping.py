@@ -68,6 +68,10 @@ def setting(key: str) -> Setting:
 
 
 # -- checking parameters ------------------------------------------------------------------
+MAX_COUNT = 10**9
+"""The largest count (epochs, evaluations, patience, window) a condition takes."""
+
+
 class _Params:
     """Collects every problem with a condition's arguments, then raises them together."""
 
@@ -91,6 +95,10 @@ class _Params:
             ok = False
         if ok and minimum is not None and value < minimum:
             ok = False
+        if ok and integer and value > MAX_COUNT:
+            self.problems.append(f"{name} must be at most {MAX_COUNT:,} (more evaluations than any run holds), "
+                                 f"got {value:.3g}")
+            return
         if not ok:
             bound = "" if minimum is None else f" >= {minimum:g}"
             alt = " or setting('key')" if settable else ""
@@ -645,7 +653,7 @@ def slope(metric: str, window: int, *, below: float, mode: str = "min") -> Condi
     p.done()
     name = _name("slope", metric, window=window, below=below, **({"mode": mode} if mode != "min" else {}))
     xbar = (window - 1) / 2
-    sxx = sum((i - xbar) ** 2 for i in range(window))
+    sxx = window * (window * window - 1) / 12  # sum((i - xbar) ** 2 for i in range(window)), in closed form
 
     def fn(state: State) -> tuple[bool, str]:
         values = state[metric]

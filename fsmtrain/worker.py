@@ -66,7 +66,15 @@ def as_target(obj: Any, log: EventLog) -> Target:
             raise InvalidInput(f"a worker target must be a Machine, or a Python function taking the EventLog and "
                                f"returning a Trainer (or anything with .machine and .resume); got "
                                f"{type(obj).__name__} {getattr(obj, '__qualname__', '')}, which is not run")
-        obj = obj(log)
+        params = inspect.signature(obj).parameters.values()
+        required = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(required) > 1:
+            raise InvalidInput(f"a worker target function must take the EventLog (one argument); "
+                               f"{obj.__qualname__} needs {len(required)}")
+        takes_log = bool(required) or any(p.name == "log" for p in params)
+        obj = obj(log) if takes_log else obj()  # a function of no argument may build the Machine
+        if isinstance(obj, Machine):
+            return _MachineTarget(obj, log)
     if isinstance(getattr(obj, "machine", None), Machine) and callable(getattr(obj, "resume", None)):
         return obj  # type: ignore[no-any-return]
     raise InvalidInput(f"a worker target must be a Machine, or a function taking the EventLog and returning an "
@@ -155,7 +163,7 @@ class Worker:
                 runner = self.target.resume(run_id, hooks=self.hooks)
                 for _ in runner.iterate():
                     steps += 1
-                    if self._stopping:
+                    if self._stopping and runner.status == "running":  # (a step that ended the run is reported so)
                         return Report(run_id, "stopped", steps, runner.next_action,
                                       "asked to stop; the run resumes from here next time")
             except ActionFailed as e:
@@ -187,6 +195,7 @@ def _need(spec: dict[str, Any]) -> str:
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+MAX_DURATION = 365 * 86400.0
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
@@ -198,4 +207,6 @@ def parse_duration(text: str) -> float:
     seconds = float(m.group(1)) * _UNITS[m.group(2)]
     if seconds <= 0:
         raise InvalidInput(f"the duration must be positive, got {text!r}")
+    if seconds > MAX_DURATION:
+        raise InvalidInput(f"the duration {text!r} is longer than a year; give at most 365d")
     return seconds

@@ -43,28 +43,42 @@ def events_in(log_path: Path) -> int:
         return 0  # the writer is still creating the schema
 
 
-def kill_until_done(cmd: list[str], log_path: Path, rng: random.Random, kills: int, jitter: float) -> tuple[int, str]:
+def kill_until_done(cmd: list[str], log_path: Path, rng: random.Random, kills: int, jitter: float, *,
+                    env: dict[str, str] | None = None, group: bool = False) -> tuple[int, str]:
     """Start ``cmd``; once it has committed a new step, SIGKILL it after a random ``0..jitter`` s.
 
     Waiting for progress first makes every kill land inside the run (mid-action,
-    mid-commit or between commits) however fast or slow the machine is.
+    mid-commit or between commits) however fast or slow the machine is; a process
+    that makes no progress at all fails the test (after a generous limit) instead
+    of being killed blindly.  ``group=True`` kills the process's whole group (a
+    study and its pool's processes).  No process outlives the call.
     """
     killed = 0
     for _ in range(kills):
         before = events_in(log_path)
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while p.poll() is None and events_in(log_path) <= before and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, jitter))
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-            killed += 1
-        out, err = p.communicate(timeout=60)
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=group)
+        try:
+            deadline = time.monotonic() + 300
+            while p.poll() is None and events_in(log_path) <= before:
+                assert time.monotonic() < deadline, "no progress in 300 s"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, jitter))
+            if p.poll() is None:
+                if group:
+                    os.killpg(p.pid, signal.SIGKILL)
+                else:
+                    os.kill(p.pid, signal.SIGKILL)
+                killed += 1
+            out, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                (os.killpg if group else os.kill)(p.pid, signal.SIGKILL)
+                p.communicate()
         assert p.returncode in (0, -signal.SIGKILL), err
         if p.returncode == 0:
             break
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stderr
     return killed, p.stdout
 

@@ -113,8 +113,14 @@ class TestOpening:
         with EventLog(finished_log, readonly=True) as log, pytest.raises(RunNotFound, match="run 7 does not exist"):
             log.run(7)
 
+    def test_a_new_log_is_created_by_its_first_write_and_not_before(self, log_path):
+        with EventLog(log_path) as log:
+            assert log.runs() == [] and not log_path.exists()
+        assert not log_path.exists()
+
     def test_pragmas(self, log_path):
         with EventLog(log_path) as log:
+            log.create_run("m", "f" * 64, snapshot={}, next_action="a")  # the writing connection opens here
             assert log.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert log.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         with EventLog(log_path, synchronous="NORMAL") as log:

@@ -29,6 +29,7 @@ from fsmtrain.tune import (
     trials_of,
 )
 from tests.conftest import ROOT
+from tests.test_crash import kill_until_done
 
 SPACE = {"lr": LogUniform(0.01, 0.5), "hidden": IntRange(4, 16)}
 TARGET = "tests.machines.trials:trainer"
@@ -235,22 +236,10 @@ def test_a_study_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path)
     ref = subprocess.run([sys.executable, str(script), str(tmp_path / "ref.db")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr
-    rng = random.Random(11)
-    kills = 0
-    for _ in range(25):
-        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "k.db")], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            proc.wait(timeout=rng.uniform(1.0, 6.0))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the study and its pool's processes
-            proc.wait()
-            kills += 1
-            time.sleep(0.2)
-            continue
-        assert proc.returncode == 0, proc.stderr.read()
-        break
-    assert kills >= 1
+    # Each kill lands after the study (or a trial) committed something new: never a blind wall-clock guess.
+    kills, _ = kill_until_done([sys.executable, str(script), str(tmp_path / "k.db")], tmp_path / "k.db",
+                               random.Random(11), 6, 0.5, env=env, group=True)
+    assert kills >= 3
     with EventLog(tmp_path / "k.db", readonly=True) as got, EventLog(tmp_path / "ref.db", readonly=True) as want:
         study_id = next(r.id for r in got.runs() if r.machine.startswith("study:"))
         ref_id = next(r.id for r in want.runs() if r.machine.startswith("study:"))

@@ -51,19 +51,30 @@ class TestWhatIfEqualsWhatHappened:
         if stopped_by_it:
             assert row.reason == recorded.reason  # the reason recorded at the time, recomputed from the log
 
-    def test_a_time_budget_stops_where_it_did_even_across_a_restart(self, tmp_path):
-        """Active time comes from the log's timestamps: the dead gap before a resume does not count."""
-        stop = time_budget(0.05)
+    def test_a_time_budget_stops_where_it_did_even_across_a_restart(self, tmp_path, monkeypatch):
+        """Active time comes from the log's timestamps: the dead gap before a resume does not count.
+
+        A fake clock (binary-exact ticks) makes it exact on any machine, however busy: each train step
+        takes 1/16 s, the budget is 4 of them, and the process is "dead" for 100 s after two epochs.
+        """
+        import types
+
+        clock = [1024.0]
+        monkeypatch.setattr(time, "time", lambda: clock[0])
+        monkeypatch.setattr("tests.machines.curves.time", types.SimpleNamespace(
+            sleep=lambda s: clock.__setitem__(0, clock[0] + s)))
+        stop = time_budget(0.25)
         with EventLog(tmp_path / "w.db") as log:
-            first = Runner.start(curve_machine(stop), log=log, state={"curve": CURVES["falls"], "delay": 0.01})
-            first.run(max_steps=4)
-            time.sleep(0.2)  # the process "died" here for longer than the whole budget
+            first = Runner.start(curve_machine(stop), log=log, state={"curve": CURVES["falls"], "delay": 0.0625})
+            first.run(max_steps=4)  # two epochs: 1/8 s of active time
+            first.close()
+            clock[0] += 100.0  # the process "died" here for far longer than the whole budget
             again = Runner.resume(curve_machine(stop), log, first.run_id)
             again.run()
-            assert again.status == "finished" and 4 <= again.state["epoch"] < len(CURVES["falls"])
-            assert again.state.elapsed == active_time(log, first.run_id)[0] < 0.2
+            assert again.status == "finished" and again.state["epoch"] == 4
+            assert again.state.elapsed == active_time(log, first.run_id)[0] == 0.25
             (row,) = whatif(log, [stop]).rows
-        assert row.stopped_at == again.state["epoch"]
+        assert row.stopped_at == 4
 
     def test_torch_training_stopped_by_early_stopping_is_reported_exactly(self, tmp_path):
         pytest.importorskip("torch")

@@ -13,6 +13,7 @@ from fsmtrain import EventLog, Runner, decide, state_at
 from fsmtrain.errors import InvalidInput, RunBusy
 from fsmtrain.worker import Worker, parse_duration, run_lock
 from tests.conftest import ROOT, lock_held_elsewhere
+from tests.test_crash import events_in, kill_until_done
 from tests.machines.approval import machine
 
 ENV = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
@@ -156,28 +157,19 @@ class TestRealProcesses:
         assert not list((tmp_path / "g.db.artifacts" / "run1").glob("model-*"))
 
     def test_a_worker_killed_at_random_moments_ends_as_an_uninterrupted_one(self, tmp_path):
+        """Each kill lands after the worker committed a new step (observed in the log), never on a guessed sleep."""
         approved_runs(tmp_path / "w.db", 2, delay=0.08)
         for suffix in ("", "-wal", "-shm"):
             if (tmp_path / f"w.db{suffix}").exists():
                 shutil.copy(tmp_path / f"w.db{suffix}", tmp_path / f"ref.db{suffix}")
         assert fsmtrain("worker", "ref.db", "--machine", TARGET, "--once", cwd=tmp_path).returncode == 0
-        rng = random.Random(7)
-        kills = 0
-        for _ in range(40):
-            proc = start_worker("w.db", "--machine", TARGET, "--once", cwd=tmp_path)
-            try:
-                proc.wait(timeout=rng.uniform(0.2, 1.0))
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-            with EventLog(tmp_path / "w.db", readonly=True) as log:
-                if all(r.status == "finished" for r in log.runs()):
-                    break
+        cmd = [sys.executable, "-m", "fsmtrain", "worker", str(tmp_path / "w.db"), "--machine", TARGET, "--once"]
+        kills, _ = kill_until_done(cmd, tmp_path / "w.db", random.Random(7), 6, 0.15, env=ENV)
         assert kills >= 2
         with EventLog(tmp_path / "w.db", readonly=True) as got, EventLog(tmp_path / "ref.db", readonly=True) as ref:
             assert got.verify() == []
             for run in (1, 2):
+                assert got.run(run).status == "finished"
                 assert state_at(got, run) == state_at(ref, run)
                 assert history(got, run) == history(ref, run)
 
@@ -202,25 +194,33 @@ class TestRealProcesses:
         with EventLog(path) as log:
             assert Runner.start(machine, log=log).run().reason == "waiting"
         proc = start_worker("w.db", "--machine", TARGET, "--every", "0.2s", cwd=tmp_path)
-        time.sleep(1.0)
-        assert fsmtrain("approve", "w.db", "1", cwd=tmp_path).returncode == 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with EventLog(path, readonly=True) as log:
-                if log.run(1).status == "finished":
-                    break
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        try:
+            assert proc.stdout.readline().startswith("worker: passing over")  # it runs: now approve
+            assert fsmtrain("approve", "w.db", "1", cwd=tmp_path).returncode == 0
+            seen = [proc.stdout.readline() for _ in range(1)]
+            while "run 1:" not in seen[-1] and seen[-1]:
+                seen.append(proc.stdout.readline())
+            assert seen[-1].strip() == "run 1: finished after 8 step(s)", seen
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
         assert proc.returncode == 0, err
-        assert "run 1: finished after 8 step(s)" in out and "SIGTERM: stopping after the current step" in err
+        assert "SIGTERM: stopping after the current step" in err
 
     def test_sigint_stops_after_the_current_step_and_the_run_resumes_later(self, tmp_path):
         approved_runs(tmp_path / "w.db", 1, delay=0.3)
+        before = events_in(tmp_path / "w.db")
         proc = start_worker("w.db", "--machine", TARGET, "--once", cwd=tmp_path)
-        time.sleep(1.5)  # start-up, then a few 0.3 s steps
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        try:
+            deadline = time.monotonic() + 300
+            while events_in(tmp_path / "w.db") <= before:  # the worker committed its first step: interrupt it
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
         assert proc.returncode == 0, err
         assert "run 1: stopped at `" in out and "SIGINT" in err
         with EventLog(tmp_path / "w.db", readonly=True) as log:
