@@ -87,7 +87,7 @@ def h(tag: str, *children: Any, **attrs: Any) -> Markup:
             parts += [" ", name]
             continue
         text = value if isinstance(value, str) else str(value)
-        if name in _URL_ATTRS and not text.startswith(("/", "?", "#")):
+        if name in _URL_ATTRS and (not text.startswith(("/", "?", "#")) or text.startswith(("//", "/\\"))):
             raise ValueError(f"{name} must be a path on this server (/..., ?... or #...), got {text!r}")
         parts += [" ", name, '="', _escape(text, quote=True), '"']  # (Markup too: it may hold quotes)
     if tag in _VOID:

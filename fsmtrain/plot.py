@@ -143,13 +143,17 @@ def chart(series: Sequence[Series], *, title: str = "", ylabel: str = "", xlabel
         ty = y(t)
         out.append(h("line", x1=left, y1=f"{ty:.1f}", x2=left + pw, y2=f"{ty:.1f}", stroke="#e5e5e5"))
         out.append(h("text", _fmt(t), x=left - 6, y=f"{ty + 4:.1f}", text_anchor="end", fill="#444"))
-    xticks: set[float] = {1.0, float(n), float((n + 1) // 2), *(_nice_ticks(1, n, 6) if n > 2 else [])} if n else set()
+    xticks: set[float] = {1.0, float(n), *(_nice_ticks(1, n, 6) if n > 2 else [])} if n else set()
+    close = [t for t in xticks if t != n and n - t < n / 12]  # a nice tick crowding the last one
+    xticks -= set(close)
     for xt in sorted(xticks):
         if float(xt).is_integer() and 1 <= xt <= n:
             out.append(h("text", int(xt), x=f"{x(xt):.1f}", y=top + ph + 15, text_anchor="middle", fill="#444"))
     out.append(h("text", xlabel, x=f"{left + pw / 2:.0f}", y=base - 8, text_anchor="middle", fill="#444"))
     if ylabel:
-        out.append(h("text", ylabel + (" (log)" if log else ""), x=14, y=f"{top + ph / 2:.0f}", text_anchor="middle",
+        room = max(8, int(ph / 7))
+        label = ylabel if len(ylabel) <= room else ylabel[: room - 1] + "…"
+        out.append(h("text", label + (" (log)" if log else ""), x=14, y=f"{top + ph / 2:.0f}", text_anchor="middle",
                      fill="#444", transform=f"rotate(-90 14 {top + ph / 2:.0f})", class_="ylabel"))
     if mark_x is not None and n and 1 <= mark_x <= n:
         mx = x(mark_x)
@@ -233,7 +237,7 @@ class Line(NamedTuple):
 def parallel(axes: Sequence[Axis], lines: Sequence[Line], *, width: int = 720, height: int = 300,
              title: str = "") -> Markup:
     """Parallel coordinates: one axis per parameter (and the metric last), one polyline per trial."""
-    left, right, top, bottom = 40, 60, 34 if title else 22, 30
+    left, right, top, bottom = 40, 70, 50 if title else 26, 30
     pw, ph = width - left - right, height - top - bottom
     n = len(axes)
 
@@ -271,7 +275,7 @@ def parallel(axes: Sequence[Axis], lines: Sequence[Line], *, width: int = 720, h
 
     out: list[Any] = [h("rect", width=width, height=height, fill="white")]
     if title:
-        out.append(h("text", title, x=left, y=16, font_size=13, font_weight="bold", fill="#1f2937"))
+        out.append(h("text", title, x=4, y=16, font_size=13, font_weight="bold", fill="#1f2937"))
     order = sorted(range(len(lines)), key=lambda k: lines[k].style >= 0)  # grey ones underneath
     for k in order:
         ln = lines[k]
@@ -295,7 +299,7 @@ def parallel(axes: Sequence[Axis], lines: Sequence[Line], *, width: int = 720, h
     for j, a in enumerate(axes):
         xx = ax_x(j)
         out.append(h("line", x1=f"{xx:.1f}", y1=top, x2=f"{xx:.1f}", y2=top + ph, stroke="#444"))
-        out.append(h("text", a.name + (" (log)" if a.kind == "log" else ""), x=f"{xx:.1f}", y=top - 6,
+        out.append(h("text", a.name + (" (log)" if a.kind == "log" else ""), x=f"{xx:.1f}", y=top - 10,
                      text_anchor="middle", fill="#1f2937", class_="axis"))
         kind, sc = scales[j]
         if kind == "cat":
@@ -304,7 +308,8 @@ def parallel(axes: Sequence[Axis], lines: Sequence[Line], *, width: int = 720, h
             lo, hi = sc
             labels = [(_fmt(10 ** u if kind == "log" else u), top + ph * (hi - u) / (hi - lo)) for u in (lo, hi)]
         for text, yy in labels:
-            out.append(h("text", text[:14], x=f"{xx + 4:.1f}", y=f"{yy + 4:.1f}", fill="#444", font_size=10))
+            out.append(h("text", text[:14], x=f"{xx + 5:.1f}", y=f"{yy + 4:.1f}", fill="#444", font_size=10,
+                         stroke="white", stroke_width=3, paint_order="stroke"))
     return h("svg", out, xmlns="http://www.w3.org/2000/svg", width=width, height=height,
              viewBox=f"0 0 {width} {height}", font_family="sans-serif", font_size=11, class_="chart parallel",
              role="img", aria_label=f"{title}: parallel coordinates")
