@@ -271,6 +271,7 @@ def test_a_2000_event_run_is_paged_latest_first_and_stays_small(tmp_path, serve,
     assert "lr (log)" in page.text_content("#curves figure[data-metric='lr'] .ylabel")
     assert page.get_attribute("#timeline tr.at", "data-seq") == "1000"  # the view keeps what it looked at
     page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     page.screenshot(path=str(_artifact("ui-long-run-phone.png")), full_page=True)
 
 
@@ -381,6 +382,7 @@ def test_a_study_page_shows_pruned_trials_the_best_one_its_search_and_parameters
         ["act", "hidden", "lr (log)", "best val_loss"]
     page.screenshot(path=str(_artifact("ui-study.png")), full_page=True)
     page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # wide parts scroll in place
     page.screenshot(path=str(_artifact("ui-study-phone.png")), full_page=True)
 
 
