@@ -17,11 +17,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from .errors import CorruptLog, RunNotFound
-from .log import MAX_ID, EventLog, RunInfo, decode
+from .log import MAX_ID, EventLog, decode, status_of
 from .plot import is_number
 from .state import Ref, dumps, loads
 
-__all__ = ["Best", "Broken", "Row", "as_dict", "as_list", "best_of", "best_record", "chart_mode", "clip", "csv_cell",
+__all__ = ["Best", "Broken", "Row", "RunRow", "as_dict", "as_list", "best_of", "best_record", "chart_mode", "clip", "csv_cell",
            "decoded", "description_of", "ema", "fmt_duration", "fmt_num", "fmt_time", "get_run", "is_history",
            "list_runs", "metrics_of", "mode_of", "monitored_best", "refs_of", "rows_of", "series_of", "sort_key",
            "study_settings", "tags_of"]
@@ -175,17 +175,39 @@ def tags_of(text: Any) -> dict[str, Any]:
     return tags if isinstance(tags, dict) else {"tags": tags}
 
 
-def list_runs(log: EventLog, where: str = "", params: Sequence[Any] = ()) -> list[RunInfo]:
+class RunRow(NamedTuple):
+    """A run and what its last event says (the fields of :class:`fsmtrain.log.RunInfo`, read tolerantly)."""
+
+    id: int
+    machine: Any
+    fingerprint: Any
+    created: Any
+    parent_id: Any
+    parent_seq: Any
+    tags: dict[str, Any]
+    last_seq: Any
+    steps: Any
+    last_time: Any
+    last_kind: Any
+    last_action: Any
+    next: Any
+
+    @property
+    def status(self) -> str:
+        return status_of(self.last_kind, self.next)
+
+
+def list_runs(log: EventLog, where: str = "", params: Sequence[Any] = ()) -> list[RunRow]:
     """Every run (or those ``where`` selects) with what its last event says, oldest first."""
     out = []
     for row in log.conn.execute(_RUNS_SQL + where + " ORDER BY r.id", list(params)):
         r = list(row)
         r[6] = tags_of(r[6])
-        out.append(RunInfo(*r))
+        out.append(RunRow(*r))
     return out
 
 
-def get_run(log: EventLog, run_id: int) -> RunInfo:
+def get_run(log: EventLog, run_id: int) -> RunRow:
     found = list_runs(log, " WHERE r.id = ?", [run_id])
     if not found:
         n = log.conn.execute("SELECT count(*) FROM runs").fetchone()[0]
@@ -300,7 +322,7 @@ class Best(NamedTuple):
     mode: str
 
 
-def monitored_best(log: EventLog, r: RunInfo, metric: str | None, mode: str | None,
+def monitored_best(log: EventLog, r: RunRow, metric: str | None, mode: str | None,
                     studies: dict[Any, dict[str, Any]]) -> Best | None:
     """The best value of the run's monitored metric: ``metric`` when asked for, else its ``best`` record
     (a checkpoint's monitor), else (a study's trial) the study's metric."""

@@ -19,11 +19,12 @@ from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 from .errors import FsmtrainError, RunNotFound
-from .log import MAX_ID, EventLog, RunInfo
+from .log import MAX_ID, EventLog
 from .logview import (
     Best,
     Broken,
     Row,
+    RunRow,
     as_dict,
     as_list,
     best_of,
@@ -137,7 +138,7 @@ class Pages:
         q["per"] = self._int(r, "per", RUNS_PER_PAGE, 10, 500)
         return q
 
-    def _listing(self, log: EventLog, q: dict[str, Any]) -> tuple[list[RunInfo], list[RunInfo], list[str]]:
+    def _listing(self, log: EventLog, q: dict[str, Any]) -> tuple[list[RunRow], list[RunRow], list[str]]:
         runs = list_runs(log)
         machines = sorted({str(x.machine) for x in runs})
         chosen = runs
@@ -148,7 +149,7 @@ class Pages:
         if q["tag"]:
             key, sep, want = q["tag"].partition("=")
             chosen = [x for x in chosen if key in x.tags and (not sep or clip(x.tags[key], 10_000) == want)]
-        keys: dict[str, Callable[[RunInfo], Any]] = {
+        keys: dict[str, Callable[[RunRow], Any]] = {
             "id": lambda x: (0, x.id), "machine": lambda x: sort_key(x.machine), "status": lambda x: (1, x.status),
             "steps": lambda x: sort_key(x.steps), "started": lambda x: sort_key(x.created),
             "updated": lambda x: sort_key(x.last_time),
@@ -186,7 +187,7 @@ class Pages:
         live_url = self._link("/api/live/runs", **{k: v for k, v in r.query.items() if k != "token"}) if live else None
         return self.document(self.log_path.name, body, live=live_url, since=version)
 
-    def _runs_table(self, log: EventLog, chosen: list[RunInfo], q: dict[str, Any]) -> Markup:
+    def _runs_table(self, log: EventLog, chosen: list[RunRow], q: dict[str, Any]) -> Markup:
         per, total = q["per"], len(chosen)
         pages = max(1, math.ceil(total / per))
         page = min(q["page"], pages)
@@ -240,7 +241,7 @@ class Pages:
         items.append(h("a", labels[1] + " »", href=link(page + 1), rel="next") if page < pages else None)
         return h("nav", items, class_="pager", aria_label="pages")
 
-    def _run_row(self, x: RunInfo, best: Best | None) -> Markup:
+    def _run_row(self, x: RunRow, best: Best | None) -> Markup:
         machine = str(x.machine)
         kind = "study" if machine.startswith("study:") else "run"
         status = x.status
@@ -311,7 +312,7 @@ class Pages:
                 parts["timeline"]]
         return self.document(f"run {run_id}", body, live=live, since=info.last_seq)
 
-    def _run_parts(self, log: EventLog, info: RunInfo, v: dict[str, Any]) -> dict[str, Markup]:
+    def _run_parts(self, log: EventLog, info: RunRow, v: dict[str, Any]) -> dict[str, Markup]:
         run_id = info.id
         last_seq = info.last_seq if isinstance(info.last_seq, int) else 0
         at = v["at"] if v["at"] is not None and 1 <= v["at"] <= last_seq else None
@@ -348,7 +349,7 @@ class Pages:
         }
         return out
 
-    def _run_head(self, log: EventLog, info: RunInfo) -> Markup:
+    def _run_head(self, log: EventLog, info: RunRow) -> Markup:
         status = info.status
         resumes = log.conn.execute("SELECT count(*) FROM events WHERE run_id = ? AND kind = 'resume'", (info.id,)).fetchone()[0]
         interrupted = 0
@@ -378,7 +379,7 @@ class Pages:
                      h("p", h("a", "metrics as CSV", href=f"/run/{info.id}/metrics.csv"), " · ",
                        h("a", "state as JSON", href=f"/api/run/{info.id}/state"), class_="muted")])
 
-    def _attention(self, log: EventLog, info: RunInfo) -> Markup | None:
+    def _attention(self, log: EventLog, info: RunRow) -> Markup | None:
         """What a person must see first: a failed run's error, who stopped it and why, the gate, what happens next."""
         status = info.status
         last = rows_of(log, info.id, info.last_seq, info.last_seq)[0]
@@ -419,7 +420,7 @@ class Pages:
                      class_="box note", id="next-step")
         return None
 
-    def _gate_form(self, info: RunInfo, waiting: Row) -> Markup:
+    def _gate_form(self, info: RunRow, waiting: Row) -> Markup:
         note = as_dict(waiting.info)
         needs = [n for n in as_list(note.get("needs")) if isinstance(n, dict) and isinstance(n.get("name"), str)]
         writable = not self.readonly and os.access(self.log_path, os.W_OK) and os.access(self.log_path.parent, os.W_OK)
@@ -518,7 +519,7 @@ class Pages:
         return join([h("p", "smoothing: ", join(smoothing, " "), class_="controls"),
                      h("div", figures, class_="charts", id="curves")])
 
-    def _graph(self, log: EventLog, info: RunInfo) -> Markup | None:
+    def _graph(self, log: EventLog, info: RunRow) -> Markup | None:
         description = description_of(log, info.id)
         if description is None:
             return None
@@ -757,7 +758,7 @@ class Pages:
                 parts["head"], parts["trials"], parts["curves"], parts["parallel"]]
         return self.document(f"study {run_id}", body, live=live, since=version)
 
-    def _study_parts(self, log: EventLog, info: RunInfo) -> dict[str, Markup]:
+    def _study_parts(self, log: EventLog, info: RunRow) -> dict[str, Markup]:
         from .tune.study import table, trials_of
 
         cache: dict[str, Any] = {}
@@ -810,7 +811,7 @@ class Pages:
             rows, _ = trials()
             s = state()
             metric = clip(s.get("metric"), 60)
-            children: dict[Any, RunInfo] = {x.id: x for x in list_runs(log, " WHERE r.parent_id = ?", [info.id])}
+            children: dict[Any, RunRow] = {x.id: x for x in list_runs(log, " WHERE r.parent_id = ?", [info.id])}
             best_run = as_dict(s.get("best")).get("run_id")
             out = []
             for row in rows:
