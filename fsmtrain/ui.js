@@ -20,9 +20,25 @@
     while (max > 0 && el.children.length > max) { el.removeChild(el.lastElementChild); }
   }
 
+  // Boxes a person ticked (runs to compare) stay ticked when the part holding them is replaced.
+  function ticked() {
+    var keep = {};
+    var boxes = document.querySelectorAll("input[type=checkbox]:checked");
+    for (var i = 0; i < boxes.length; i++) { keep[boxes[i].name + "=" + boxes[i].value] = true; }
+    return keep;
+  }
+
+  function retick(keep) {
+    var boxes = document.querySelectorAll("input[type=checkbox]");
+    for (var i = 0; i < boxes.length; i++) {
+      if (keep[boxes[i].name + "=" + boxes[i].value]) { boxes[i].checked = true; }
+    }
+  }
+
   function apply(data) {
     var id, el;
     if (data.reload) { window.location.reload(); return false; }
+    var keep = ticked();
     var replace = data.replace || {};
     for (id in replace) {
       if (Object.prototype.hasOwnProperty.call(replace, id)) {
@@ -30,6 +46,7 @@
         if (el) { el.outerHTML = replace[id] || "<section id=\"" + id + "\"></section>"; }
       }
     }
+    retick(keep);
     var prepend = data.prepend || {};
     for (id in prepend) {
       if (Object.prototype.hasOwnProperty.call(prepend, id)) {

@@ -492,6 +492,17 @@ def test_a_live_page_updates_in_place_and_refreshes_itself_without_scripts(log_f
     assert page.eval_on_selector_all("#timeline-rows tr", "rows => +rows[0].dataset.seq") == ev.seq
     assert errors == [] and "live" in page.inner_text("#live-state")
 
+    page.goto(f"{s.base}/")  # the runs list follows too, and keeps what was ticked for compare
+    page.check("#runs tr[data-run='1'] input[type=checkbox]")
+    steps = page.inner_text("#runs tr[data-run='2'] td:nth-child(5)")
+    with EventLog(log_file) as log:
+        log.append(2, ev.seq, kind="step", step=ev.step + 1, action="train", next_action="evaluate",
+                   updates={"set": {"epoch": 99}})
+    page.wait_for_function("s => document.querySelector(\"#runs tr[data-run='2'] td:nth-child(5)\").textContent !== s",
+                           arg=steps)
+    assert page.is_checked("#runs tr[data-run='1'] input[type=checkbox]")
+    assert page.evaluate("window.__stayed") is None  # (a new page: the list was not reloaded either)
+
     still = open_page(browser, s.app.url, java_script_enabled=False)
     still.goto(f"{s.base}/run/2")
     with still.expect_navigation():  # the <noscript> refresh
