@@ -496,7 +496,8 @@ def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
 @click.option("--allow-remote", is_flag=True, help="Allow a --host other machines can reach (plain HTTP: anyone with "
                                                    "the URL reads the log and answers gates).")
-def ui(log: Path, port: int, host: str, allow_remote: bool) -> None:
+@click.option("--read-only", "read_only", is_flag=True, help="Never write: gate forms are shown disabled.")
+def ui(log: Path, port: int, host: str, allow_remote: bool, read_only: bool) -> None:
     """Serve a local web page over LOG: runs, curves, the graph, the timeline, the state, gates.
 
     Pages read the log read-only and follow running runs.  Every page needs the
@@ -515,7 +516,7 @@ def ui(log: Path, port: int, host: str, allow_remote: bool) -> None:
     if not is_loopback(host) and not allow_remote:
         raise click.UsageError(f"--host {host} would serve the log to other machines; the page is meant for this one. "
                                "Pass --allow-remote to do so deliberately")
-    app = UI(log, allow_remote=allow_remote)
+    app = UI(log, allow_remote=allow_remote, readonly=read_only)
     try:
         server = app.bind(host, port)
     except OSError as e:

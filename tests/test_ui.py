@@ -442,7 +442,8 @@ def test_runs_that_need_attention_say_why_near_the_top(tmp_path, serve, browser)
 
 
 def test_a_read_only_server_shows_the_gate_with_its_buttons_disabled_and_how_to_answer(log_file, serve, browser):
-    """Where the page cannot answer, the form is visibly disabled and says where to answer instead; a post is refused."""
+    """Where the page cannot answer (`fsmtrain ui --read-only`), the form is visibly disabled and says where to answer
+    instead; a post is refused."""
     s = serve(log_file, readonly=True)
     page = open_page(browser, s.app.url)
     page.goto(f"{s.base}/run/3")
@@ -453,6 +454,23 @@ def test_a_read_only_server_shows_the_gate_with_its_buttons_disabled_and_how_to_
     code, _, body = s.get("/run/3/input", method="POST", body=f"decision=go&token={s.app.token}",
                           headers=[("Content-Type", "application/x-www-form-urlencoded")])
     assert code == 403 and "read-only" in body and file_digest(log_file) == before
+
+
+def test_the_cli_read_only_flag_writes_nothing(log_file):
+    """`fsmtrain ui --read-only` serves the pages but refuses the gate's form, leaving the log as it was."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fsmtrain", "ui", str(log_file), "--port", str(port), "--read-only"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        token = token_of(re.search(r"(http://\S+)", proc.stdout.readline()).group(1))
+        before = file_digest(log_file)
+        code, _, body = request(port, "/run/3/input", method="POST", body=f"decision=go&token={token}",
+                                headers=[("Content-Type", "application/x-www-form-urlencoded")])
+        assert code == 403 and "read-only" in body and file_digest(log_file) == before
+        assert request(port, "/run/3", cookie=f"fsmtrain_ui_{port}={token}")[0] == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
 
 
 def test_the_graph_lists_every_condition_in_full(tmp_path, serve, browser):
@@ -577,9 +595,10 @@ def _forged(path):
                        {"index": PAYLOAD, "run_id": PAYLOAD, "params": {PAYLOAD: 1.0}}],
             "updates": [{"index": 0, "status": PAYLOAD, "epochs": PAYLOAD, "values": [1.0, 0.5]}],
             "best": {"index": PAYLOAD, "run_id": PAYLOAD, "value": PAYLOAD, "epoch": PAYLOAD, "params": {PAYLOAD: PAYLOAD}}})
-    # what no writer makes: an unknown kind, and text in the step column (as an outside editor could insert)
-    tamper(path, ("INSERT INTO events (run_id, seq, step, time, kind, action, next, prev_hash, hash) "
-                  "VALUES (2, 3, ?, 0, ?, ?, ?, 'x', 'x')", (PAYLOAD, PAYLOAD, PAYLOAD, None)))
+    # what no writer makes: an unknown kind, text in the step and attempt columns, inputs of a stopped run
+    tamper(path, ("INSERT INTO events (run_id, seq, step, time, kind, action, attempt, inputs, next, prev_hash, hash) "
+                  "VALUES (2, 3, ?, 0, ?, ?, ?, ?, ?, 'x', 'x')",
+                  (PAYLOAD, PAYLOAD, PAYLOAD, PAYLOAD, json.dumps({PAYLOAD: PAYLOAD}), None)))
     return ["/", "/run/1", "/run/1?at=2", "/run/2", "/run/3", "/study/4", "/run/4", "/compare?run=1&run=2&run=4",
             f"/?status=waiting&tag={PAYLOAD}", "/run/1?tpage=1&log=" + PAYLOAD]
 
