@@ -528,12 +528,16 @@ def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
-def ui(log: Path, port: int, host: str) -> None:
+@click.option("--allow-remote", is_flag=True, help="Allow a --host other machines can reach (plain HTTP: anyone with "
+                                                   "the URL reads the log and answers gates).")
+@click.option("--read-only", "read_only", is_flag=True, help="Never write: gate forms are shown disabled.")
+def ui(log: Path, port: int, host: str, allow_remote: bool, read_only: bool) -> None:
     """Serve a local web page over LOG: runs, curves, the graph, the timeline, the state, gates.
 
-    Pages read the log read-only and refresh while a run is running.  A waiting
-    run shows its gate's inputs as a form; submitting needs the token in the URL
-    printed at start, and goes through the same checks as `fsmtrain input`.
+    Pages read the log read-only and follow running runs.  Every page needs the
+    token in the URL printed at start (opening it once sets a cookie); a waiting
+    run shows its gate's inputs as a form, checked like `fsmtrain input`.  Only
+    loopback addresses are served unless --allow-remote is given.
 
     \b
     Example:
@@ -541,17 +545,24 @@ def ui(log: Path, port: int, host: str) -> None:
     """
     import errno
 
-    from .ui import UI
+    from .ui import UI, is_loopback
 
-    app = UI(log)
+    if not is_loopback(host) and not allow_remote:
+        raise click.UsageError(f"--host {host} would serve the log to other machines; the page is meant for this one. "
+                               "Pass --allow-remote to do so deliberately")
+    app = UI(log, allow_remote=allow_remote, readonly=read_only)
     try:
         server = app.bind(host, port)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise click.UsageError(f"port {port} on {host} is in use; pick another with --port") from None
         raise click.UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        echo(f"warning: listening on {host}, not only this machine; the token guards the gate forms", err=True)
+    if not is_loopback(host):
+        bar = "!" * 78
+        echo(f"{bar}\nWARNING: serving {log} to the network on {host}:{app.port} over plain HTTP.\n"
+             "Anyone who can reach this port and learns the URL below can read the whole log and answer\n"
+             "its gates; the token is the only protection and travels unencrypted. Prefer an SSH tunnel\n"
+             f"(ssh -L {app.port}:127.0.0.1:{app.port} HOST) to a loopback server.\n{bar}", err=True)
     echo(f"fsmtrain ui on {log}: {app.url}   (Ctrl-C to stop)", err=False)
     try:
         server.serve_forever()

@@ -1,129 +1,115 @@
 """``fsmtrain ui``: a local web page over a log — runs, curves, the graph, the timeline, the state, gates.
 
-Served by the standard library's HTTP server, every page rendered here as
-HTML and plain SVG (no build step, no CDN, no script).  Pages read the log
-read-only; the only write is a gate's input, which needs the server's token
-(printed in the URL at start) and goes through the same validation as
-``fsmtrain input``.  Nothing from the log is ever executed or imported: every
-text is escaped.
+Served by the standard library's HTTP server.  This module is the server: hosts,
+tokens, routing, responses and the one write (a gate's input, validated like
+``fsmtrain input``); :mod:`fsmtrain.pages` builds the pages, every one with the
+escaping builder of :mod:`fsmtrain.markup` (HTML and SVG alike, no template that
+could forget to escape), from the tolerant readers of :mod:`fsmtrain.logview`.
+
+Security: the server answers only to loopback ``Host`` names (a page elsewhere
+cannot read it through a rebinding DNS name), every request needs the token the
+server printed (the token URL sets a cookie once, so links do not carry it),
+and every response carries a strict Content-Security-Policy (scripts only from
+this server: the small ``ui.js`` that updates a live page in place; with
+scripts off, live pages refresh themselves) and ``nosniff``.
 """
 
 from __future__ import annotations
 
-import html
-import json
-import math
+import hmac
+import ipaddress
+import os
+import re
 import secrets
+import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlencode, urlparse
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, urlencode, urlsplit
 
-from .errors import FsmtrainError
-from .log import EventLog
-from .plot import curves
-from .replay import state_at
-from .state import Ref, dumps
+from .errors import EventNotFound, FsmtrainError, LogBusy, RunNotFound
+from .log import MAX_ID, EventLog
+from .logview import clip
+from .markup import Markup, h
+from .pages import ID, Csv, Pages, Request
+from .plot import graph_svg
+from .state import dumps
 
-__all__ = ["UI", "graph_svg"]
+__all__ = ["UI", "graph_svg", "is_loopback"]
 
-E = html.escape
-CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:13px}
-td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
-.waiting{color:#b45309}.finished{color:#15803d}.failed{color:#b91c1c}.running{color:#1d4ed8}
-pre{background:#f6f6f6;padding:8px;max-height:30em;overflow:auto;font-size:12px}
-form.gate{background:#fef3c7;padding:10px;border:1px solid #f59e0b;display:inline-block}
-button{font-size:14px;margin-right:8px}.err{background:#fee2e2;padding:8px;border:1px solid #ef4444}"""
-
-
-def graph_svg(description: dict[str, Any], current: str | None) -> str:
-    """The machine as an SVG: actions as boxes in order from the entry, transitions as labelled arrows;
-    ``current`` (the action due next) is filled and has ``class="current"``."""
-    names = list(description["actions"])
-    entry = description["entry"]
-    order = [entry]  # in the order a run meets them: breadth first from the entry, in transition order
-    for name in order:
-        for src, dst, _ in description["transitions"]:
-            if src == name and dst not in order:
-                order.append(dst)
-    order += [n for n in names if n not in order]
-    w, h, gap = 120, 34, 90
-    pos = {n: (20 + i * (w + gap), 60) for i, n in enumerate(order)}
-    width = 40 + len(order) * (w + gap)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="190" font-family="sans-serif" font-size="11">',
-           '<defs><marker id="a" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto">'
-           '<path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>']
-    for k, (src, dst, cond) in enumerate(description["transitions"]):
-        (x1, y1), (x2, _) = pos[src], pos[dst]
-        if src == dst:
-            d = f"M{x1 + w / 2 - 10},{y1} C{x1 + w / 2 - 30},{y1 - 40} {x1 + w / 2 + 30},{y1 - 40} {x1 + w / 2 + 10},{y1}"
-            lx, ly = float(x1 + w / 2), float(y1 - 34)
-        else:
-            forward = x2 > x1
-            sx, ex = (x1 + w, x2) if forward else (x1, x2 + w)
-            sy = ey = y1 + h / 2
-            bend: float = -50 - 12 * (k % 3) if forward else 80 + 12 * (k % 3)
-            if forward and x2 - x1 == w + gap:
-                bend = 0
-            d = f"M{sx},{sy} Q{(sx + ex) / 2},{sy + bend} {ex},{ey}"
-            lx, ly = float((sx + ex) / 2), float(sy + bend / 2 - 3 if bend else sy - 6)
-        out.append(f'<path d="{d}" fill="none" stroke="#555" marker-end="url(#a)"/>')
-        if cond != "default":
-            out.append(f'<text x="{lx:.0f}" y="{ly:.0f}" text-anchor="middle" fill="#555">{E(_short(cond, 40))}</text>')
-    for n in order:
-        x, y = pos[n]
-        cls = ' class="current"' if n == current else ""
-        fill = "#fde68a" if n == current else ("#fff7ed" if description["actions"][n].get("inputs") else "white")
-        border = 3 if n in description.get("terminal", []) else 1
-        out.append(f'<g data-action="{E(n)}"{cls}><rect x="{x}" y="{y}" width="{w}" height="{h}" rx="8" fill="{fill}" '
-                   f'stroke="#333" stroke-width="{border}"/><text x="{x + w / 2}" y="{y + 21}" text-anchor="middle">'
-                   f'{E(n)}</text></g>')
-    out.append("</svg>")
-    return "\n".join(out)
+MAX_FORM = 100_000
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+STATIC = {"ui.js": "text/javascript; charset=utf-8", "ui.css": "text/css; charset=utf-8"}
 
 
-def _short(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``), with or without brackets."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
-def _metrics(state: Any) -> dict[str, list[float]]:
-    out = {}
-    for k in sorted(state):
-        v = state[k]
-        if isinstance(v, Sequence) and not isinstance(v, str) and v and \
-                all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-            out[k] = [float(x) for x in v]
-    return out
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
-def _refs(value: Any, where: str = "") -> list[tuple[str, Ref]]:
-    if isinstance(value, Ref):
-        return [(where, value)]
-    if isinstance(value, dict):
-        return [r for k, v in value.items() for r in _refs(v, f"{where}.{k}" if where else k)]
-    if isinstance(value, list):
-        return [r for i, v in enumerate(value) for r in _refs(v, f"{where}[{i}]")]
-    return []
+class Response(NamedTuple):
+    code: int
+    body: bytes
+    content_type: str = "text/html; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class UI:
-    """The server: ``UI(log_path).serve(host, port)``; ``url`` carries the token."""
+    """The server: ``UI(log_path).bind(host, port)``, then ``serve_forever`` (or ``serve_in_thread``);
+    ``url`` carries the token.  A host that is not loopback is refused unless ``allow_remote``."""
 
-    def __init__(self, log_path: str | Path, *, token: str | None = None) -> None:
+    def __init__(self, log_path: str | os.PathLike[str], *, token: str | None = None, allow_remote: bool = False,
+                 readonly: bool = False) -> None:
         self.log_path = Path(log_path)
+        self.readonly = readonly  # never answer a gate (also when the log cannot be written)
         with EventLog(self.log_path, readonly=True):  # a clear error now if it is not a log
             pass
         self.token = token or secrets.token_urlsafe(16)
+        self.allow_remote = allow_remote
+        self.pages = Pages(self.log_path, self.token, readonly=readonly)
         self.server: ThreadingHTTPServer | None = None
+        self._hosts: set[str] = {"127.0.0.1", "localhost", "::1"}
 
     def bind(self, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+        """Listen on ``host:port`` (``port=0``: any free port); refuses a non-loopback host unless ``allow_remote``."""
+        if not is_loopback(host) and not self.allow_remote:
+            raise FsmtrainError(f"--host {host} would serve the log to other machines; the page is meant for this one. "
+                                "Pass --allow-remote to do so deliberately (anyone who gets the URL can read the log "
+                                "and answer gates, over plain HTTP)")
         ui = self
+        bare = host.strip("[]")
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 30  # a client that stops sending holds a thread no longer than this
+            server_version = "fsmtrain-ui"
+            sys_version = ""
+
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
+
+            def end_headers(self) -> None:  # every response, error pages of the standard library included
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.send_header("Content-Security-Policy", CSP)
+                self.send_header("Referrer-Policy", "no-referrer")
+                self.send_header("Cache-Control", "no-store")
+                super().end_headers()
 
             def do_GET(self) -> None:
                 ui._handle(self, "GET")
@@ -131,15 +117,34 @@ class UI:
             def do_POST(self) -> None:
                 ui._handle(self, "POST")
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that vanished mid-request: no traceback on the terminal that runs the server
+
+        self.server = Server((bare, port), Handler)
         self.server.daemon_threads = True
+        self._hosts.add(bare.lower())
+        if self.allow_remote and bare in ("0.0.0.0", "::", ""):
+            self._hosts |= {socket.gethostname().lower(), socket.getfqdn().lower()}
         return self.server
 
     @property
-    def url(self) -> str:
+    def port(self) -> int:
         assert self.server is not None
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}/?token={self.token}"
+        return int(self.server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The address to open, with the token (it sets a cookie; later links do not carry it)."""
+        assert self.server is not None
+        host = str(self.server.server_address[0])
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/?token={self.token}"
 
     def serve_in_thread(self) -> threading.Thread:
         assert self.server is not None
@@ -147,205 +152,168 @@ class UI:
         t.start()
         return t
 
-    # -- routing -------------------------------------------------------------------------------------
+    # -- requests ----------------------------------------------------------------------------------------
     def _handle(self, req: BaseHTTPRequestHandler, method: str) -> None:
-        url = urlparse(req.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        authed = secrets.compare_digest(query.get("token", ""), self.token)
-        parts = [p for p in url.path.split("/") if p]
         try:
-            if method == "GET" and not parts:
-                return self._send(req, 200, self._runs_page(authed))
-            if method == "GET" and len(parts) == 2 and parts[0] in ("run", "study") and parts[1].isdigit():
-                run_id = int(parts[1])
-                page = self._run_page(run_id, query, authed) if parts[0] == "run" else self._study_page(run_id, authed)
-                return self._send(req, 200, page)
-            if method == "GET" and len(parts) == 3 and parts[0] == "api" and parts[1] == "run" and parts[2].isdigit():
-                return self._send_json(req, self._run_json(int(parts[2])))
-            if method == "POST" and len(parts) == 3 and parts[0] == "run" and parts[1].isdigit() and parts[2] == "input":
-                return self._post_input(req, int(parts[1]))
-            return self._send(req, 404, self._page("Not found", f"<p>No page {E(url.path)}.</p>"))
+            resp = self._respond(req, method)
         except FsmtrainError as e:
-            code = 404 if "does not exist" in str(e) else 400
-            return self._send(req, code, self._page("Error", f'<p class="err">{E(str(e))}</p><p><a href="/">runs</a></p>'))
+            resp = self._error(e)
         except Exception as e:  # a bug of ours: say so, keep serving
-            return self._send(req, 500, self._page("Error", f'<p class="err">{E(type(e).__name__)}: {E(str(e))}</p>'))
-
-    def _send(self, req: BaseHTTPRequestHandler, code: int, body: str, headers: dict[str, str] | None = None) -> None:
-        data = body.encode()
-        req.send_response(code)
-        req.send_header("Content-Type", "text/html; charset=utf-8")
-        req.send_header("Content-Length", str(len(data)))
-        req.send_header("Cache-Control", "no-store")
-        req.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-                                                   "form-action 'self'")
-        for k, v in (headers or {}).items():
+            resp = self._message(500, "Error", f"The page failed ({type(e).__name__}: {e}). This is a bug in "
+                                               "fsmtrain ui; the log is unchanged.")
+        req.send_response(resp.code)
+        req.send_header("Content-Type", resp.content_type)
+        req.send_header("Content-Length", str(len(resp.body)))
+        for k, v in resp.headers:
             req.send_header(k, v)
         req.end_headers()
-        req.wfile.write(data)
+        if resp.body:
+            try:
+                req.wfile.write(resp.body)
+            except (BrokenPipeError, ConnectionResetError):  # the browser went away: nothing to tell anyone
+                req.close_connection = True
 
-    def _send_json(self, req: BaseHTTPRequestHandler, obj: Any) -> None:
-        data = dumps(obj).encode()
-        req.send_response(200)
-        req.send_header("Content-Type", "application/json")
-        req.send_header("Content-Length", str(len(data)))
-        req.end_headers()
-        req.wfile.write(data)
+    def _error(self, e: FsmtrainError) -> Response:
+        code = 404 if isinstance(e, (RunNotFound, EventNotFound)) else 503 if isinstance(e, LogBusy) else 400
+        return self._message(code, "Not found" if code == 404 else "Error", str(e), back=True)
 
-    def _page(self, title: str, body: str, *, refresh: bool = False) -> str:
-        meta = '<meta http-equiv="refresh" content="2">' if refresh else ""
-        return (f"<!doctype html><html><head><meta charset='utf-8'>{meta}<title>{E(title)} · fsmtrain</title>"
-                f"<style>{CSS}</style></head><body>{body}</body></html>")
+    def _host_ok(self, host: str | None) -> bool:
+        if not host:
+            return False
+        host = host.strip().lower()
+        m = re.fullmatch(r"(\[[0-9a-f:.]+\]|[^:\[\]]+)(?::[0-9]{1,5})?", host)
+        if not m:
+            return False
+        name = m.group(1).strip("[]")
+        return name in self._hosts or is_loopback(name) or (self.allow_remote and _ip_literal(name))
 
-    def _link(self, path: str, authed: bool, **params: Any) -> str:
-        q = {**params, **({"token": self.token} if authed else {})}
-        return path + ("?" + urlencode(q) if q else "")
+    def _authed(self, req: BaseHTTPRequestHandler, given: str | None) -> bool:
+        want = self.token.encode()
+        if given is not None:
+            return hmac.compare_digest(given.encode("utf-8", "replace"), want)
+        for part in (req.headers.get("Cookie") or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == self._cookie and hmac.compare_digest(value.strip().encode("utf-8", "replace"), want):
+                return True
+        return False
 
-    # -- pages -----------------------------------------------------------------------------------------
-    def _runs_page(self, authed: bool) -> str:
-        with EventLog(self.log_path, readonly=True) as log:
-            runs = log.runs()
-        rows = []
-        for r in runs:
-            kind = "study" if r.machine.startswith("study:") else "run"
-            parent = f'<a href="{self._link(f"/run/{r.parent_id}", authed)}">{r.parent_id}</a>' if r.parent_id else ""
-            rows.append(f'<tr data-run="{r.id}"><td><a href="{self._link(f"/{kind}/{r.id}", authed)}">{r.id}</a></td>'
-                        f"<td>{E(r.machine)}</td><td class='{r.status}'>{r.status}</td><td>{r.steps}</td>"
-                        f"<td>{E(r.last_action or '')}</td><td>{parent}</td></tr>")
-        body = (f"<h1>{E(self.log_path.name)}</h1><table id='runs'><tr><th>run</th><th>machine</th><th>status</th>"
-                f"<th>steps</th><th>last action</th><th>parent</th></tr>{''.join(rows)}</table>")
-        live = any(r.status == "running" for r in runs)
-        return self._page(self.log_path.name, body, refresh=live)
+    @property
+    def _cookie(self) -> str:
+        return f"fsmtrain_ui_{self.port}"
 
-    def _run_page(self, run_id: int, query: dict[str, str], authed: bool) -> str:
-        with EventLog(self.log_path, readonly=True) as log:
-            info = log.run(run_id)
-            events = list(log.events(run_id))
-            at = int(query["at"]) if query.get("at", "").isdigit() else info.last_seq
-            state = state_at(log, run_id, at)
-            final = state if at == info.last_seq else state_at(log, run_id)
-        description = next((e.info.get("machine") for e in reversed(events)
-                            if isinstance(e.info, dict) and isinstance(e.info.get("machine"), dict)), None)
-        last = events[-1]
-        current = last.action if info.status == "waiting" else info.next
-        parts = [f"<p><a href='{self._link('/', authed)}'>runs</a></p>",
-                 f"<h1>run {run_id} · {E(info.machine)} · <span class='{info.status}' id='status'>{info.status}</span></h1>"]
-        if info.parent_id:
-            parts.append(f"<p>child of <a href='{self._link(f'/study/{info.parent_id}', authed)}'>study {info.parent_id}</a></p>")
-        if info.status == "waiting":
-            parts.append(self._gate_form(run_id, last, final, authed))
-        metrics = _metrics(final)
-        if metrics:
-            parts.append("<h2>metrics</h2><div id='curves'>" + curves(metrics, title=f"run {run_id}") + "</div>")
-        if description is not None:
-            parts.append("<h2>machine</h2><div id='graph'>" + graph_svg(description, current) + "</div>")
-        refs = _refs(final.to_dict())
-        if refs:
-            parts.append("<h2>checkpoints</h2><table id='refs'>" + "".join(
-                f"<tr><td>{E(k)}</td><td>{E(r.path)}</td><td>{r.size} bytes</td><td><code>{r.sha256[:16]}…</code></td></tr>"
-                for k, r in refs) + "</table>")
-        parts.append(f"<h2>state after event {at}</h2><pre id='state'>"
-                     f"{E(json.dumps(json.loads(state.to_json()), indent=1, sort_keys=True, allow_nan=True))}</pre>")
-        rows = []
-        for e in events:
-            detail = ""
-            if e.kind == "step" and isinstance(e.info, dict) and e.info.get("condition") not in (None, "default"):
-                detail = f"[{_short(str(e.info.get('reason')), 100)}] "
-            if e.updates:
-                detail += _short(dumps(e.updates), 120)
-            if e.inputs:
-                detail += " inputs " + _short(dumps(e.inputs), 80)
-            if e.error:
-                detail += " " + _short(e.error.strip().splitlines()[-1], 100)
-            rows.append(f"<tr data-seq='{e.seq}'><td><a href='{self._link(f'/run/{run_id}', authed, at=e.seq)}'>{e.seq}</a>"
-                        f"</td><td>{e.kind}</td><td>{E(e.action or '')}</td><td>{E(e.next or '')}</td><td>{E(detail)}</td></tr>")
-        parts.append("<h2>timeline</h2><table id='timeline'><tr><th>seq</th><th>kind</th><th>action</th><th>next</th>"
-                     "<th>details</th></tr>" + "".join(rows) + "</table>")
-        return self._page(f"run {run_id}", "".join(parts), refresh=info.status == "running")
+    def _respond(self, req: BaseHTTPRequestHandler, method: str) -> Response:
+        if not self._host_ok(req.headers.get("Host")):
+            return self._message(421, "Wrong host", f"This fsmtrain ui answers only to this machine's loopback "
+                                 f"names (http://127.0.0.1:{self.port}/); Host {clip(req.headers.get('Host'), 80)!r} "
+                                 "is not one of them.")
+        url = urlsplit(req.path)
+        multi = parse_qs(url.query, keep_blank_values=True)
+        query = {k: v[-1] for k, v in multi.items()}
+        parts = [p for p in url.path.split("/") if p]
+        r = Request(method, url.path, parts, query, multi)
+        if method == "GET" and len(parts) == 2 and parts[0] == "static" and parts[1] in STATIC:
+            data = (Path(__file__).with_name(parts[1])).read_bytes()
+            return Response(200, data, STATIC[parts[1]])
+        if method == "GET" and parts == ["favicon.ico"]:
+            return Response(204, b"", "image/x-icon")
+        if method == "POST":
+            if len(parts) == 3 and parts[0] == "run" and parts[2] == "input":
+                return self._post_input(req, self._id(parts[1]))
+            return self._message(404, "Not found", f"Nothing to post to at {clip(url.path, 100)}.", back=True)
+        token = query.get("token")
+        if not self._authed(req, token):
+            if token is not None:
+                return self._message(403, "Wrong token", "This is not the token this server printed (a restarted "
+                                     "server prints a new one). Open the URL `fsmtrain ui` printed when it started.")
+            return self._message(401, "Token needed", "This page shows a training log, so it needs the token the "
+                                 "server printed when it started: open the URL from that line "
+                                 f"(http://127.0.0.1:{self.port}/?token=…) once, and this browser keeps it (a cookie). "
+                                 "Lost it? Stop `fsmtrain ui` and start it again for a new URL.")
+        if token is not None and parts[:1] != ["api"] and not url.path.endswith(".csv"):
+            rest = {k: v for k, v in multi.items() if k != "token"}
+            location = url.path + ("?" + urlencode(rest, doseq=True) if rest else "")
+            return Response(303, b"", headers=(("Location", location), (
+                "Set-Cookie", f"{self._cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict")))
+        return self._route(r)
 
-    def _gate_form(self, run_id: int, waiting: Any, state: Any, authed: bool) -> str:
-        needs = (waiting.info or {}).get("needs", [])
-        fields = []
-        decision = next((n for n in needs if n["name"] == "decision" and n.get("choices")), None)
-        for n in needs:
-            if n is decision:
-                continue
-            label = f"{E(n['name'])} ({E(n['type'])}{'' if n.get('required', True) else ', optional'})"
-            if n.get("choices"):
-                opts = "".join(f"<option>{E(str(c))}</option>" for c in n["choices"])
-                fields.append(f"<label>{label} <select name='{E(n['name'])}'>{opts}</select></label><br>")
-            else:
-                fields.append(f"<label>{label} <input name='{E(n['name'])}'></label><br>")
-        if decision is not None:
-            buttons = "".join(f"<button type='submit' name='decision' value='{E(str(c))}'>"
-                              f"{'Go' if c == 'go' else 'No-go' if c == 'no-go' else E(str(c))}</button>"
-                              for c in decision["choices"])
-        else:
-            buttons = "<button type='submit'>Submit</button>"
-        token = f"<input type='hidden' name='token' value='{self.token}'>" if authed else ""
-        note = "" if authed else "<p>Open this page from the URL the server printed (with its token) to answer.</p>"
-        return (f"<h2>waiting at `{E(waiting.action or '')}`</h2>{note}"
-                f"<form class='gate' method='post' action='/run/{run_id}/input'>{token}{''.join(fields)}{buttons}</form>")
+    def _id(self, text: str) -> int:
+        """A run id from a URL: ASCII digits within SQLite's range, else RunNotFound (a 404)."""
+        if not ID.match(text) or not 1 <= int(text) <= MAX_ID:
+            raise RunNotFound(f"run {clip(text, 40)!r} does not exist (run ids are whole numbers from 1 to {MAX_ID})")
+        return int(text)
 
-    def _study_page(self, run_id: int, authed: bool) -> str:
-        from .tune.study import table
+    def _route(self, r: Request) -> Response:
+        p = r.parts
+        pages: dict[tuple[str, ...], Callable[[], Response]] = {
+            (): lambda: self._html(self.pages.runs_page(r)),
+            ("compare",): lambda: self._html(self.pages.compare_page(r)),
+            ("compare.csv",): lambda: self._csv(self.pages.compare_csv(r)),
+        }
+        if tuple(p) in pages:
+            return pages[tuple(p)]()
+        if len(p) == 2 and p[0] == "run":
+            return self._html(self.pages.run_page(self._id(p[1]), r))
+        if len(p) == 3 and p[0] == "run" and p[2] == "metrics.csv":
+            return self._csv(self.pages.run_csv(self._id(p[1])))
+        if len(p) == 2 and p[0] == "study":
+            return self._html(self.pages.study_page(self._id(p[1]), r))
+        if len(p) == 3 and p[:2] == ["api", "run"]:
+            return self._json(self.pages.run_json(self._id(p[2])))
+        if len(p) == 4 and p[:2] == ["api", "run"] and p[3] == "state":
+            return self._json(self.pages.state_json(self._id(p[2]), r))
+        if len(p) == 3 and p[:2] == ["api", "live"] and p[2] == "runs":
+            return self._json(self.pages.runs_live(r))
+        if len(p) == 4 and p[:2] == ["api", "live"] and p[2] in ("run", "study"):
+            rid = self._id(p[3])
+            return self._json(self.pages.run_live(rid, r) if p[2] == "run" else self.pages.study_live(rid, r))
+        return self._message(404, "Not found", f"No page {clip(r.path, 100)}.", back=True)
 
-        with EventLog(self.log_path, readonly=True) as log:
-            info = log.run(run_id)
-            if not info.machine.startswith("study:"):
-                raise FsmtrainError(f"run {run_id} is a `{info.machine}` run, not a study")
-            state = state_at(log, run_id)
-        rows = table(state)
-        metric = state["metric"]
-        body = [f"<p><a href='{self._link('/', authed)}'>runs</a></p>",
-                f"<h1>study {run_id} · <span class='{info.status}'>{info.status}</span> · {len(rows)} of "
-                f"{state['n_trials']} trials · {E(metric)} ({state['mode']})</h1>",
-                "<table id='trials'><tr><th>trial</th><th>run</th><th>params</th><th>status</th>"
-                f"<th>best {E(metric)}</th><th>epochs</th></tr>"]
-        for r in rows:
-            params = ", ".join(f"{E(k)}={_num(v)}" for k, v in r["params"].items())
-            best = "-" if r["best"] is None else _num(r["best"])
-            href = self._link(f"/run/{r['run_id']}", authed)
-            body.append(f"<tr><td>{r['trial']}</td><td><a href='{href}'>"
-                        f"{r['run_id']}</a></td><td>{params}</td><td>{r['status']}</td><td>{best}</td>"
-                        f"<td>{r['epochs']}</td></tr>")
-        body.append("</table>")
-        with EventLog(self.log_path, readonly=True) as log:
-            series = {f"trial {r['trial']}": [float(v) for v in (state_at(log, r["run_id"]).get(metric) or [])]
-                      for r in sorted(rows, key=lambda r: r["trial"])}
-        body.append("<h2>curves</h2><div id='curves'>" + curves(series, title=metric, xlabel="epoch") + "</div>")
-        return self._page(f"study {run_id}", "".join(body), refresh=info.status == "running")
+    # -- responses ---------------------------------------------------------------------------------------
+    def _html(self, page: Markup, code: int = 200) -> Response:
+        return Response(code, page.encode("utf-8", "replace"))
 
-    def _run_json(self, run_id: int) -> Any:
-        with EventLog(self.log_path, readonly=True) as log:
-            info = log.run(run_id)
-            state = state_at(log, run_id)
-        return {"run": run_id, "status": info.status, "steps": info.steps, "metrics": _metrics(state)}
+    def _csv(self, csv: Csv) -> Response:
+        data = ("\r\n".join(csv.lines) + "\r\n").encode("utf-8", "replace")
+        return Response(200, data, "text/csv; charset=utf-8",
+                        (("Content-Disposition", f'attachment; filename="{csv.name}"'),))
 
-    # -- the one write -------------------------------------------------------------------------------------
-    def _post_input(self, req: BaseHTTPRequestHandler, run_id: int) -> None:
+    def _json(self, obj: Any) -> Response:
+        return Response(200, dumps(obj).encode("utf-8", "replace"), "application/json")
+
+    def _message(self, code: int, title: str, text: str, back: bool = False) -> Response:
+        body = [h("h1", title), h("p", text, class_="box failed" if code >= 400 else "box note")]
+        if back:
+            body.append(h("p", h("a", "all runs", href="/")))
+        return self._html(self.pages.document(title, body), code)
+
+    # -- the one write ----------------------------------------------------------------------------------------
+    def _post_input(self, req: BaseHTTPRequestHandler, run_id: int) -> Response:
         from .runner import give_text_input
 
-        length = int(req.headers.get("Content-Length") or 0)
-        if length > 100_000:
-            return self._send(req, 413, self._page("Too large", "<p class='err'>The form is too large.</p>"))
+        text = (req.headers.get("Content-Length") or "0").strip()
+        if not re.fullmatch(r"[0-9]{1,9}", text):
+            req.close_connection = True
+            return self._message(400, "Bad request", "Content-Length must be a whole number of bytes.")
+        length = int(text)
+        if length > MAX_FORM:
+            req.close_connection = True
+            return self._message(413, "Too large", "The form is too large.")
         raw = req.rfile.read(length).decode("utf-8", errors="replace")
         if "application/x-www-form-urlencoded" not in (req.headers.get("Content-Type") or ""):
-            return self._send(req, 415, self._page("Error", "<p class='err'>Send the form as "
-                                                   "application/x-www-form-urlencoded.</p>"))
+            return self._message(415, "Error", "Send the form as application/x-www-form-urlencoded.")
         form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-        if not secrets.compare_digest(form.pop("token", ""), self.token):
-            return self._send(req, 403, self._page("Forbidden", "<p class='err'>This request has no valid token: open "
-                                                   "the page from the URL the server printed. Nothing was written.</p>"))
-        with EventLog(self.log_path) as log:
-            give_text_input(log, run_id, form, by="web", blank_is_absent=True)
-        req.send_response(303)
-        req.send_header("Location", self._link(f"/run/{run_id}", True))
-        req.send_header("Content-Length", "0")
-        req.end_headers()
-
-
-def _num(v: Any) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4g}"
-    return E(str(v))
+        if self.readonly:
+            return self._message(403, "Read-only", "This server was started read-only; it answers no gate. Nothing "
+                                                   "was written.", back=True)
+        if not hmac.compare_digest(form.pop("token", "").encode("utf-8", "replace"), self.token.encode()):
+            return self._message(403, "Forbidden", "This request has no valid token: open the page from the URL the "
+                                                   "server printed. Nothing was written.")
+        try:
+            with EventLog(self.log_path) as log:
+                give_text_input(log, run_id, form, by="web", blank_is_absent=True)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            if isinstance(e, FsmtrainError):
+                raise
+            return self._message(400, "Error", f"The gate this run recorded cannot be read ({clip(str(e), 200)}); "
+                                               "nothing was written.", back=True)
+        return Response(303, b"", headers=(("Location", f"/run/{run_id}"),))
