@@ -3,10 +3,8 @@
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from hypothesis import given

@@ -13,8 +13,8 @@ from fsmtrain import EventLog, Runner, decide, state_at
 from fsmtrain.errors import InvalidInput, RunBusy
 from fsmtrain.worker import Worker, parse_duration, run_lock
 from tests.conftest import ROOT, lock_held_elsewhere
-from tests.test_crash import events_in, kill_until_done
 from tests.machines.approval import machine
+from tests.test_crash import events_in, kill_until_done
 
 ENV = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
 TARGET = "tests.machines.approval:machine"
