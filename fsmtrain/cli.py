@@ -29,7 +29,7 @@ RUN_ID = click.IntRange(1, MAX_ID)
 """A run id on the command line: a whole number SQLite can hold (larger ones are refused cleanly)."""
 SEQ = click.IntRange(1, MAX_ID)
 
-class Finite(click.ParamType[float]):
+class Finite(click.ParamType):  # type: ignore[type-arg]  # (generic only since click 8.2)
     """A finite number in a range (click's FloatRange lets NaN through: every comparison with it is false)."""
 
     name = "float"
