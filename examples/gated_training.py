@@ -4,11 +4,12 @@
     python examples/gated_training.py no-go new_lr=0.003 more_epochs=4  # retrain with that LR, review again
     python examples/gated_training.py go                                # export the best model, finish
 
-or answer from anywhere and let a worker continue (from this folder, or with it on PYTHONPATH):
+or answer from anywhere and let a worker continue (from the folder you ran the script in, here the
+repository's root):
 
     fsmtrain input gated_training.db 1 decision=no-go new_lr=0.003
     fsmtrain approve gated_training.db 1 --comment "good enough"
-    fsmtrain worker gated_training.db --machine gated_training:trainer --once
+    fsmtrain worker gated_training.db --machine examples.gated_training:trainer --once
 
 The run's state is in ``gated_training.db`` (checkpoints in ``gated_training.db.artifacts/``): kill the
 script at any moment, or answer days later from another machine's shell; it continues where it was.
@@ -78,7 +79,7 @@ machine = Machine(
 
 
 def trainer(log=LOG, **kwargs) -> Trainer:
-    """The worker's target: ``fsmtrain worker LOG --machine gated_training:trainer --once``."""
+    """The worker's target: ``fsmtrain worker LOG --machine examples.gated_training:trainer --once``."""
     return Trainer(machine, build, log=log, **kwargs)
 
 

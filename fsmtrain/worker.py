@@ -195,6 +195,7 @@ def _need(spec: dict[str, Any]) -> str:
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+MIN_DURATION = 0.01
 MAX_DURATION = 365 * 86400.0
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -205,8 +206,8 @@ def parse_duration(text: str) -> float:
     if not m:
         raise InvalidInput(f"cannot read {text!r} as a duration; write e.g. 30s, 10m, 1h")
     seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    if seconds <= 0:
-        raise InvalidInput(f"the duration must be positive, got {text!r}")
+    if seconds < MIN_DURATION:
+        raise InvalidInput(f"the duration must be at least 10ms (a worker polling faster only burns CPU), got {text!r}")
     if seconds > MAX_DURATION:
         raise InvalidInput(f"the duration {text!r} is longer than a year; give at most 365d")
     return seconds

@@ -1,6 +1,7 @@
 """Each example runs, and rerunning it resumes rather than restarts."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -60,11 +61,12 @@ def test_custom_condition_example_tests_pass_and_whatif_can_use_the_condition(tm
 
 
 def test_gated_training_retrains_with_the_reviewers_learning_rate_then_a_worker_exports(tmp_path):
-    script = ROOT / "examples" / "gated_training.py"
+    """The commands of the script's header, as written, from a copy of the repository's root."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__", "*.db*"))
 
     def run(*args):
-        p = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=300)
+        p = subprocess.run([sys.executable, "examples/gated_training.py", *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
         assert p.returncode == 0, p.stderr
         return p.stdout.splitlines()
 
@@ -73,9 +75,9 @@ def test_gated_training_retrains_with_the_reviewers_learning_rate_then_a_worker_
     second = run("no-go", "new_lr=0.01", "more_epochs=2")
     assert [line.split()[3] for line in second[:2]] == ["0.01", "0.01"]  # retrained at the reviewer's LR
     assert second[-1].startswith("run 1 waits for review")
-    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'examples'}", "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     for cmd in (["approve", "gated_training.db", "1"],
-                ["worker", "gated_training.db", "--machine", "gated_training:trainer", "--once"]):
+                ["worker", "gated_training.db", "--machine", "examples.gated_training:trainer", "--once"]):
         p = subprocess.run([sys.executable, "-m", "fsmtrain", *cmd], cwd=tmp_path, capture_output=True, text=True,
                            env=env, timeout=300)
         assert p.returncode == 0, p.stderr

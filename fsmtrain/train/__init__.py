@@ -10,6 +10,12 @@ This subpackage (and ``fsmtrain.tune``) is the only place that imports torch.
 
 from __future__ import annotations
 
+import warnings
+
+with warnings.catch_warnings():  # torch without NumPy warns on import; NumPy is optional here (RNG capture only)
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    import torch  # noqa: F401
+
 from .actions import accuracy, checkpoint, evaluate, export_best, finish, train_epoch
 from .checkpoints import load_checkpoint, save_checkpoint, seed_everything, weights_sha256
 from .resources import Resources, batches, epoch_seed
