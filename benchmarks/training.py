@@ -12,6 +12,10 @@ Four variants, interleaved over several rounds (median per variant), one thread,
 Each pair must end with bit-identical weights: proof that both did the same work.
 Checkpoint I/O is also timed alone: save + load of the same payload (model, optimizer, RNG states).
 If pytorch-lightning is installed (never required) its figure is printed beside ours.
+Below the epoch: a 5x larger data set (about 0.1 s per epoch), trained in chunks of ~10 ms and ~50 ms
+of compute (optimizer steps per chunk calibrated from the raw loop's step time), each chunk a
+committed step; with no checkpoint against the raw loop, and with a checkpoint after every chunk
+against the raw loop saving the same checkpoints atomically at the same steps.
 The last line is one JSON object with the figures.
 """
 
@@ -139,6 +143,55 @@ def fsm_run(data, batch: int, epochs: int, log: Path, checkpoint: bool, synchron
     return elapsed / epochs, sha
 
 
+def raw_chunked(data, batch: int, epochs: int, every: int, ckpt_dir: Path | None) -> tuple[float, str]:
+    """The raw loop, saving an atomic checkpoint every ``every`` optimizer steps and at each epoch's end."""
+    x, y, xv, yv = data
+    seed_everything(SEED)
+    r = build_factory(data, batch)(State())
+    model, opt = r.model, r.optimizer
+    t = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(SEED, epoch)))
+        total = 0.0
+        for steps, i in enumerate(range(0, len(x), batch), start=1):
+            idx = order[i:i + batch]
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            last = i + batch >= len(x)
+            if ckpt_dir is not None and (steps % every == 0 or last):
+                raw_save({"epoch": epoch, "offset": i + batch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "rng": capture_rng()}, ckpt_dir / "ckpt.pt")
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(xv), batch * 4):
+                out = model(xv[i:i + batch * 4])
+                float(F.cross_entropy(out, yv[i:i + batch * 4]))
+                float((out.argmax(1) == yv[i:i + batch * 4]).float().mean())
+    elapsed = time.perf_counter() - t
+    return elapsed / epochs, weights_sha256(model)
+
+
+def fsm_chunked(data, batch: int, epochs: int, every: int, log: Path, checkpoint: bool) -> tuple[float, str]:
+    """fsmtrain's training_machine in chunks of ``every`` steps, evaluating at epoch ends, checkpointing after each
+    chunk (``checkpoint=True``) or only at the end."""
+    build = build_factory(data, batch)
+    machine = training_machine(max_epochs(epochs), name="bench-chunks", keep_last=1, every=every,
+                               checkpoint_every=1 if checkpoint else f"{epochs} epochs")
+    trainer = Trainer(machine, build, log=EventLog(log))
+    runner = trainer.start({"seed": SEED})
+    t = time.perf_counter()
+    runner.run()
+    elapsed = time.perf_counter() - t
+    assert runner.status == "finished" and runner.state["epoch"] == epochs
+    sha = weights_sha256(runner.resources.model)
+    trainer.log.close()
+    return elapsed / epochs, sha
+
+
 def lightning_epoch_s(data, batch: int, epochs: int) -> float | None:
     try:
         import lightning.pytorch as pl  # type: ignore[import-not-found]
@@ -225,7 +278,28 @@ def main() -> None:
                 assert sha == sha_raw, f"{name} and the raw loop did different work"
                 times[name].append(s)
         io_raw, io_raw_nodir, io_fsm = checkpoint_io_ms(tmp, data, batch, 5 if args.quick else 100)
+        # below the epoch: chunks of ~10 ms and ~50 ms of compute
+        big = make_data(n * 5)
+        c_epochs = 1 if args.quick else 3
+        step_s = raw_run(big, batch, 1, None)[0] / -(-len(big[0]) // batch)
+        sizes = {"10ms": max(1, round(0.010 / step_s)), "50ms": max(1, round(0.050 / step_s))}
+        chunk_times: dict[str, list[float]] = {k: [] for k in ("raw", "raw_ckpt_10ms", "raw_ckpt_50ms", "fsm_10ms",
+                                                                "fsm_50ms", "fsm_ckpt_10ms", "fsm_ckpt_50ms")}
+        for i in range(max(1, rounds - 2)):
+            ck = tmp / f"rawc{i}"
+            ck.mkdir()
+            base_s, base = raw_run(big, batch, c_epochs, None)
+            chunk_times["raw"].append(base_s)
+            for label, k in sizes.items():
+                s, sha = raw_chunked(big, batch, c_epochs, k, ck)
+                assert sha == base
+                chunk_times[f"raw_ckpt_{label}"].append(s)
+                for ckpt in (False, True):
+                    s, sha = fsm_chunked(big, batch, c_epochs, k, tmp / f"c{label}{ckpt}{i}.db", ckpt)
+                    assert sha == base, "chunks and the raw loop did different work"
+                    chunk_times[f"fsm_{'ckpt_' if ckpt else ''}{label}"].append(s)
     med = {k: statistics.median(v) for k, v in times.items()}
+    cmed = {k: statistics.median(v) for k, v in chunk_times.items()}
     light = None if args.quick else lightning_epoch_s(data, batch, epochs)
 
     def line(what: str, ours: float, base: float, target: float, unit: str = "ms/epoch") -> None:
@@ -244,6 +318,13 @@ def main() -> None:
     print(f"  (raw without the folder fsync: {io_raw_nodir:.2f} ms; fsmtrain's ratio to that {io_fsm / io_raw_nodir:.3f}x)")
     if light is not None:
         print(f"{'pytorch-lightning, same model and data':<48} {light * 1e3:8.2f} ms/epoch  {light / med['raw']:5.3f}x raw")
+    print(f"below the epoch: {len(big[0])}x64 data, {c_epochs} epochs, chunks of {sizes['10ms']} steps (~10 ms) and "
+          f"{sizes['50ms']} steps (~50 ms)")
+    for label in ("10ms", "50ms"):
+        target = 1.03 if label == "50ms" else 1.10
+        line(f"chunks of ~{label[:-2]} ms, committed, vs raw loop", cmed[f"fsm_{label}"], cmed["raw"], target)
+        line("  + a checkpoint after each vs raw + the same saves", cmed[f"fsm_ckpt_{label}"],
+             cmed[f"raw_ckpt_{label}"], target)
     figures = {"raw_epoch_s": med["raw"], "fsm_epoch_s": med["fsm"], "raw_ckpt_epoch_s": med["raw_ckpt"],
                "fsm_ckpt_epoch_s": med["fsm_ckpt"], "fsm_normal_epoch_s": med["fsm_normal"],
                "fsm_ckpt_normal_epoch_s": med["fsm_ckpt_normal"], "fsm_normal_hooks_epoch_s": med["fsm_normal_hooks"],
@@ -251,7 +332,12 @@ def main() -> None:
                "raw_ckpt_io_nodirsync_ms": io_raw_nodir,
                "fsm_ckpt_io_ms": io_fsm, "fsm_ratio": med["fsm"] / med["raw"],
                "fsm_ckpt_ratio": med["fsm_ckpt"] / med["raw_ckpt"], "ckpt_io_ratio": io_fsm / io_raw,
-               "lightning_epoch_s": light, "epochs": epochs, "rounds": rounds}
+               "lightning_epoch_s": light, "epochs": epochs, "rounds": rounds,
+               "chunk_steps_10ms": sizes["10ms"], "chunk_steps_50ms": sizes["50ms"],
+               **{f"chunks_{k}_epoch_s": v for k, v in cmed.items()},
+               "chunk_10ms_ratio": cmed["fsm_10ms"] / cmed["raw"], "chunk_50ms_ratio": cmed["fsm_50ms"] / cmed["raw"],
+               "chunk_ckpt_10ms_ratio": cmed["fsm_ckpt_10ms"] / cmed["raw_ckpt_10ms"],
+               "chunk_ckpt_50ms_ratio": cmed["fsm_ckpt_50ms"] / cmed["raw_ckpt_50ms"]}
     print(json.dumps(figures))
 
 

@@ -1,7 +1,16 @@
-"""Study speed: bookkeeping per trial (beside Optuna), and throughput of concurrent CPU-bound trials.
+"""Study speed: a real search side by side with Optuna, bookkeeping per trial, concurrent CPU-bound trials.
 
-    python benchmarks/tuning.py            # 300 trivial trials; 4 torch trials on 1 then 2 processes (~1 min)
+    python benchmarks/tuning.py            # everything (~2 min)
     python benchmarks/tuning.py --quick    # tiny sizes, to check that it runs
+
+Side by side: the same search written as each library's user would — 8 trials of the demo's digits
+MLP (64 hidden units by default), learning rate and hidden size searched, 9 epochs, no pruning, a
+checkpoint each epoch for fsmtrain (as the demo does) — through ``Study`` with ``max_concurrent`` 1
+and 2 and, when Optuna is installed, through ``optuna.create_study(storage="sqlite:///...")`` with
+``n_jobs`` 1 and 2.  Each variant runs in a fresh process; its figure is the wall time of the search
+itself (``Study(...).run()``; ``create_study`` + ``optimize``), torch and the library already imported,
+the first optimizer's one-off import of ``torch._dynamo`` included for both.  The whole process's wall
+time (Python start, imports, search) is printed beside it.
 
 Bookkeeping: 300 trials of a trivial objective, random sampler, one at a time in this
 process (InlineExecutor), each trial a child run in a durable log (synchronous=FULL, the
@@ -63,6 +72,92 @@ def trainer(log):
     machine = training_machine(max_epochs(setting("max_epochs")), name="cpu", keep_last=1,
                                initial={"lr": 0.05, "hidden": 128, "max_epochs": 4})
     return Trainer(machine, build, log=log)
+
+
+SEARCH_TRIALS, SEARCH_EPOCHS = 8, 9
+
+
+def _digits() -> tuple[object, object, object, object]:
+    import torch
+
+    from fsmtrain.train.demo import load_digits
+
+    x, y = load_digits()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
+    cut = int(len(x) * 0.8)
+    return x, y, order[:cut], order[cut:]
+
+
+def search_optuna(tmp: str, n_jobs: int, trials: int, epochs: int) -> float:
+    """Optuna, as its user writes it: an objective that trains the digits MLP and returns the best val loss."""
+    import optuna
+    import torch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    x, y, tr, va = _digits()
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+        hidden = trial.suggest_int("hidden", 16, 128, log=True)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        best = float("inf")
+        for epoch in range(epochs):
+            perm = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(epoch))]
+            model.train()
+            for i in range(0, len(perm), 64):
+                idx = perm[i:i + 64]
+                loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                best = min(best, torch.nn.functional.cross_entropy(model(x[va]), y[va]).item())
+        return best
+
+    t = time.perf_counter()
+    study = optuna.create_study(storage=f"sqlite:///{tmp}/optuna.db", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=trials, n_jobs=n_jobs)
+    return time.perf_counter() - t
+
+
+def search_fsmtrain(tmp: str, concurrent: int, trials: int, epochs: int) -> float:
+    """The same search as a Study over the demo's trainer (a checkpoint each epoch)."""
+    import fsmtrain.train.demo  # noqa: F401 - the target module, imported as the user's script would
+    from fsmtrain.tune import IntRange, LogUniform, Study
+
+    t = time.perf_counter()
+    runner = Study(f"{tmp}/study.db", "fsmtrain.train.demo:trainer",
+                   {"lr": LogUniform(1e-3, 1e-1), "hidden": IntRange(16, 128, log=True)},
+                   n_trials=trials, max_concurrent=concurrent, seed=0,
+                   config={"max_epochs": epochs, "patience": 1000}).run()
+    elapsed = time.perf_counter() - t
+    assert runner.state["summary"] == {"completed": trials}, runner.state["summary"]
+    return elapsed
+
+
+def side_by_side(kind: str, concurrency: int, trials: int, epochs: int) -> tuple[float, float] | None:
+    """(search seconds, whole process seconds) of one variant, in a fresh process; None without Optuna."""
+    import subprocess
+
+    if kind == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            return None
+    with tempfile.TemporaryDirectory() as tmp:
+        code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+                f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); import torch; "
+                f"import tuning; print(json.dumps(tuning.search_{'optuna' if kind == 'optuna' else 'fsmtrain'}"
+                f"({tmp!r}, {concurrency}, {trials}, {epochs})))")
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+        whole = time.perf_counter() - t
+        if p.returncode != 0:
+            raise RuntimeError(f"{kind} with concurrency {concurrency} failed: {p.stderr[-2000:]}")
+        return float(p.stdout.strip().splitlines()[-1]), whole
 
 
 def bookkeeping(tmp: Path, n: int, sync: str, batch: int = 1) -> float:
@@ -129,6 +224,21 @@ def main() -> None:
     args = ap.parse_args()
     n, cpu_trials, cpu_epochs = (30, 2, 1) if args.quick else (300, 6, 12)
     figures: dict[str, object] = {"trials": n, "cpus": os.cpu_count()}
+    s_trials, s_epochs = (2, 1) if args.quick else (SEARCH_TRIALS, SEARCH_EPOCHS)
+    print(f"the same search ({s_trials} trials of the digits MLP, lr and hidden, {s_epochs} epochs), "
+          "each in a fresh process: search (whole process)")
+    for c in (1, 2):
+        ours = side_by_side("fsmtrain", c, s_trials, s_epochs)
+        theirs = side_by_side("optuna", c, s_trials, s_epochs)
+        assert ours is not None
+        line = f"  concurrency {c}: fsmtrain Study {ours[0]:6.2f} s ({ours[1]:5.2f} s)"
+        figures[f"study_{c}_s"], figures[f"study_{c}_process_s"] = round(ours[0], 3), round(ours[1], 3)
+        if theirs is not None:
+            ratio = ours[0] / theirs[0]
+            line += (f"   Optuna, SQLite storage, n_jobs={c} {theirs[0]:6.2f} s ({theirs[1]:5.2f} s)   ratio {ratio:4.2f}x "
+                     f"(target <= 1.0 {'✔' if ratio <= 1.0 else '✘'})")
+            figures[f"optuna_{c}_s"], figures[f"optuna_{c}_process_s"] = round(theirs[0], 3), round(theirs[1], 3)
+        print(line)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         full = min(bookkeeping(tmp, n, "FULL") for _ in range(1 if args.quick else 2))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from fsmtrain import Condition
 from fsmtrain.stopping import register
-from fsmtrain.testing import fired_at, first_firing, histories
+from fsmtrain.testing import check_condition, fired_at, first_firing, histories
 
 
 # -- the condition -------------------------------------------------------------------------------------
@@ -50,6 +50,11 @@ stop = relative_plateau("val_loss", window=3, fraction=0.01)
 
 
 # -- its properties -----------------------------------------------------------------------------------
+def test_it_keeps_the_promises_of_every_condition():
+    """Deterministic, no look-ahead, its scanner agrees, NaN/inf raise nothing, its name parses back."""
+    check_condition(stop)
+
+
 @given(histories(allow_nan=True))
 def test_it_never_fires_before_window_plus_one_evaluations(history):
     at = first_firing(stop, history)

@@ -8,6 +8,10 @@ The study is itself a run in ``tune_demo.db``; each trial is a child run of it, 
 process of the pool from its own checkpoints.  The trial target is ``tune_demo:trainer``: the
 pool's processes import this file by that name, so the study is started under
 ``if __name__ == "__main__":``, as multiprocessing requires.
+
+ASHA decides at each rung from the trials that reached it so far, so its decisions depend on the order
+trials arrive: a study killed and resumed may prune other trials than an uninterrupted one (the trials it
+ran are the same, each from its checkpoint). A pruned trial's run ends with a `pruned` event saying why.
 """
 
 import sys

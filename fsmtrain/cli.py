@@ -311,7 +311,8 @@ def verify(log: Path, as_json: bool) -> None:
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--condition", "-c", "conditions", multiple=True, required=True, metavar="EXPR",
               help="A condition expression; repeat to compare several side by side.")
-@click.option("--run", "runs", type=RUN_ID, multiple=True, help="A run to evaluate (repeatable; default: every finished run).")
+@click.option("--run", "runs", type=RUN_ID, multiple=True,
+              help="A run to evaluate (repeatable; default: every finished, stopped or pruned run).")
 @click.option("--metric", help="The metric whose best is compared (default: the first condition's metric, else val_loss).")
 @click.option("--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better.")
 @click.option("--counter", default="epoch", show_default=True, help="The state key counting epochs.")
@@ -350,7 +351,7 @@ def whatif(log: Path, conditions: tuple[str, ...], runs: tuple[int, ...], metric
     if as_json:
         _print_json(result.to_dict())
     elif not result.runs:
-        echo(f"{log}: no finished runs to evaluate (name unfinished ones with --run)")
+        echo(f"{log}: no finished, stopped or pruned runs to evaluate (name others with --run)")
     else:
         echo(result.to_text(rows=not summary), nl=False)
 
@@ -937,11 +938,18 @@ def graph(target: str, fmt: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary line.")
 @click.option("--delay", type=Finite(0, 3600), default=0.0,
               help="Sleep this many seconds at the start of each epoch: slow enough to press Ctrl-C, then resume.")
+@click.option("--chunk", type=click.IntRange(1, 10**9), default=None,
+              help="Train in chunks of N optimizer steps, each committed and checkpointed (default: whole epochs).")
+@click.option("--accumulate", type=click.IntRange(1, 10**6), default=1, show_default=True,
+              help="Batches per optimizer step (gradient accumulation).")
+@click.option("--precision", type=click.Choice(["32", "bf16", "fp16"]), default="32", show_default=True,
+              help="32-bit floats, bfloat16 autocast (CPU or CUDA), or float16 with a GradScaler (CUDA only).")
 @click.option("--gate", is_flag=True,
               help="After training, wait at a go/no-go review gate; go exports the best model (see fsmtrain approve).")
 def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data: str | None, new: bool,
-         as_json: bool, delay: float, gate: bool) -> None:
-    """Train a small digits classifier, one epoch per step, with checkpoints and early stopping.
+         as_json: bool, delay: float, chunk: int | None, accumulate: int, precision: str, gate: bool) -> None:
+    """Train a small digits classifier, one epoch per step (or --chunk N optimizer steps), with checkpoints and
+    early stopping.
 
     Running it again on the same log resumes the unfinished run; on a finished
     run it prints that run's summary (use --new for another run). Kill it at any
@@ -963,13 +971,14 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
     class Progress(Hook):
-        t0 = 0.0
+        t0: float | None = None  # when the epoch's first training action started (after any --delay)
 
         def on_step_start(self, *, action: str, **_: Any) -> None:
-            if action == "train_epoch":
+            if action in ("train_epoch", "train_steps"):
                 if delay:
                     time.sleep(delay)
-                Progress.t0 = time.perf_counter()
+                if self.t0 is None:
+                    self.t0 = time.perf_counter()
 
         def on_restore(self, *, run_id: int | None, note: dict[str, Any], **_: Any) -> None:
             for s in note.get("skipped", []):
@@ -980,10 +989,10 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
 
         def on_step_end(self, *, action: str, state: Any, replayed: bool = False, **_: Any) -> None:
             if action == "evaluate" and not as_json and not replayed:
-                ms = (time.perf_counter() - self.t0) * 1000
+                ms = (time.perf_counter() - (self.t0 or time.perf_counter())) * 1000
                 echo(f"epoch {state['epoch']:3d}  train_loss {state['train_loss'][-1]:.4f}  "
-                           f"val_loss {state['val_loss'][-1]:.4f}  val_acc {state['val_acc'][-1]:.4f}  ({ms:.0f} ms)")
-                Progress.t0 = time.perf_counter()
+                     f"val_loss {state['val_loss'][-1]:.4f}  val_acc {state['val_acc'][-1]:.4f}  ({ms:.0f} ms)")
+                self.t0 = None
 
     with EventLog(log_path) as lg:
         trainer = (d.gated_trainer if gate else d.trainer)(lg, hooks=[Progress()])
@@ -1009,7 +1018,8 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
                      note=f"was {runs[-1].status} (use --new for another run)", artifacts=lg.artifacts)
             return
         else:
-            config = {**d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data}
+            config = {**d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data,
+                      "chunk": chunk, "accumulate": accumulate, "precision": precision}
             tags: dict[str, Any] = {"demo": True}
             if gate:
                 tags["worker"] = "fsmtrain.train.demo:gated_trainer"

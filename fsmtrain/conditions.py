@@ -84,15 +84,22 @@ class Condition:
         return Scanner(self)
 
     def replace(self, old: Condition | str, new: Condition) -> Condition:
-        """This condition with ``old`` (the object, or any condition with that name) replaced by ``new``,
-        also inside ``&``, ``|`` and ``~``; itself when ``old`` does not occur.
+        """This condition with ``old`` replaced by ``new``, also inside ``&``, ``|`` and ``~``; itself when
+        ``old`` does not occur.  ``old`` matches by name: a condition built anew, or its name as text,
+        finds the one inside (a process that resumes a run never has the original object).
 
         >>> stop = when(a=1) | when(b=2)
         >>> stop.replace("when(b=2)", when(b=3)).name
         'when(a=1) | when(b=3)'
+        >>> stop.replace(when(a=1), when(a=0)).name
+        'when(a=0) | when(b=2)'
         """
         _check(new)
-        return new if (self is old or (isinstance(old, str) and self.name == old)) else self
+        return new if (self is old or self.name == (old if isinstance(old, str) else old.name)) else self
+
+    def atoms(self) -> list[Condition]:
+        """The conditions this one is made of (itself, unless it is ``&``, ``|`` or ``~`` of others)."""
+        return [self]
 
     def __and__(self, other: Condition) -> Condition:
         return _And(self, _check(other))
@@ -135,6 +142,9 @@ class _Composite(Condition):
 
     def scanner(self) -> Scanner:
         return _CompositeScanner(self, [p.scanner() for p in self.parts])
+
+    def atoms(self) -> list[Condition]:
+        return [a for p in self.parts for a in p.atoms()]
 
     def replace(self, old: Condition | str, new: Condition) -> Condition:
         own = super().replace(old, new)
@@ -219,6 +229,9 @@ class _Not(Condition):
 
     def scanner(self) -> Scanner:
         return _NotScanner(self, self.inner.scanner())
+
+    def atoms(self) -> list[Condition]:
+        return self.inner.atoms()
 
     def replace(self, old: Condition | str, new: Condition) -> Condition:
         own = super().replace(old, new)

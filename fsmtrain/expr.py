@@ -171,7 +171,8 @@ class _Parser:
         except FsmtrainError as e:
             raise self.fail(node, str(e)) from None
         except (TypeError, ValueError) as e:
-            raise self.fail(node, f"{name}: {e}") from None
+            text = str(e)  # a factory's own message may already name it: say it once
+            raise self.fail(node, text if text.startswith(name) else f"{name}: {text}") from None
         if not isinstance(made, Condition):
             raise self.fail(node, f"`{name}` returned {type(made).__name__}, not a Condition")
         return made

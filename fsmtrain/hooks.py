@@ -266,10 +266,13 @@ class CsvMetrics(_MetricsFile):
 
 
 class Progress(Hook):
-    """A one-line epoch bar on a terminal: ``epoch 3/30 [#####.....] 10% eta 0:41  val_loss 0.193 ...``.
+    """Progress of a run: a one-line epoch bar on a terminal, one plain line per epoch elsewhere.
 
-    Quiet when ``stream`` is not a terminal (unless ``force=True``).  The total is ``state["max_epochs"]``
-    when the state has it.  Redraws after each step that appended metrics.
+    On a terminal (or with ``force=True``): ``epoch 3/30 [#####.....] 10% eta 0:41  val_loss 0.193 ...``,
+    redrawn at most every ``every`` seconds and always at the end.  When the stream is not a terminal (a
+    background job writing to a file, a CI log): one line per epoch once it is complete, ``epoch 3/30
+    train_loss 0.41  val_loss 0.193  (0:12)``, and a line when a run resumes.  The total is
+    ``state["max_epochs"]`` when the state has it.
     """
 
     def __init__(self, stream: Any = None, *, force: bool = False, width: int = 20, every: float = 0.1) -> None:
@@ -279,15 +282,24 @@ class Progress(Hook):
         self._drawn = -math.inf  # (monotonic time starts anywhere: at boot on Linux)
         self._pending = ""
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = force or bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar = force or bool(getattr(self.stream, "isatty", lambda: False)())
+        self.enabled = True
         self.width = width
         self._t0: float | None = None
         self._e0: int | None = None
         self._latest: dict[str, float] = {}
+        self._line_epoch: int | None = None  # plain mode: the epoch whose line is due
+        self._line_state: Any = None
+
+    def on_run_resume(self, *, run_id: int | None, state: Any, next_action: str | None, **future_kwargs: Any) -> None:
+        if not self.bar and next_action is not None:
+            epoch = state.get("epoch") if hasattr(state, "get") else None
+            at = f" at epoch {epoch}" if isinstance(epoch, int) else ""
+            self._say(f"run {run_id} resumed{at}, next `{next_action}`")
 
     def on_step_end(self, *, run_id: int | None, state: Any, updates: dict[str, Any], replayed: bool = False,
                     **future_kwargs: Any) -> None:
-        if not self.enabled or replayed:
+        if replayed:
             return
         for k, v in step_metrics(updates).items():
             self._latest[k] = v[-1]
@@ -297,35 +309,72 @@ class Progress(Hook):
         now = time.monotonic()
         if self._t0 is None:
             self._t0, self._e0 = now, epoch
+        if not self.bar:
+            if self._line_epoch is not None and epoch != self._line_epoch:
+                self._plain(self._line_epoch, self._line_state, now)  # that epoch is complete
+            self._line_epoch, self._line_state = epoch, state
+            return
         if now - self._drawn < self.every:
             self._pending = f"{epoch}"  # something new to draw at the end
             return
         self._drawn = now
         self._pending = ""
-        total = state.get("max_epochs")
-        line = f"epoch {epoch}"
-        if isinstance(total, int) and total > 0:
-            done = min(epoch / total, 1.0)
-            filled = int(done * self.width)
-            line += f"/{total} [{'#' * filled}{'.' * (self.width - filled)}] {done * 100:3.0f}%"
-            ran = epoch - (self._e0 or 0)
-            if ran > 0:
-                left = (now - self._t0) / ran * max(total - epoch, 0)
-                line += f" eta {int(left // 60)}:{int(left % 60):02d}"
-        line += "  " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(self._latest.items()))
-        self.stream.write("\r" + line)
+        self.stream.write("\r" + self._head(epoch, state, now, bar=True) + "  " + self._metrics())
         self.stream.flush()
 
+    def _head(self, epoch: int, state: Any, now: float, *, bar: bool) -> str:
+        total = state.get("max_epochs") if hasattr(state, "get") else None
+        spe, steps = (state.get("steps_per_epoch"), state.get("steps")) if hasattr(state, "get") else (None, None)
+        within = steps - epoch * spe if isinstance(spe, int) and spe > 0 and isinstance(steps, int) else 0
+        mid = bar and 0 < within < (spe or 0)  # training below the epoch: inside the next one
+        line = f"epoch {epoch + 1 if mid else epoch}"
+        if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+            line += f"/{total}"
+            if bar:
+                done = min(epoch / total, 1.0)
+                filled = int(done * self.width)
+                line += f" [{'#' * filled}{'.' * (self.width - filled)}] {done * 100:3.0f}%"
+                ran = epoch - (self._e0 or 0)
+                if ran > 0 and self._t0 is not None:
+                    left = (now - self._t0) / ran * max(total - epoch, 0)
+                    line += f" eta {int(left // 60)}:{int(left % 60):02d}"
+        if mid:
+            line += f" step {within}/{spe}"
+        return line
+
+    def _metrics(self) -> str:
+        return "  ".join(f"{k} {v:.4g}" for k, v in sorted(self._latest.items()))
+
+    def _plain(self, epoch: int, state: Any, now: float) -> None:
+        spent = now - (self._t0 or now)
+        self._say(f"{self._head(epoch, state, now, bar=False)}  {self._metrics()}  "
+                  f"({int(spent // 60)}:{int(spent % 60):02d})")
+
+    def _say(self, line: str) -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _flush_plain(self) -> None:
+        if not self.bar and self._line_epoch is not None:
+            self._plain(self._line_epoch, self._line_state, time.monotonic())
+            self._line_epoch = None
+
     def on_run_end(self, *, run_id: int | None, state: Any, status: str, **future_kwargs: Any) -> None:
-        if self.enabled:
-            if self._pending:  # the last epochs were not drawn yet
-                self._drawn = -math.inf
-                self.on_step_end(run_id=run_id, state=state, updates={})
-            self.stream.write(f"\n{status}\n")
-            self.stream.flush()
+        if not self.bar:
+            self._flush_plain()
+            self._say(f"run {run_id} {status}")
+            return
+        if self._pending:  # the last epochs were not drawn yet
+            self._drawn = -math.inf
+            self.on_step_end(run_id=run_id, state=state, updates={})
+        self.stream.write(f"\n{status}\n")
+        self.stream.flush()
 
     def on_waiting(self, *, run_id: int | None, action: str, needs: list[dict[str, Any]], state: Any,
                    **future_kwargs: Any) -> None:
-        if self.enabled:
-            self.stream.write(f"\nwaiting at `{action}`\n")
-            self.stream.flush()
+        if not self.bar:
+            self._flush_plain()
+            self._say(f"run {run_id} waiting at `{action}`")
+            return
+        self.stream.write(f"\nwaiting at `{action}`\n")
+        self.stream.flush()

@@ -1,7 +1,9 @@
 """One runner per run: an exclusive, per-run lock that every process driving a run takes first.
 
-The lock is ``flock`` on ``<artifacts>/locks/run<ID>.lock``: the kernel releases it when the
-holding process dies, so a killed runner never blocks the next one.  The holder writes who it is
+The lock is a POSIX record lock (``fcntl.lockf``) on ``<artifacts>/locks/run<ID>.lock``: the kernel
+releases it when the holding process dies, so a killed runner never blocks the next one, and a child
+process forked meanwhile (a DataLoader's workers, a study's pool) does not inherit it — unlike
+``flock``, whose lock lives as long as any forked copy of the file descriptor.  The holder writes who it is
 (pid, host, command, since when) into the file, so a process that finds the run taken can say by
 whom.  Within one process the lock is shared (re-entrant): a worker that holds it can resume the
 run through a Trainer that takes it again.  The log's own one-writer rule (``WriteConflict``)
@@ -70,9 +72,9 @@ class RunLock:
         deadline = time.monotonic() + wait
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except OSError:  # EAGAIN or EACCES: another process holds it
                 if time.monotonic() >= deadline:
                     os.close(fd)
                     return False
@@ -102,7 +104,7 @@ class RunLock:
                 _HELD[key] = (fd, n - 1)
                 return
             del _HELD[key]
-        os.close(fd)  # releases the flock
+        os.close(fd)  # releases the lock (the only descriptor of this file this process keeps open)
 
     def busy(self, what: str = "") -> RunBusy:
         """The error for a run this process could not lock."""

@@ -13,7 +13,7 @@ from typing import Any, Union
 
 from .actions import Action
 from .conditions import Condition, default
-from .errors import InvalidDefinition, NoTransition, UnknownAction
+from .errors import FsmtrainError, InvalidDefinition, NoTransition, UnknownAction
 from .state import State
 
 __all__ = ["Machine", "Transition"]
@@ -131,23 +131,37 @@ class Machine:
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
-    def swap(self, old: Condition | str, new: Condition) -> Machine:
-        """The same machine with condition ``old`` (the object or its name) replaced by ``new`` wherever
-        a transition uses it, also inside ``&``, ``|``, ``~``.
+    def swap(self, old: Condition | str, new: Condition | str) -> Machine:
+        """The same machine with condition ``old`` replaced by ``new`` wherever a transition uses it, also
+        inside ``&``, ``|``, ``~``.
 
-        This is how a run started with one stop condition is resumed with another:
-        ``Runner.resume(machine.swap(old, new), log, run_id, allow_changed_machine=True)``
-        records the change (which transitions, the old and new condition names) in the
-        ``resume`` event.  Conditions read the recorded history, so no counter is lost.
+        ``old`` matches by name: a condition built anew equal to the one inside (a resume in a new process
+        never has the original object), or its name or expression as text (``"max_epochs(12)"``); ``new``
+        may be an expression too, as ``fsmtrain whatif -c`` takes them.  This is how a run started with
+        one stop condition is resumed with another:
+        ``Runner.resume(machine.swap(old, new), log, run_id, allow_changed_machine=True)`` (or
+        ``Trainer(machine.swap(old, new), ...).fit(config, allow_changed_machine=True)``) records the
+        change (which transitions, the old and new condition names) in the ``resume`` event.  Conditions
+        read the recorded history, so no counter is lost.
         """
+        from .expr import parse
+
+        if isinstance(new, str):
+            new = parse(new)
         if not isinstance(new, Condition):
-            raise TypeError(f"swap needs a Condition to put in, got {type(new).__name__}")
+            raise TypeError(f"swap needs a Condition (or an expression) to put in, got {type(new).__name__}")
+        if isinstance(old, str):
+            try:
+                old = parse(old).name  # the canonical name of an expression, however it was spelled
+            except FsmtrainError:
+                pass  # a plain name that is not an expression (a user's own condition)
         swapped = [Transition(t.source, t.target, t.condition.replace(old, new)) for t in self.transitions]
         if all(a.condition is b.condition for a, b in zip(swapped, self.transitions, strict=True)):
-            names = sorted({t.condition.name for t in self.transitions if t.condition is not default})
+            names = sorted({a.name for t in self.transitions if t.condition is not default for a in t.condition.atoms()})
             what = old if isinstance(old, str) else old.name
             raise InvalidDefinition(f"machine `{self.name}`", [
-                f"no transition uses condition `{what}` (conditions: {'; '.join(names) or 'none'})"])
+                f"no transition uses a condition named `{what}`; the conditions its transitions are made of: "
+                f"{'; '.join(names) or 'none'}"])
         return Machine(self.name, self.actions.values(), swapped, entry=self.entry, terminal=self.terminal,
                        initial=self.initial._data)
 

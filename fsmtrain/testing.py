@@ -19,7 +19,7 @@ against generated histories without training anything::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 try:
@@ -41,7 +41,8 @@ from .stopping import (
     time_budget,
 )
 
-__all__ = ["KINDS", "conditions", "epoch_states", "fired_at", "first_firing", "histories", "metric_values"]
+__all__ = ["KINDS", "aligned_histories", "check_condition", "conditions", "epoch_states", "fired_at", "first_firing",
+           "histories", "metric_values", "run_states"]
 
 KINDS = ("monotone", "noisy", "plateau", "diverging", "random")
 """The shapes :func:`histories` draws from."""
@@ -197,3 +198,121 @@ def first_firing(condition: Condition, history: Sequence[float], metric: str = "
         if scan.fires(s):
             return i + 1
     return None
+
+
+# -- several metrics at once -----------------------------------------------------------------------
+LOSS, ACCURACY = "loss", "accuracy"
+
+
+def aligned_histories(metrics: Mapping[str, str] | None = None, *, min_size: int = 0, max_size: int = 40,
+                      allow_nan: bool = False) -> st.SearchStrategy[dict[str, list[float]]]:
+    """Several metric histories of one run, aligned (one value per evaluation each, the same length).
+
+    ``metrics`` maps a state key to its kind: ``"loss"`` (a :func:`histories` shape, positive-ish,
+    lower is better) or ``"accuracy"`` (in [0, 1], higher is better, rising noisily as the loss falls);
+    the default is ``{"train_loss": "loss", "val_loss": "loss", "val_acc": "accuracy"}``.  With
+    ``allow_nan``, a loss may hold NaN or ±inf (an accuracy stays in [0, 1]: it cannot diverge).
+    """
+    metrics = dict(metrics or {"train_loss": LOSS, "val_loss": LOSS, "val_acc": ACCURACY})
+    bad = {k: v for k, v in metrics.items() if v not in (LOSS, ACCURACY) or not isinstance(k, str) or not k}
+    if bad or not metrics:
+        raise ValueError(f"metrics must map state keys to 'loss' or 'accuracy', got {metrics!r}")
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < min_size:
+        raise ValueError(f"max_size must be an int >= min_size ({min_size}), got {max_size!r}")
+
+    def one(n: int) -> st.SearchStrategy[dict[str, list[float]]]:
+        parts = {}
+        for key, kind in metrics.items():
+            if kind == LOSS:
+                parts[key] = histories(min_size=n, max_size=n, allow_nan=allow_nan)
+            else:
+                parts[key] = st.tuples(st.floats(0.0, 0.6), st.floats(0.0, 0.4), st.lists(
+                    st.floats(-0.05, 0.05, allow_nan=False), min_size=n, max_size=n)).map(
+                    lambda t: [min(1.0, max(0.0, t[0] + t[1] * (1 - 1 / (1 + i)) + e)) for i, e in enumerate(t[2])])
+        return st.fixed_dictionaries(parts)
+
+    return st.integers(min_size, max_size).flatmap(one)
+
+
+def run_states(history: Mapping[str, Sequence[float]], *, counter: str = "epoch", seconds_per_epoch: float = 1.0,
+               **fixed: Any) -> list[State]:
+    """:func:`epoch_states` for several aligned metrics: the state at the end of each epoch, every metric
+    appended once per epoch (lists shared as a recorded run's are)."""
+    lengths = {len(v) for v in history.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"the histories must be aligned (one value per epoch each), got lengths {sorted(lengths)}")
+    state = State({counter: 0, "steps": 0, **{k: [] for k in history}, **fixed})
+    out = []
+    for i in range(lengths.pop() if lengths else 0):
+        state = state.apply({counter: i + 1, "steps": 10 * (i + 1), **{k: append(v[i]) for k, v in history.items()}})
+        out.append(state.with_elapsed(seconds_per_epoch * (i + 1)))
+    return out
+
+
+# -- a property suite for a user's own condition ---------------------------------------------------
+def check_condition(condition: Condition, *, metrics: Mapping[str, str] | None = None, examples: int = 100,
+                    max_size: int = 30, name_round_trip: bool | None = None, shrink: bool = True) -> None:
+    """Check, on generated runs, the promises every stop condition must keep; raise AssertionError (or the
+    condition's own error) with the smallest failing run Hypothesis finds if one is broken.  One line in a
+    test::
+
+        def test_my_condition():
+            check_condition(relative_plateau("val_loss", window=3, fraction=0.01))
+
+    - **it raises nothing**, on any history, NaN and ±inf included (a ``ConditionError`` is a failure);
+    - **deterministic**: the same state gives the same verdict and reason;
+    - **no look-ahead**: what it says at an epoch depends only on that epoch's state, never on later ones;
+    - **scanner equals evaluate**: the incremental :meth:`Condition.scanner` (what the runner and ``whatif``
+      use) gives the verdict and reason of :meth:`Condition.evaluate` at every epoch;
+    - **its name round-trips** through the expression language (when the name parses: registered
+      factories called with literal arguments) to a condition with the same name and verdicts, so
+      ``fsmtrain whatif -c NAME`` and ``Machine.swap`` find it.
+
+    ``metrics`` (default: the keys the condition reads, as losses; ``"val_acc"``-like keys as accuracies)
+    says what to generate; ``name_round_trip`` (default: when the name parses) forces or skips the last check;
+    ``shrink=False`` reports the first failing run found instead of searching for the smallest (faster).
+    """
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    from .errors import ExpressionError, FsmtrainError
+    from .expr import parse
+
+    if not isinstance(condition, Condition):
+        raise TypeError(f"check_condition needs a Condition, got {type(condition).__name__}")
+    kinds = dict(metrics) if metrics is not None else {
+        k: (ACCURACY if "acc" in k.lower() else LOSS) for k in sorted(condition.keys)
+        if k not in ("epoch", "steps")} or {"val_loss": LOSS}
+    twin: Condition | None = None
+    if name_round_trip is not False:
+        try:
+            twin = parse(condition.name)
+        except (ExpressionError, FsmtrainError) as e:
+            if name_round_trip:
+                raise AssertionError(f"the name {condition.name!r} does not parse back: {e}") from None
+        if twin is not None and twin.name != condition.name:
+            raise AssertionError(f"the name {condition.name!r} parses back to a condition named {twin.name!r}")
+
+    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
+
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+              phases=phases)
+    @given(aligned_histories(kinds, min_size=1, max_size=max_size, allow_nan=True),
+           aligned_histories(kinds, min_size=0, max_size=5, allow_nan=True))
+    def promises(run: dict[str, list[float]], later: dict[str, list[float]]) -> None:
+        states = run_states(run)
+        longer = run_states({k: list(v) + list(later[k]) for k, v in run.items()})
+        scan = condition.scanner()
+        verdicts = []
+        for i, state in enumerate(states):
+            first = condition.evaluate(state)
+            assert condition.evaluate(state) == first, f"not deterministic at epoch {i + 1}: {first}"
+            fired = scan.fires(state)
+            assert (fired, scan.reason()) == first, \
+                f"scanner says {(fired, scan.reason())} where evaluate says {first} at epoch {i + 1}"
+            verdicts.append(first)
+            if twin is not None:
+                assert twin.evaluate(state)[0] == first[0], f"the parsed name decides otherwise at epoch {i + 1}"
+        for i, state in enumerate(longer[:len(states)]):
+            assert condition.evaluate(state) == verdicts[i], f"looks ahead: epoch {i + 1} changed with later epochs"
+
+    promises()

@@ -126,7 +126,10 @@ class WhatIf:
             by_run.setdefault(r.run_id, []).append(r)
         if rows:
             for run in self.runs:
-                stop = f"stopped by {run.reason}" if run.reason else f"{run.status}, no stop decision recorded"
+                if run.status in ("stopped", "pruned"):
+                    stop = f"{run.status.upper()} from outside before any stop condition fired"
+                else:
+                    stop = f"stopped by {run.reason}" if run.reason else f"{run.status}, no stop decision recorded"
                 out.append(f"run {run.run_id} ({run.machine}): {run.epochs} {self.counter}s, {stop}; "
                            f"best {self.metric} {_v(run.best)} at {self.counter} {run.best_epoch}")
                 out.append(_indent(_table(
@@ -144,9 +147,13 @@ class WhatIf:
                   f"{s.epochs_saved}/{s.epochs_run} ({100 * s.epochs_saved / max(1, s.epochs_run):.0f}%)",
                   f"{s.kept_best}/{s.runs}", _v(s.mean_gap)] for s in self.summary()])))
         if self.skipped:
-            out.append(f"skipped {len(self.skipped)} finished run(s) that do not record what the conditions read "
+            out.append(f"skipped {len(self.skipped)} ended run(s) that do not record what the conditions read "
                        f"(runs {', '.join(str(r) for r, _ in self.skipped[:10])}{', ...' if len(self.skipped) > 10 else ''})")
         return "\n".join(out).rstrip() + "\n"
+
+
+COMPARED = ("finished", "stopped", "pruned")
+"""The statuses of the runs ``whatif`` compares when none are named."""
 
 
 def _v(x: float | None) -> str:
@@ -388,7 +395,9 @@ def whatif(log: EventLog, conditions: Sequence[Condition | str], *, runs: Sequen
     """Evaluate each condition against each run's recorded history; see :class:`WhatIf`.
 
     ``conditions`` are Conditions or expressions (:func:`fsmtrain.expr.parse`).
-    ``runs`` defaults to every finished run.  ``metric``/``mode`` choose the
+    ``runs`` defaults to every run that ended with its history complete: finished, and stopped or
+    pruned from outside (a study's pruned trials: their histories are real, and what one asks "what if"
+    about; their records say so).  ``metric``/``mode`` choose the
     value whose best is reported; by default, the metric of the first condition
     that watches one (and its mode), else ``val_loss`` (min).
     """
@@ -410,7 +419,7 @@ def whatif(log: EventLog, conditions: Sequence[Condition | str], *, runs: Sequen
     if mode is None:
         mode = next((m.mode for c in conds for m in _metric_conditions(c) if m.metric == metric), "min")
     if runs is None:
-        run_ids = [r.id for r in log.runs() if r.status == "finished"]
+        run_ids = [r.id for r in log.runs() if r.status in COMPARED]
     else:
         run_ids = list(dict.fromkeys(runs))
         known = {r for (r,) in log.conn.execute("SELECT id FROM runs")}
@@ -431,7 +440,7 @@ def whatif(log: EventLog, conditions: Sequence[Condition | str], *, runs: Sequen
         except MetricNotRecorded as problem:
             if runs is not None:  # a run the user named: say what is wrong with it
                 raise
-            # Comparing every finished run: one of another kind (no such metric) is left out.
+            # Comparing every ended run: one of another kind (no such metric) is left out.
             skipped.append((h.run_id, str(problem)))
             first_problem = first_problem or problem
             continue
@@ -479,7 +488,7 @@ def whatif(log: EventLog, conditions: Sequence[Condition | str], *, runs: Sequen
                                 overall, overall_epoch))
     if skipped and not records:
         assert first_problem is not None
-        raise MetricNotRecorded(f"no finished run records what the conditions read; e.g. {first_problem}")
+        raise MetricNotRecorded(f"no ended run records what the conditions read; e.g. {first_problem}")
     return WhatIf(metric, mode, counter, [c.name for c in conds], records, rows, skipped)
 
 

@@ -7,7 +7,7 @@ finishes, fails, or reaches its next gate.  Code comes only from the target the
 operator names, never from the log.
 
 Two processes never drive the same run at once: a worker holds the run's lock
-(:mod:`fsmtrain.locks`: ``flock`` on ``<log>.artifacts/locks/run<ID>.lock``, which
+(:mod:`fsmtrain.locks`: a record lock on ``<log>.artifacts/locks/run<ID>.lock``, which
 the kernel releases when the process dies, so a killed worker blocks nobody)
 while it runs that run, and reads the run's position only once it holds it;
 ``Runner.start``/``resume`` and so ``Trainer.fit`` and ``fsmtrain demo`` take the

@@ -101,7 +101,7 @@ class TestVerify:
 class TestGraph:
     def test_mermaid_and_dot(self):
         r = invoke("graph", "fsmtrain.train.demo:machine")
-        assert r.exit_code == 0 and r.output.startswith("stateDiagram-v2\n    [*] --> train_epoch")
+        assert r.exit_code == 0 and r.output.startswith("stateDiagram-v2\n    [*] --> train_steps")
         r = invoke("graph", "tests.machines:gated", "--format", "dot")
         assert r.exit_code == 0 and r.output.startswith('digraph "gated" {')
 

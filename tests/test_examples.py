@@ -45,7 +45,7 @@ def test_custom_condition_example_tests_pass_and_whatif_can_use_the_condition(tm
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "5 passed" in p.stdout
+    assert "6 passed" in p.stdout
     from tests.test_whatif import record  # a recorded run of the torch-free curve machine
 
     with EventLog(tmp_path / "w.db") as log:

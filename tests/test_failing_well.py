@@ -72,7 +72,7 @@ class TestKilledIsNotFailed:
         log = tmp_path / "killed.db"
         cmd = DEMO + ["--log", str(log), "--delay", "0.5"]
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: log.exists() and count(log, "step") >= 3, "first epoch", p)  # next: a slow train_epoch
+        wait_for(lambda: log.exists() and count(log, "step") >= 3, "first epoch", p)  # next: a slow training chunk
         p.kill()
         p.communicate()
         for k in range(5):  # each process dies inside the step it resumed: no step commits in between

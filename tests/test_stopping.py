@@ -6,8 +6,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from fsmtrain import State
-from fsmtrain.errors import ConditionError, InvalidDefinition
+from fsmtrain import Condition, State
+from fsmtrain.conditions import Scanner
+from fsmtrain.errors import ConditionError, ExpressionError, InvalidDefinition
 from fsmtrain.expr import parse
 from fsmtrain.stopping import (
     diverged,
@@ -23,7 +24,16 @@ from fsmtrain.stopping import (
     target,
     time_budget,
 )
-from fsmtrain.testing import conditions, epoch_states, fired_at, first_firing, histories
+from fsmtrain.testing import (
+    aligned_histories,
+    check_condition,
+    conditions,
+    epoch_states,
+    fired_at,
+    first_firing,
+    histories,
+    run_states,
+)
 
 INF = math.inf
 NAN = math.nan
@@ -336,3 +346,54 @@ class TestBadDefinitions:
             register(lambda: max_epochs(1), name="max_epochs")
         with pytest.raises(ValueError, match="must be an identifier"):
             register(lambda: max_epochs(1), name="not a name")
+
+
+class TestHelpersForUsersConditions:
+    @given(aligned_histories(min_size=1, max_size=20, allow_nan=True))
+    def test_aligned_histories_have_one_value_per_epoch_each_and_accuracy_stays_in_range(self, run):
+        assert set(run) == {"train_loss", "val_loss", "val_acc"} and len({len(v) for v in run.values()}) == 1
+        assert all(0.0 <= a <= 1.0 for a in run["val_acc"])
+        states = run_states(run)
+        assert [s["epoch"] for s in states] == list(range(1, len(run["val_loss"]) + 1))
+        assert all(list(s["val_acc"]) == run["val_acc"][: s["epoch"]] for s in states)
+
+    def test_check_condition_passes_every_builtin_condition(self):
+        check_condition(early_stopping("val_loss", patience=3) | max_epochs(10), examples=50)
+        check_condition(plateau("val_acc", patience=2, mode="max") & ~target("train_loss", 0.1), examples=50)
+
+    @pytest.mark.parametrize(("bad", "message"), [
+        (Condition(lambda s: __import__("random").random() < 0.5, keys=["val_loss"], name="coin"),
+         "not deterministic|scanner says"),
+        (Condition(lambda s: len(s["val_loss"]) > 0 and s["val_loss"][-1] == s["val_loss"][-1] + 0 and False,
+                   keys=["val_loss"], name="max_epochs(3)"), "parsed name decides otherwise"),
+    ])
+    def test_check_condition_finds_a_broken_promise(self, bad, message):
+        with pytest.raises(AssertionError, match=message):
+            check_condition(bad, examples=50, shrink=False)
+
+    def test_check_condition_finds_a_scanner_that_disagrees(self):
+        class AlwaysYes(Scanner):
+            def fires(self, state):
+                return True
+
+        class Lying(Condition):
+            def scanner(self):
+                return AlwaysYes(self)
+
+        with pytest.raises(AssertionError, match="scanner says"):
+            check_condition(Lying(lambda s: False, keys=["val_loss"], name="never"), examples=20, shrink=False)
+
+    def test_a_factorys_own_message_is_not_prefixed_twice(self):
+        from fsmtrain.expr import parse
+        from fsmtrain.stopping import CONDITIONS
+
+        def picky(metric, n):
+            raise ValueError(f"picky needs n >= 1, got {n}")
+
+        CONDITIONS["picky"] = picky
+        try:
+            with pytest.raises(ExpressionError) as got:
+                parse("picky(val_loss, n=0)")
+        finally:
+            del CONDITIONS["picky"]
+        assert str(got.value).splitlines()[0] == "picky needs n >= 1, got 0"

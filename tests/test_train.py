@@ -466,3 +466,49 @@ def test_the_engine_runner_can_drive_training_actions_directly(tmp_path):
     runner = Runner.start(m, resources=r)
     assert runner.run().reason == "finished" and runner.state["epoch"] == 2
     assert isinstance(runner.state["checkpoint"], Ref)
+
+
+class TestWhatTrainingRecords:
+    def test_the_learning_rate_of_each_epoch_is_recorded(self, tmp_path):
+        """A StepLR halving every 2 epochs shows in the history: the lr each epoch started with."""
+        runner = fit(tmp_path / "lr.db", epochs=5)
+        assert list(runner.state["learning_rate"]) == [0.01, 0.01, 0.005, 0.005, 0.0025]
+
+    def test_reduce_lr_on_plateau_steps_with_the_watched_metric_and_resumes_identically(self, tmp_path):
+        def build(state):
+            r = tiny_build(state)
+            r.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(r.optimizer, factor=0.5, patience=0,
+                                                                     threshold=0.5)
+            return r
+
+        machine = tiny_machine(6)
+        done = Trainer(machine, build, log=tmp_path / "a.db").fit({"lr": 0.05})
+        rates = list(done.state["learning_rate"])
+        assert rates[0] == 0.05 and rates[-1] < 0.05 and rates == sorted(rates, reverse=True)  # it reduced
+        t = Trainer(machine, build, log=tmp_path / "b.db")
+        r = t.start({"lr": 0.05})
+        r.run(max_steps=7)  # stopped mid-run, then resumed by a fresh trainer: restore + redo
+        r.close()
+        again = Trainer(machine, build, log=tmp_path / "b.db").fit({"lr": 0.05})
+        assert list(again.state["learning_rate"]) == rates
+        assert again.state["weights_sha256"] == done.state["weights_sha256"]
+
+    def test_a_plateau_scheduler_watching_a_metric_evaluate_does_not_compute_is_an_error(self, tmp_path):
+        def build(state):
+            r = tiny_build(state)
+            r.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(r.optimizer)
+            r.scheduler_metric = "val_f1"
+            return r
+
+        with pytest.raises(Exception, match="scheduler_metric `val_f1` is not one this evaluation computes"):
+            Trainer(tiny_machine(2), build, log=tmp_path / "p.db", max_attempts=1).fit({"lr": 0.05})
+
+    def test_a_dataloader_is_refused_saying_what_to_pass_instead(self, tmp_path):
+        def build(state):
+            r = tiny_build(state)
+            r.train_data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*r.train_data), batch_size=8)
+            return r
+
+        with pytest.raises(ResourceError, match=r"train_data is a DataLoader.*pass its dataset "
+                                                r"\(train_data=loader.dataset\)"):
+            Trainer(tiny_machine(2), build, log=tmp_path / "d.db").fit({"lr": 0.05})

@@ -19,7 +19,7 @@ from tests.test_crash import history, kill_until_done
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
-STEPS = CONFIG["max_epochs"] * 3 + 1  # train_epoch, evaluate, checkpoint per epoch, then finish
+STEPS = CONFIG["max_epochs"] * 3 + 1  # train_steps (a whole epoch), evaluate, checkpoint per epoch, then finish
 POINTS = [("before", n) for n in range(1, STEPS + 1)] + [("after", n) for n in range(1, STEPS)] + \
     [(p, n) for p in ("temp", "renamed") for n in range(1, CONFIG["max_epochs"] + 1)]
 
@@ -51,7 +51,7 @@ def test_a_kill_at_every_commit_and_checkpoint_write_resumes_identically(tmp_pat
         assert result_of(logs[pt]) == want, pt
         with EventLog(logs[pt]) as log:
             assert log.verify() == []
-            epochs = [e.updates["set"]["epoch"] for e in log.events(1) if e.kind == "step" and e.action == "train_epoch"]
+            epochs = [e.updates["set"]["epoch"] for e in log.events(1) if e.kind == "step" and e.action == "train_steps"]
             assert epochs == [1, 2], pt  # no epoch recorded twice
             files = sorted(p.name for p in (log.artifacts / "run1").iterdir())
             assert files == sorted({r.path.split("/")[1] for r in state_at(log, 1)["checkpoints"]}), pt

@@ -267,3 +267,81 @@ def test_the_study_command_shows_the_trial_table(tmp_path):
     p = subprocess.run([sys.executable, "-m", "fsmtrain", "study", str(tmp_path / "s.db"), "--id", "2"],
                        capture_output=True, text=True, env=env)
     assert p.returncode == 1 and "run 2 is a `trial` run, not a study" in p.stderr
+
+
+class TestPrunedTrialsEnd:
+    def test_a_pruned_trial_ends_saying_why_and_nothing_continues_it(self, tmp_path):
+        with EventLog(tmp_path / "p.db") as log:
+            runner = Study(log, TARGET, SPACE, n_trials=6, max_concurrent=2, seed=3,
+                           scheduler=ASHA(grace_period=1, reduction_factor=2, max_t=4)).run(on_interrupt="raise")
+            rows = table(runner.state)
+            pruned = [r for r in rows if r["status"] == "pruned"]
+            assert pruned, rows
+            for r in rows:
+                assert log.run(r["run_id"]).status == {"completed": "finished", "pruned": "pruned"}[r["status"]]
+            for r in pruned:
+                last = log.last_event(r["run_id"])
+                assert last.kind == "pruned" and last.info["by"] == f"study {runner.run_id}"
+                assert last.info["rule"] == "asha" and last.info["rung"] == r["epochs"] and last.info["trial"] == r["trial"]
+                assert last.info["reason"].startswith(f"pruned by asha at epoch {r['epochs']}: val_loss ")
+            before = {r["run_id"]: log.run(r["run_id"]).last_seq for r in rows}
+        env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+        p = subprocess.run([sys.executable, "-m", "fsmtrain", "worker", str(tmp_path / "p.db"), "--machine", TARGET,
+                            "--once"], capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 0 and "nothing to do" in p.stdout, (p.stdout, p.stderr)
+        p = subprocess.run([sys.executable, "-m", "fsmtrain", "replay", str(tmp_path / "p.db")], capture_output=True,
+                           text=True, env=env)
+        assert sum(" pruned " in line for line in p.stdout.splitlines()) == len(pruned)
+        with EventLog(tmp_path / "p.db", readonly=True) as log:
+            assert {r: log.run(r).last_seq for r in before} == before  # the worker ran nothing
+            assert log.verify() == []
+            from fsmtrain.whatif import whatif
+
+            result = whatif(log, ["max_epochs(2)"])
+            assert {r.run_id for r in result.runs} == set(before)  # pruned trials included, marked
+            assert {r.run_id for r in result.runs if r.status == "pruned"} == {r["run_id"] for r in pruned}
+
+    def test_a_person_stopping_a_trial_ends_it_and_the_study_goes_on(self, tmp_path):
+        """A trial run stopped from outside (fsmtrain stop) is not run again; the study finishes the others."""
+        from fsmtrain.runner import stop
+
+        with EventLog(tmp_path / "s.db") as log:
+            study = Study(log, TARGET, SPACE, n_trials=3, max_concurrent=1, seed=1, config={"max_epochs": 3},
+                          scheduler=ASHA(grace_period=1, reduction_factor=2, max_t=3))
+
+            class StopTheSecond:
+                def on_step_end(self, *, action, state, **kw):
+                    trials = state["trials"]
+                    if action == "propose" and len(trials) == 2 and log.run(trials[1]["run_id"]).status == "running":
+                        stop(log, trials[1]["run_id"], reason="looks wrong", by="ann")
+
+            study.hooks.append(StopTheSecond())
+            runner = study.run(on_interrupt="raise")
+            rows = {r["trial"]: r for r in table(runner.state)}
+            assert rows[1]["status"] == "stopped" and log.last_event(rows[1]["run_id"]).info["by"] == "ann"
+            assert runner.status == "finished" and rows[0]["status"] != "stopped" and rows[2]["status"] != "stopped"
+
+    @given(st.lists(st.floats(0.1, 10, allow_nan=False), min_size=1, max_size=8), st.integers(1, 8))
+    def test_asha_can_compare_each_trials_best_so_far(self, values, at):
+        """compare="best": a trial is judged by its best value up to the rung, not by one noisy epoch there."""
+        asha = ASHA(max_t=20, compare="best")
+        got = asha.value_at(values, at, "min")
+        if len(values) < at:
+            assert math.isnan(got)
+        else:
+            assert got == min(values[:at])
+            assert ASHA(max_t=20).value_at(values, at, "min") == values[at - 1]
+        with pytest.raises(InvalidDefinition, match="compare must be one of milestone, best"):
+            ASHA(compare="worst")
+
+
+class TestSpeedChoices:
+    def test_one_trial_at_a_time_runs_in_this_process(self, tmp_path):
+        """max_concurrent=1 starts no process: the trials run in the study's own process."""
+        import multiprocessing
+
+        with EventLog(tmp_path / "i.db") as log:
+            before = len(multiprocessing.active_children())
+            runner = Study(log, TARGET, SPACE, n_trials=2, max_concurrent=1, seed=2, config={"max_epochs": 2}).run()
+            assert runner.state["summary"] == {"completed": 2}
+            assert len(multiprocessing.active_children()) == before

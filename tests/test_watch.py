@@ -87,11 +87,24 @@ class TestProgress:
         draws = out.getvalue().count("\r")
         assert draws == 2 and "\repoch 12  val_acc 0.6  val_loss 0.8" in out.getvalue()
 
-    def test_quiet_when_the_stream_is_not_a_terminal(self):
+    def test_one_plain_line_per_epoch_when_the_stream_is_not_a_terminal(self):
+        """A background job writing to a file sees each epoch once it is complete, and the end."""
         out = io.StringIO()
         with _nolog() as log:
             record(log, hooks=[Progress(out)])
-        assert out.getvalue() == ""
+        lines = out.getvalue().splitlines()
+        assert [line.split()[1] for line in lines[:-1]] == [str(e) for e in range(1, 13)]
+        assert lines[0].startswith("epoch 1  val_acc 0.5  val_loss 1  (0:0") and lines[-1] == "run 1 finished"
+        assert "\r" not in out.getvalue()
+
+    def test_a_plain_line_says_when_a_run_resumes(self, tmp_path):
+        with EventLog(tmp_path / "p.db") as log:
+            r = record(log, steps=4)
+            r.close()
+            out = io.StringIO()
+            Runner.resume(curve_machine(max_epochs(12)), log, r.run_id, hooks=[Progress(out)]).run()
+        lines = out.getvalue().splitlines()
+        assert lines[0] == "run 1 resumed at epoch 2, next `train`" and lines[1].startswith("epoch 3  ")
 
     def test_the_bar_counts_against_max_epochs(self):
         from fsmtrain import State

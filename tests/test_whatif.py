@@ -168,7 +168,7 @@ class TestMixedLogs:
             result = whatif(log, ["early_stopping(val_loss, patience=2)"])
             assert [r.run_id for r in result.runs] == [1, 3]
             assert result.skipped[0][0] == 4 and "run 4 never set `epoch`" in result.skipped[0][1]
-            assert "skipped 1 finished run(s)" in result.to_text()
+            assert "skipped 1 ended run(s)" in result.to_text()
             with pytest.raises(MetricNotRecorded, match="run 4 never set `epoch`"):
                 whatif(log, ["early_stopping(val_loss, patience=2)"], runs=[1, 4])
 
@@ -274,6 +274,61 @@ class TestSwappingTheStopCondition:
         assert swapped.state["epoch"] == direct.state["epoch"] == 7
         assert list(swapped.state["val_loss"]) == list(direct.state["val_loss"])
 
-    def test_swapping_a_condition_no_transition_uses_is_refused(self):
-        with pytest.raises(InvalidDefinition, match="no transition uses condition `max_epochs\\(3\\)`"):
+    def test_swapping_a_condition_no_transition_uses_is_refused_naming_those_it_has(self):
+        with pytest.raises(InvalidDefinition, match="no transition uses a condition named `max_epochs\\(3\\)`; the "
+                                                    "conditions its transitions are made of: end_of_curve; max_epochs"):
             curve_machine(max_epochs(12)).swap("max_epochs(3)", max_epochs(4))
+
+    @pytest.mark.parametrize("old", [early_stopping("val_loss", patience=3), "early_stopping(val_loss, patience=3)",
+                                     "early_stopping( 'val_loss' , patience = 3 )"])
+    @pytest.mark.parametrize("new", [max_epochs(4), "max_epochs(n=4)"])
+    def test_conditions_are_found_by_name_and_may_be_written_as_expressions(self, old, new):
+        """A condition built anew (a new process never has the original object), its name, or an expression."""
+        machine = curve_machine(early_stopping("val_loss", patience=3) | max_epochs(12))
+        swapped = machine.swap(old, new)
+        assert [t.condition.name for t in swapped.transitions][1] == "max_epochs(4) | max_epochs(12) | end_of_curve"
+
+    def test_a_trainer_resumes_a_run_in_a_new_process_with_another_condition(self, tmp_path):
+        """`Trainer.fit(..., allow_changed_machine=True)` with machine.swap(...): the user's way, across processes."""
+        pytest.importorskip("torch")
+        script = (
+            "import sys\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "from fsmtrain.stopping import early_stopping, max_epochs\n"
+            "from fsmtrain.train import Trainer, training_machine\n"
+            "from tests.machines.training import tiny_build\n"
+            "machine = training_machine(max_epochs(12), initial={'lr': 0.05})\n"
+            "if sys.argv[2] == 'swap':\n"
+            "    machine = machine.swap(max_epochs(12),\n"
+            "                           'early_stopping(val_loss, patience=1, min_delta=0.02) | max_epochs(12)')\n"
+            "t = Trainer(machine, tiny_build, log=sys.argv[1])\n"
+            "if sys.argv[2] == 'start':\n"
+            "    t.start({'seed': 3}).run(max_steps=6)\n"
+            "else:\n"
+            "    r = t.fit({'seed': 3}, allow_changed_machine=True)\n"
+            "    print(r.status, r.state['epoch'])\n")
+        log = tmp_path / "t.db"
+        for mode in ("start", "swap"):
+            p = subprocess.run([sys.executable, "-c", script, str(log), mode], capture_output=True, text=True,
+                               timeout=300)
+            assert p.returncode == 0, p.stderr
+        status, epoch = p.stdout.split()
+        assert status == "finished" and int(epoch) < 12
+        with EventLog(log, readonly=True) as lg:
+            resume = next(e for e in lg.events(1) if e.kind == "resume")
+            assert resume.info["conditions"][0]["now"] == "early_stopping(val_loss, patience=1, min_delta=0.02) | max_epochs(12)"
+
+    def test_whatif_imports_a_module_from_the_current_folder(self, tmp_path):
+        """`fsmtrain whatif --import mymod` works in mymod's own folder, as `graph` and `worker` do."""
+        (tmp_path / "mymod.py").write_text(
+            "from fsmtrain.stopping import register, max_epochs\n"
+            "@register\n"
+            "def at_three(metric):\n"
+            "    return max_epochs(3)\n")
+        with EventLog(tmp_path / "w.db") as log:
+            record(log, max_epochs(6), "falls")
+        p = subprocess.run([sys.executable, "-m", "fsmtrain", "whatif", "w.db", "--import", "mymod", "-c",
+                            "at_three(val_loss)"], cwd=tmp_path, capture_output=True, text=True,
+                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        assert p.returncode == 0, p.stderr
+        assert "max_epochs(3)  3 " in p.stdout

@@ -3,7 +3,8 @@
 This subpackage (and ``fsmtrain.tune``) is the only place that imports torch.
 
 - :class:`Resources`: the live model, optimizer, scheduler and data a factory builds.
-- :func:`train_epoch`, :func:`evaluate`, :func:`checkpoint`, :func:`finish`: ready-made actions.
+- :func:`train_steps` (a chunk of N optimizer steps from the data cursor), :func:`train_epoch`,
+  :func:`evaluate`, :func:`checkpoint`, :func:`finish`: ready-made actions.
 - :func:`training_machine`: the usual loop in one call; :class:`Trainer` runs it.
 - :mod:`fsmtrain.train.checkpoints`: atomic, hashed, data-only checkpoint files.
 """
@@ -16,9 +17,9 @@ with warnings.catch_warnings():  # torch without NumPy warns on import; NumPy is
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     import torch  # noqa: F401
 
-from .actions import accuracy, checkpoint, evaluate, export_best, finish, train_epoch
+from .actions import accuracy, checkpoint, evaluate, export_best, finish, train_epoch, train_steps
 from .checkpoints import load_checkpoint, save_checkpoint, seed_everything, weights_sha256
-from .resources import Resources, batches, epoch_seed
+from .resources import Resources, batches, epoch_order, epoch_seed, sample_seed
 from .trainer import Trainer, training_machine
 
 __all__ = [
@@ -27,14 +28,17 @@ __all__ = [
     "accuracy",
     "batches",
     "checkpoint",
+    "epoch_order",
     "epoch_seed",
     "evaluate",
     "export_best",
     "finish",
     "load_checkpoint",
     "save_checkpoint",
+    "sample_seed",
     "seed_everything",
     "train_epoch",
+    "train_steps",
     "training_machine",
     "weights_sha256",
 ]

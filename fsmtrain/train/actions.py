@@ -19,9 +19,10 @@ from ..actions import Action
 from ..errors import CheckpointError, InvalidDefinition, ResourceError
 from ..state import Ref, State, append
 from .checkpoints import FORMAT, capture_rng, load_checkpoint, save_checkpoint, weights_sha256
-from .resources import Resources, batches, epoch_seed
+from .resources import Resources, _length, batches, feed, stateful
 
-__all__ = ["accuracy", "artifact_refs", "checkpoint", "evaluate", "export_best", "finish", "run_folder", "train_epoch"]
+__all__ = ["accuracy", "artifact_refs", "checkpoint", "evaluate", "export_best", "finish", "run_folder", "train_epoch",
+           "train_steps"]
 
 Metric = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | float"]
 
@@ -43,49 +44,163 @@ def run_folder(run_id: int | None) -> str:
     return f"run{run_id}"
 
 
-def train_epoch(*, name: str = "train_epoch") -> Action:
-    """One pass over ``train_data``: writes ``epoch`` (+1) and ``steps`` (optimizer steps so far), appends to ``train_loss``.
+def _plateau(scheduler: Any) -> bool:
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
-    The data order comes from ``(seed, epoch)``; the LR scheduler, if any, steps
-    once at the end of the epoch.
+
+COUNTERS = ("epoch", "offset", "steps", "chunks")
+"""Where training stands: epochs completed, samples of the current epoch consumed (its permutation's
+offset), optimizer steps so far, training actions (chunks) so far."""
+
+
+def _count(value: Any, what: str, name: str, *, none: bool) -> int | None:
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ResourceError(f"action `{name}`: {what} must be an int >= 1{' or None' if none else ''}, got {value!r}")
+    return value
+
+
+def _setting_or(value: Any, what: str, name: str, *, none: bool) -> Any:
+    """An int (checked now), or a ``setting("key")`` read from the run's state when the action runs."""
+    from ..stopping import Setting
+
+    if isinstance(value, Setting):
+        return value
+    try:
+        return _count(value, what, name, none=none)
+    except ResourceError as e:
+        raise InvalidDefinition(f"action `{name}`", [str(e).split(": ", 1)[1]]) from None
+
+
+def train_steps(n: Any = None, *, accumulate: Any = 1, name: str | None = None) -> Action:
+    """Train for ``n`` optimizer steps from the data cursor, then commit: a resumable point every ``n`` steps.
+
+    State holds the cursor: ``epoch`` (epochs completed) and ``offset`` (samples of the current
+    epoch consumed, in the order of its permutation, a pure function of ``(seed, epoch)``).  A
+    chunk starts at the cursor — no fast-forwarding, no sampler state — and stops after ``n`` steps
+    or at the epoch's end, whichever comes first: when the cursor wraps, ``epoch`` advances and the
+    epoch's exact sample-weighted mean loss (running sums carried in ``epoch_loss`` between chunks)
+    is appended to ``train_loss``.  ``n=None`` trains to the epoch's end (:func:`train_epoch`).
+
+    ``accumulate=k``: each optimizer step sums the gradients of ``k`` batches, each loss weighted by
+    its share of the step's samples (the mean over all of them, as one batch of ``k * batch_size``
+    would compute); a chunk never ends inside an accumulation.  ``n`` and ``accumulate`` may be
+    ``setting("key")``: read from the run's state when the action runs.
+
+    Writes ``epoch``, ``offset``, ``epoch_loss``, ``steps``, ``chunks`` (training actions so far),
+    ``steps_per_epoch``, and appends to ``train_loss`` and ``learning_rate`` (the first parameter
+    group's learning rate at each epoch's first step).  Autocast follows ``Resources.precision``;
+    the LR scheduler steps at each epoch's end (``scheduler_interval="step"``: after each step).
     """
+    label = name or ("train_epoch" if n is None else "train_steps")
+    n = _setting_or(n, "n (optimizer steps per chunk)", label, none=True)
+    accumulate = _setting_or(accumulate, "accumulate", label, none=False)
 
     def fn(state: State, resources: Any) -> dict[str, Any]:
-        r = _resources(resources, name)
-        epoch = state["epoch"]
-        g = torch.Generator().manual_seed(epoch_seed(state["seed"], epoch))
-        model, opt, loss_fn, clip = r.model, r.optimizer, r.loss_fn, r.grad_clip
+        from ..stopping import Setting
+
+        r = _resources(resources, label)
+        steps_n = _count(state[n.key], f"state[{n.key!r}]", label, none=True) if isinstance(n, Setting) else n
+        k = _count(state[accumulate.key], f"state[{accumulate.key!r}]", label, none=False) \
+            if isinstance(accumulate, Setting) else accumulate
+        assert k is not None
+        seed, epoch = state["seed"], state["epoch"]
+        offset = state.get("offset") or 0
+        carried = state.get("epoch_loss")
+        total, count = (float(carried[0]), int(carried[1])) if carried else (0.0, 0)
+        model, opt, loss_fn, clip, scaler = r.model, r.optimizer, r.loss_fn, r.grad_clip, r.grad_scaler()
+        per_step = r.scheduler is not None and not _plateau(r.scheduler) and r.scheduler_interval == "step"
         model.train()
-        total = 0.0
-        n = steps = 0
-        for inputs, targets in batches(r.train_data, r.batch_size, generator=g, device=r.device,
-                                       num_workers=r.num_workers):
-            loss = loss_fn(model(inputs), targets)
+        lr = float(opt.param_groups[0]["lr"])
+        data = feed(r, seed, epoch, offset)
+        done = 0
+        while steps_n is None or done < steps_n:
+            group: list[tuple[Any, ...]] = []
+            while len(group) < k:
+                batch = data.take()
+                if batch is None:
+                    break
+                group.append(batch)
+            if not group:
+                break
             opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            size = sum(len(b[-1]) for b in group)
+            for *inputs, targets in group:
+                with r.autocast():
+                    loss = loss_fn(model(*inputs), targets)
+                weighted = loss if len(group) == 1 else loss * (len(targets) / size)
+                (scaler.scale(weighted) if scaler is not None else weighted).backward()
+                total += loss.item() * len(targets)
+                count += len(targets)
             if clip is not None:
+                if scaler is not None:
+                    scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-            steps += 1
-            k = len(targets)
-            total += loss.item() * k
-            n += k
-        if r.scheduler is not None:
-            r.scheduler.step()
-        return {"epoch": epoch + 1, "steps": state.get("steps", 0) + steps, "train_loss": append(total / n)}
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            if per_step:
+                r.scheduler.step()
+            done += 1
+        # The epoch ends when its samples are all consumed (a stateful loader that cannot say how many it holds
+        # is seen to end when the next chunk finds it exhausted).
+        wrapped = data.exhausted or 0 <= _length(r.train_data) <= data.offset
+        updates: dict[str, Any] = {"steps": state.get("steps", 0) + done}
+        if n is not None:
+            updates["chunks"] = (state.get("chunks") or 0) + 1
+        samples = _length(r.train_data)
+        spe = _steps_per_epoch(samples, r.batch_size, k) if samples >= 0 else None
+        if spe is not None and state.get("steps_per_epoch") != spe and (n is not None or "steps_per_epoch" in state):
+            updates["steps_per_epoch"] = spe
+        if offset == 0:
+            updates["learning_rate"] = append(lr)
+        if wrapped:
+            updates.update(epoch=epoch + 1, train_loss=append(total / count if count else math.nan))
+            if offset or carried:
+                updates.update(offset=0, epoch_loss=None)
+            if r.scheduler is not None and not _plateau(r.scheduler) and not per_step:
+                r.scheduler.step()
+        else:
+            updates.update(offset=data.offset, epoch_loss=[total, count])
+        return updates
 
-    return Action(fn, name=name, reads=["epoch", "seed", "steps"], writes=["epoch", "steps", "train_loss"])
+    return Action(fn, name=label, reads=["epoch", "seed", "steps", "offset", "epoch_loss", "chunks", "steps_per_epoch",
+                                          *(x.key for x in (n, accumulate) if hasattr(x, "key"))],
+                  writes=["epoch", "steps", "offset", "epoch_loss", "chunks", "steps_per_epoch", "train_loss",
+                          "learning_rate"])
 
 
-def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_", name: str = "evaluate") -> Action:
+def _steps_per_epoch(samples: int, batch_size: int, accumulate: int) -> int:
+    batches = -(-samples // batch_size)
+    return -(-batches // accumulate)
+
+
+def train_epoch(*, accumulate: Any = 1, name: str = "train_epoch") -> Action:
+    """One pass over ``train_data`` (:func:`train_steps` to the epoch's end): writes ``epoch`` (+1) and ``steps``
+    (optimizer steps so far), appends to ``train_loss`` and ``learning_rate`` (the first parameter group's learning
+    rate at the epoch's first step, so a scheduler's work is in the history).
+
+    The data order comes from ``(seed, epoch)``; the LR scheduler, if any, steps
+    once at the end of the epoch (a ``ReduceLROnPlateau`` is stepped by ``evaluate``).
+    """
+    return train_steps(None, accumulate=accumulate, name=name)
+
+
+def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_", name: str = "evaluate",
+             at: str | None = None) -> Action:
     """Loss and ``metrics`` on ``val_data``, appended to ``<prefix>loss`` and ``<prefix><metric>``.
 
     ``metrics`` maps a name to ``fn(outputs, targets)`` returning the batch mean;
-    the default is ``{"acc": accuracy}``.  Runs under ``torch.no_grad`` in eval mode.
+    the default is ``{"acc": accuracy}``.  Runs under ``torch.no_grad`` in eval mode,
+    with the autocast of ``Resources.precision``.  ``at`` (optional) names a state key
+    set to the step count when it runs (a schedule "every N steps" reads it).
     """
     metrics = {"acc": accuracy} if metrics is None else dict(metrics)
     keys = {m: prefix + m for m in metrics}
-    writes = [prefix + "loss", *keys.values()]
+    writes = [prefix + "loss", *keys.values()] + ([at] if at else [])
     if len(set(writes)) != len(writes):
         raise InvalidDefinition(f"action `{name}`", [f"metric names collide with `{prefix}loss`"])
 
@@ -98,20 +213,31 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
         sums = dict.fromkeys(["loss", *metrics], 0.0)
         n = 0
         with torch.no_grad():
-            for inputs, targets in batches(r.val_data, r.batch_size * 4, device=r.device, num_workers=r.num_workers):
-                out = model(inputs)
+            for *inputs, targets in batches(r.val_data, r.batch_size * 4, device=r.device, num_workers=r.num_workers,
+                                            collate_fn=r.collate_fn):
+                with r.autocast():
+                    out = model(*inputs)
+                    batch_loss = loss_fn(out, targets)
                 k = len(targets)
-                sums["loss"] += float(loss_fn(out, targets)) * k
+                sums["loss"] += float(batch_loss) * k
                 for m, f in metrics.items():
                     sums[m] += float(f(out, targets)) * k
                 n += k
         if n == 0:
             raise ResourceError(f"action `{name}`: val_data is empty")
-        updates: dict[str, Any] = {prefix + "loss": append(sums["loss"] / n)}
-        updates.update({keys[m]: append(sums[m] / n) for m in metrics})
+        means = {prefix + "loss": sums["loss"] / n, **{keys[m]: sums[m] / n for m in metrics}}
+        if _plateau(r.scheduler):  # ReduceLROnPlateau steps with the metric it watches, once per evaluation
+            key = r.scheduler_metric or prefix + "loss"
+            if key not in means:
+                raise ResourceError(f"action `{name}`: scheduler_metric `{key}` is not one this evaluation computes "
+                                    f"({', '.join(means)})")
+            r.scheduler.step(means[key])
+        updates: dict[str, Any] = {k: append(v) for k, v in means.items()}
+        if at:
+            updates[at] = state.get("steps", 0)
         return updates
 
-    return Action(fn, name=name, reads=[], writes=writes)
+    return Action(fn, name=name, reads=["steps"] if at else [], writes=writes)
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -121,14 +247,16 @@ def _better(value: float, best: float | None, mode: str) -> bool:
 
 
 def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last: int = 3,
-               name: str = "checkpoint") -> Action:
-    """Save model, optimizer, scheduler, RNG states and position; commit the file's Ref.
+               name: str = "checkpoint", at: str | None = None) -> Action:
+    """Save model, optimizer, scheduler (and a GradScaler's), RNG states and position; commit the file's Ref.
 
     Writes ``checkpoint`` (the newest Ref), ``checkpoints`` (the ``keep_last``
     newest) and, when the newest value of ``monitor`` is the best so far
     (``mode`` ``min``/``max``; NaN never is), ``best`` = ``{"epoch", "metric",
-    "value", "checkpoint"}``.  Files that fall out of both are deleted after the
-    step commits (by the Trainer), never before.
+    "value", "checkpoint"}``; before the first evaluation (its history still
+    empty) there is no best yet.  Files that fall out of both are deleted after
+    the step commits (by the Trainer), never before.  ``at`` (optional) names a
+    state key set to the step count (a schedule "every N steps" reads it).
     """
     problems = []
     if mode not in ("min", "max"):
@@ -139,7 +267,7 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
         problems.append(f"monitor must be a metric key or None, got {monitor!r}")
     if problems:
         raise InvalidDefinition(f"action `{name}`", problems)
-    reads = ["epoch", "checkpoints", "best"] + ([monitor] if monitor else [])
+    reads = ["epoch", "offset", "steps", "checkpoints", "best"] + ([monitor] if monitor else [])
 
     def fn(state: State, resources: Any) -> dict[str, Any]:
         r = _resources(resources, name)
@@ -149,24 +277,32 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
         value = None
         if monitor is not None:
             history = state.get(monitor)
-            if not history:
+            if history is None:
                 raise CheckpointError(
                     f"action `{name}` monitors `{monitor}`, but the state has no value for it yet; "
                     f"make an action that writes `{monitor}` run before `{name}`")
-            value = float(history[-1])
+            value = float(history[-1]) if history else None
         payload = {"format": FORMAT, "epoch": epoch, "model": r.model.state_dict(),
                    "optimizer": r.optimizer.state_dict(),
                    "scheduler": r.scheduler.state_dict() if r.scheduler is not None else None,
                    "rng": capture_rng()}
-        ref = save_checkpoint(r.artifacts, run_folder(r.run_id), f"e{epoch:05d}", payload)
+        if r.scaler is not None:
+            payload["scaler"] = r.scaler.state_dict()
+        if stateful(r.train_data):
+            payload["loader"] = r.train_data.state_dict()
+        offset = state.get("offset") or 0
+        stem = f"e{epoch:05d}" if not offset else f"e{epoch:05d}s{state.get('steps', 0)}"  # mid-epoch: its step too
+        ref = save_checkpoint(r.artifacts, run_folder(r.run_id), stem, payload)
         kept = [k for k in state["checkpoints"] if k != ref][-(keep_last - 1):] if keep_last > 1 else []
         updates: dict[str, Any] = {"checkpoint": ref, "checkpoints": [*kept, ref]}
         best = state["best"]
         if monitor is None or (value is not None and _better(value, best["value"] if best else None, mode)):
             updates["best"] = {"epoch": epoch, "metric": monitor, "value": value, "checkpoint": ref}
+        if at:
+            updates[at] = state.get("steps", 0)
         return updates
 
-    return Action(fn, name=name, reads=reads, writes=["checkpoint", "checkpoints", "best"])
+    return Action(fn, name=name, reads=reads, writes=["checkpoint", "checkpoints", "best"] + ([at] if at else []))
 
 
 def finish(*, name: str = "finish") -> Action:

@@ -10,6 +10,7 @@ integer label column; no header).
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 from importlib import resources as pkg_resources
@@ -30,18 +31,34 @@ DIGITS_SHA256 = "68aea062d35a127749050fa0e52dca09d6569ac08092c925610e0954e172dde
 
 CONFIG: dict[str, Any] = {
     "seed": 0, "lr": 0.01, "batch_size": 64, "hidden": 64, "max_epochs": 30, "patience": 5, "data": None,
+    "chunk": None, "accumulate": 1, "precision": "32",
 }
+"""The demo's settings.  ``chunk``: optimizer steps per training action (None: a whole epoch);
+``accumulate``: batches per optimizer step; ``precision``: "32" or "bf16"."""
 
 STOP = early_stopping("val_loss", patience=setting("patience")) | max_epochs(setting("max_epochs"))
 
-machine = training_machine(STOP, name="demo", monitor="val_loss", keep_last=2, initial=CONFIG)
+machine = training_machine(STOP, name="demo", monitor="val_loss", keep_last=2, initial=CONFIG,
+                           every=setting("chunk"), accumulate=setting("accumulate"),
+                           evaluate_every="epoch", checkpoint_every=1)
+"""Chunks of ``chunk`` optimizer steps (a whole epoch by default), each followed by a checkpoint;
+an evaluation at each epoch's end; early stopping on validation loss."""
 
-gated_machine = training_machine(STOP, name="demo-gate", monitor="val_loss", keep_last=2, initial=CONFIG, review=True)
+gated_machine = training_machine(STOP, name="demo-gate", monitor="val_loss", keep_last=2, initial=CONFIG, review=True,
+                                 every=setting("chunk"), accumulate=setting("accumulate"),
+                                 evaluate_every="epoch", checkpoint_every=1)
 """The demo with a go/no-go gate after training: go exports the best model (``fsmtrain demo --gate``)."""
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """The bundled digits: inputs (1797, 64) scaled to [0, 1], labels (1797,)."""
+    """The bundled digits: inputs (1797, 64) scaled to [0, 1], labels (1797,) (fresh tensors each call)."""
+    x, y = _digits()
+    return x.clone(), y.clone()
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """Read, check and decode the bundled file once per process (a study's trials build many times)."""
     raw = gzip.decompress(pkg_resources.files("fsmtrain.train").joinpath("data/digits.bin.gz").read_bytes())
     if hashlib.sha256(raw).hexdigest() != DIGITS_SHA256:
         raise ValueError("the bundled digits data set is damaged (sha256 mismatch); reinstall fsmtrain")
@@ -80,7 +97,8 @@ def build(config: State) -> Resources:
                                 torch.nn.Linear(config["hidden"], classes))
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     return Resources(model=model, optimizer=optimizer, train_data=(x[train], y[train]),
-                     val_data=(x[val], y[val]), batch_size=config["batch_size"])
+                     val_data=(x[val], y[val]), batch_size=config["batch_size"],
+                     precision=config.get("precision") or "32")
 
 
 def trainer(log: EventLog | str, **kwargs: Any) -> Trainer:

@@ -58,25 +58,58 @@ class NoScheduler:
         return True
 
 
+COMPARE = ("milestone", "best")
+
+
+def value_at(values: Sequence[float], at: int, mode: str, compare: str = "milestone") -> float:
+    """What a scheduler compares for a trial at epoch ``at``: its value there (``milestone``), or its best
+    finite value up to there (``best``); NaN when it has none."""
+    if len(values) < at:
+        return math.nan
+    if compare == "milestone":
+        return float(values[at - 1])
+    finite = [float(v) for v in values[:at] if not _worse(v)]
+    if not finite:
+        return math.nan
+    return min(finite) if mode == "min" else max(finite)
+
+
+def _compare(what: str, compare: Any, problems: list[str]) -> None:
+    if compare not in COMPARE:
+        problems.append(f"compare must be one of {', '.join(COMPARE)}, got {compare!r}")
+
+
 class ASHA:
     """Asynchronous successive halving: at epochs ``grace_period * reduction_factor**k`` (below ``max_t``),
     a trial goes on only if it is in the top ``1 / reduction_factor`` of the trials that reached that epoch
     so far (itself included): fewer than ``ceil(n / reduction_factor)`` of the ``n`` values are strictly better.
-    A non-finite value is worst.  Trials are not held back waiting for others (asynchronous).
+    A non-finite value is worst.  Trials are not held back waiting for others (asynchronous), so which
+    trials are pruned depends on the order in which they reach a rung: a study killed and resumed may
+    prune differently from an uninterrupted one.
+
+    ``compare`` says what is compared at a rung: ``"milestone"`` (the default, as in the ASHA paper and
+    Ray Tune) the value at that epoch; ``"best"`` each trial's best value so far, which a noisy
+    validation metric makes the fairer choice (one bad epoch at the rung does not prune a good trial).
     """
 
     name = "asha"
 
-    def __init__(self, *, grace_period: int = 1, reduction_factor: int = 3, max_t: int = 27) -> None:
-        problems = []
+    def __init__(self, *, grace_period: int = 1, reduction_factor: int = 3, max_t: int = 27,
+                 compare: str = "milestone") -> None:
+        problems: list[str] = []
         for n, v, lo in (("grace_period", grace_period, 1), ("reduction_factor", reduction_factor, 2), ("max_t", max_t, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 problems.append(f"{n} must be an int >= {lo}, got {v!r}")
         if not problems and grace_period > max_t:
             problems.append(f"grace_period ({grace_period}) must not exceed max_t ({max_t})")
+        _compare("ASHA", compare, problems)
         if problems:
             raise InvalidDefinition("ASHA", problems)
         self.grace_period, self.reduction_factor, self.max_t = grace_period, reduction_factor, max_t
+        self.compare = compare
+
+    def value_at(self, values: Sequence[float], at: int, mode: str) -> float:
+        return value_at(values, at, mode, self.compare)
 
     def milestones(self) -> list[int]:
         out, t = [], self.grace_period
@@ -99,15 +132,21 @@ class MedianStopping:
 
     name = "median"
 
-    def __init__(self, *, grace_period: int = 1, interval: int = 1, min_samples: int = 3, max_t: int = 27) -> None:
-        problems = []
+    def __init__(self, *, grace_period: int = 1, interval: int = 1, min_samples: int = 3, max_t: int = 27,
+                 compare: str = "milestone") -> None:
+        problems: list[str] = []
         for n, v, lo in (("grace_period", grace_period, 1), ("interval", interval, 1), ("min_samples", min_samples, 1),
                          ("max_t", max_t, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 problems.append(f"{n} must be an int >= {lo}, got {v!r}")
+        _compare("MedianStopping", compare, problems)
         if problems:
             raise InvalidDefinition("MedianStopping", problems)
         self.grace_period, self.interval, self.min_samples, self.max_t = grace_period, interval, min_samples, max_t
+        self.compare = compare
+
+    def value_at(self, values: Sequence[float], at: int, mode: str) -> float:
+        return value_at(values, at, mode, self.compare)
 
     def milestones(self) -> list[int]:
         return list(range(self.grace_period, self.max_t, self.interval))

@@ -144,6 +144,8 @@ def run_segment(log_path: str, target: str, run_id: int, until: int | None, metr
     info = log.run(run_id)
     if info.status == "finished":
         return _outcome("completed", state_at(log, run_id), metric, counter)
+    if info.status in ("stopped", "pruned"):  # ended from outside (a person, or this study before a restart)
+        return _outcome(info.status, state_at(log, run_id), metric, counter)
     if info.status == "failed":
         return {"status": "failed", "error": (log.last_event(run_id).error or "").strip()[-2000:], "values": [],
                 "epochs": 0}
@@ -154,6 +156,8 @@ def run_segment(log_path: str, target: str, run_id: int, until: int | None, metr
         info = log.run(run_id)  # what that process left
         if info.status == "finished":
             return _outcome("completed", state_at(log, run_id), metric, counter)
+        if info.status in ("stopped", "pruned"):
+            return _outcome(info.status, state_at(log, run_id), metric, counter)
         return _advance(trainer, run_id, until, metric, counter)
 
 
@@ -164,9 +168,10 @@ def _advance(trainer: Any, run_id: int, until: int | None, metric: str, counter:
     runner = trainer.resume(run_id)
     entry = trainer.machine.entry
     try:
-        for _ in runner.iterate():
-            if until is not None and runner.next_action == entry and runner.state[counter] >= until:
-                return _outcome("paused", runner.state, metric, counter)
+        with runner:
+            for _ in runner.iterate():
+                if until is not None and runner.next_action == entry and runner.state[counter] >= until:
+                    return _outcome("paused", runner.state, metric, counter)
     except ActionFailed as e:
         return {"status": "failed", "error": str(e), "values": list(runner.state.get(metric) or []),
                 "epochs": runner.state.get(counter, 0)}
@@ -175,6 +180,8 @@ def _advance(trainer: Any, run_id: int, until: int | None, metric: str, counter:
                 "epochs": runner.state.get(counter, 0)}
     if runner.status == "waiting":
         return _outcome("paused", runner.state, metric, counter) | {"waiting": runner.next_action}
+    if runner.status in ("stopped", "pruned"):
+        return _outcome(runner.status, runner.state, metric, counter)
     return _outcome("completed", runner.state, metric, counter)
 
 
@@ -233,6 +240,34 @@ def _opened(log_path: str, target: str) -> tuple[EventLog, Any]:
     return _OPENED[key]
 
 
+def worker_init(parent: int, threads: int) -> None:
+    """A pool process starts: exit with the study, leave Ctrl-C to it, use ``threads`` torch threads, and
+    forget what a forked process inherited (the parent's log connections and run locks stay the parent's:
+    they are never used, closed or released here)."""
+    exit_with_parent(parent)
+    global _OPENED
+    _INHERITED.append(_OPENED)  # kept referenced: closing an inherited SQLite connection could checkpoint
+    _OPENED = {}                # the parent's log under its feet
+    from .. import locks
+    from .. import log as log_module
+
+    log_module._OPEN.clear()
+    with locks._GUARD:  # the parent's run locks are the parent's (record locks are not inherited)
+        for fd, _ in locks._HELD.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        locks._HELD.clear()
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+_INHERITED: list[Any] = []
+
+
 def exit_with_parent(parent: int, every: float = 0.5) -> None:
     """In a pool process: exit as soon as ``parent`` (the study) has died, so a killed study leaves no orphan.
 
@@ -264,6 +299,33 @@ def _kill_pool(executor: cf.Executor) -> None:
             pass
 
 
+def _pool_context() -> Any:
+    """How the pool starts its processes: ``fork`` on Linux (they start at once with the trial target and torch
+    already imported; each uses a share of the cores' torch threads, set first thing), else ``spawn``.
+
+    Forking a process whose torch has started its thread pool could hang a child that runs parallel regions;
+    the study's own process only keeps books, and each child is set to its threads before it trains.  Give
+    ``executor=ProcessPoolExecutor(mp_context=get_context("spawn"))`` to avoid fork altogether.
+    """
+    import sys
+
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
+        if "torch" in sys.modules:  # the first optimizer imports torch._dynamo (~1-2 s): once, here, not per child
+            _warm_torch()
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _warm_torch() -> None:
+    import sys
+    import warnings
+
+    torch = sys.modules["torch"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 class InlineExecutor(cf.Executor):
     """Runs each task at once, in the calling thread: trials one after another, no other process.
 
@@ -274,7 +336,7 @@ class InlineExecutor(cf.Executor):
         fut: cf.Future[Any] = cf.Future()
         try:
             fut.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+        except Exception as e:  # handed to the caller through the future (Ctrl-C and exits propagate)
             fut.set_exception(e)
         return fut
 
@@ -401,7 +463,9 @@ class Study:
                 "sampler": getattr(self.sampler, "name", type(self.sampler).__name__),
                 "scheduler": getattr(self.scheduler, "name", type(self.scheduler).__name__),
                 "milestones": self.scheduler.milestones(), "max_t": self.scheduler.max_t,
-                "config": self.config, "retries": self.retries, "artifacts": self.artifacts}
+                "config": self.config, "retries": self.retries, "artifacts": self.artifacts,
+                **({"compare": self.scheduler.compare} if getattr(self.scheduler, "compare", "milestone") != "milestone"
+                   else {})}
 
     def _key(self) -> str:
         return hashlib.sha256(dumps(self.settings()).encode()).hexdigest()[:16]
@@ -449,11 +513,15 @@ class Study:
                 live.executor.shutdown(wait=not interrupted, cancel_futures=True)
 
     def _live(self) -> _Live:
+        path = str(Path(self.log.path).resolve())
         if self.executor is not None:
-            return _Live(self.executor, str(Path(self.log.path).resolve()), self.target)
-        pool = cf.ProcessPoolExecutor(max_workers=self.max_concurrent, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=exit_with_parent, initargs=(os.getpid(),))
-        return _Live(pool, str(Path(self.log.path).resolve()), self.target, owned=True)
+            return _Live(self.executor, path, self.target)
+        if self.max_concurrent == 1:  # one trial at a time: in this process, no process to start
+            return _Live(InlineExecutor(), path, self.target, owned=True)
+        threads = max(1, (os.cpu_count() or 1) // self.max_concurrent)
+        pool = cf.ProcessPoolExecutor(max_workers=self.max_concurrent, mp_context=_pool_context(),
+                                      initializer=worker_init, initargs=(os.getpid(), threads))
+        return _Live(pool, path, self.target, owned=True)
 
     # -- the machine -----------------------------------------------------------------------------------------
     def _machine(self) -> Machine:
@@ -471,7 +539,7 @@ class Study:
             active = sum(t.status in ACTIVE for t in trials)
             new: list[dict[str, Any]] = []
             history = [{"params": t.params, "value": t.best(study.mode)[0]} for t in trials
-                       if t.status in ("completed", "pruned", "failed")] if study.uses_history else []
+                       if t.status in ("completed", "pruned", "stopped", "failed")] if study.uses_history else []
             index = len(trials)
             while index < study.n_trials and active + len(new) < study.max_concurrent:
                 params = study.sampler.propose(study.space, index, history)
@@ -531,17 +599,20 @@ class Study:
                 updates.append(u)
             return {"updates": append(*updates), "running": sorted(resources.futures)}
 
-        def prune(state: State) -> dict[str, Any]:
+        def prune(state: State, resources: _Live) -> dict[str, Any]:
             trials = fold(state)
             decisions = []
+            value_at = getattr(study.scheduler, "value_at", _value_at)
             for t in trials:
                 if t.status != "paused" or t.epochs not in milestones:
                     continue
                 at = t.epochs
-                value = t.values[at - 1] if len(t.values) >= at else float("nan")
-                others = [o.values[at - 1] for o in trials if o.index != t.index and len(o.values) >= at]
+                value = value_at(t.values, at, study.mode)
+                others = [value_at(o.values, at, study.mode) for o in trials if o.index != t.index and len(o.values) >= at]
                 keep = study.scheduler.keeps(value, others, mode=study.mode)
                 decisions.append({"index": t.index, "status": "pending" if keep else "pruned"})
+                if not keep:  # the trial's own run ends too, saying why: no worker continues it
+                    study._prune_run(resources, t, at, value, len(others))
             best = _best(trials, study.mode)
             return ({"updates": append(*decisions)} if decisions else {}) | {"best": best}
 
@@ -556,7 +627,7 @@ class Study:
             Action(propose, name="propose", reads=["trials", "updates", "n_trials"], writes=["trials", "n_trials"]),
             Action(launch, name="launch", reads=["trials", "updates"], writes=["running", "updates"]),
             Action(collect, name="collect", reads=["trials", "updates"], writes=["updates", "running"]),
-            Action(prune, name="prune", reads=["trials", "updates"], writes=["updates", "best"]),
+            Action(prune, name="prune", reads=["trials", "updates"], writes=["updates", "best"]),  # (and pruned events)
             Action(finish, name="finish", reads=["trials", "updates"], writes=["best", "summary"]),
         ]
 
@@ -573,6 +644,21 @@ class Study:
                         ("prune", "finish", stop), ("prune", "propose", default)],
                        entry="propose", terminal=["finish"],
                        initial={"trials": [], "updates": [], "running": [], "best": None, "summary": None})
+
+    def _prune_run(self, live: _Live, trial: Trial, at: int, value: float, compared: int) -> None:
+        """Record on a pruned trial's run that the study ended it (once: a redone prune step finds it done)."""
+        from ..errors import RunNotRunnable
+        from ..runner import stop
+
+        rule = getattr(self.scheduler, "name", type(self.scheduler).__name__)
+        reason = (f"pruned by {rule} at epoch {at}: {self.metric} {value:.6g} against {compared} other trial(s) there "
+                  f"({'lower' if self.mode == 'min' else 'higher'} is better)")
+        details = {"rule": rule, "rung": at, "value": value, "compared": compared, "study": live.study_id,
+                   "trial": trial.index, "metric": self.metric}
+        try:
+            stop(self.log, trial.run_id, reason=reason, by=f"study {live.study_id}", kind="pruned", details=details)
+        except RunNotRunnable:
+            pass  # pruned already (this step is being redone), or a person stopped it first
 
     def _child(self, live: _Live, state: State, index: int, params: Mapping[str, Any], *, attempt: int) -> int:
         """The child run of trial ``index`` (attempt ``attempt``): found by its tags if it exists (so a
@@ -601,6 +687,11 @@ class Study:
                                    parent=(study_id, parent_seq), info={"machine": live.describe(machine)})
         self._children[(index, attempt)] = ev.run_id
         return ev.run_id
+
+
+def _value_at(values: list[float], at: int, mode: str) -> float:
+    """A trial's value at epoch ``at`` (NaN when it has none): what a scheduler compares by default."""
+    return values[at - 1] if len(values) >= at else float("nan")
 
 
 def _best(trials: list[Trial], mode: str) -> dict[str, Any] | None:
