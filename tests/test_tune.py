@@ -236,7 +236,7 @@ def test_a_study_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path)
     assert ref.returncode == 0, ref.stderr
     # Each kill lands after the study (or a trial) committed something new: never a blind wall-clock guess.
     kills, _ = kill_until_done([sys.executable, str(script), str(tmp_path / "k.db")], tmp_path / "k.db",
-                               random.Random(11), 6, 0.5, env=env, group=True)
+                               random.Random(11), 8, 0.15, env=env, group=True)
     assert kills >= 3
     with EventLog(tmp_path / "k.db", readonly=True) as got, EventLog(tmp_path / "ref.db", readonly=True) as want:
         study_id = next(r.id for r in got.runs() if r.machine.startswith("study:"))
