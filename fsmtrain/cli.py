@@ -853,7 +853,7 @@ def worker(log: Path, target: str, once: bool, every: str | None, max_runs: int 
         raise click.BadParameter("must be >= 1", param_hint="--max-runs")
     with _existing_log(log) as lg:
         with _calling(target):
-            w = Worker(lg, obj, hooks=hooks, max_runs=max_runs, echo=echo)
+            w = Worker(lg, obj, hooks=hooks, max_runs=max_runs, echo=echo, target_name=target)
 
         def on_signal(signum: int, frame: Any) -> None:
             echo(f"worker: {signal.Signals(signum).name}: stopping after the current step", err=True)
@@ -944,10 +944,14 @@ def graph(target: str, fmt: str) -> None:
               help="Batches per optimizer step (gradient accumulation).")
 @click.option("--precision", type=click.Choice(["32", "bf16", "fp16"]), default="32", show_default=True,
               help="32-bit floats, bfloat16 autocast (CPU or CUDA), or float16 with a GradScaler (CUDA only).")
+@click.option("--nproc", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Train one run on N processes (torch.distributed DDP through torchrun; gloo on the CPU).")
+@click.option("--distributed", is_flag=True, hidden=True, help="(set by --nproc on each torchrun process)")
 @click.option("--gate", is_flag=True,
               help="After training, wait at a go/no-go review gate; go exports the best model (see fsmtrain approve).")
 def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data: str | None, new: bool,
-         as_json: bool, delay: float, chunk: int | None, accumulate: int, precision: str, gate: bool) -> None:
+         as_json: bool, delay: float, chunk: int | None, accumulate: int, precision: str, nproc: int,
+         distributed: bool, gate: bool) -> None:
     """Train a small digits classifier, one epoch per step (or --chunk N optimizer steps), with checkpoints and
     early stopping.
 
@@ -957,15 +961,32 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
     With --gate, the trained run waits for a person's decision: approve or
     reject it from any process, and a worker (or this command) finishes it.
 
+    With --nproc N, one run trains on N processes (torch.distributed DDP,
+    launched through torchrun, which restarts them all if one dies); the log
+    is written by one of them only.
+
     \b
     Examples:
         fsmtrain demo --log runs.db
         fsmtrain demo --log gate.db --gate && fsmtrain approve gate.db 1
+        fsmtrain demo --log ddp.db --nproc 2 --json
     """
     import signal
 
     from .hooks import Hook
     from .train import demo as d
+
+    if nproc > 1 and not distributed:  # start this same command on nproc processes, through torchrun
+        import subprocess
+
+        from .launch import launch_command
+
+        args = [a for a in sys.argv[1:] if not a.startswith("--nproc")]
+        if "--nproc" in sys.argv[1:]:
+            i = sys.argv[1:].index("--nproc")
+            args = sys.argv[1:][:i] + sys.argv[1:][i + 2:]
+        cmd, env = launch_command(nproc, "fsmtrain", [*args, "--distributed"])
+        sys.exit(subprocess.run(cmd, env=env).returncode)
 
     # Ctrl-C interrupts the demo (and says how to resume) even where the shell started it with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -994,6 +1015,11 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
                      f"val_loss {state['val_loss'][-1]:.4f}  val_acc {state['val_acc'][-1]:.4f}  ({ms:.0f} ms)")
                 self.t0 = None
 
+    if distributed:
+        _demo_rank(log_path, d, gate, Progress(), as_json, new, {
+            **d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data,
+            "chunk": chunk, "accumulate": accumulate, "precision": precision})
+        return
     with EventLog(log_path) as lg:
         trainer = (d.gated_trainer if gate else d.trainer)(lg, hooks=[Progress()])
         runs = [] if new else trainer.runs()
@@ -1040,6 +1066,28 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
         _summary(runner.run_id, runner.status, halt.state, as_json, artifacts=lg.artifacts)
 
 
+def _demo_rank(log_path: Path, d: Any, gate: bool, progress: Any, as_json: bool, new: bool,
+               config: dict[str, Any]) -> None:
+    """One process of ``fsmtrain demo --nproc N``: every rank trains; the log's rank writes and prints."""
+    from .train.distributed import Distributed
+
+    dist = Distributed()
+    trainer = (d.gated_trainer if gate else d.trainer)(log_path, hooks=[progress] if dist.writer else [],
+                                                       distributed=dist)
+    try:
+        runner = trainer.fit(config, new=new)
+    finally:
+        trainer.close()
+    if not dist.writer:
+        return
+    if runner.status == "waiting":
+        with EventLog(log_path, readonly=True) as lg:
+            _waiting(lg, runner.run_id or 0, runner.state, as_json)
+        return
+    _summary(runner.run_id, runner.status, runner.state, as_json, artifacts=trainer.artifacts,
+             extra={"world_size": dist.world})
+
+
 def _waiting(lg: EventLog, run_id: int, state: Any, as_json: bool) -> None:
     """How to answer the demo's review gate, and what to run then."""
     best = state["best"] or {}
@@ -1059,7 +1107,7 @@ def _waiting(lg: EventLog, run_id: int, state: Any, as_json: bool) -> None:
 
 
 def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: str = "",
-             artifacts: Path | None = None) -> None:
+             artifacts: Path | None = None, extra: dict[str, Any] | None = None) -> None:
     best = state["best"] or {}
     ref = best.get("checkpoint")
     if as_json:
@@ -1068,7 +1116,7 @@ def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: s
                      "best_val_loss": best.get("value"), "weights_sha256": state["weights_sha256"],
                      "best_checkpoint": ref.path if ref else None,
                      **({"decision": state.get("decision"), "exported": exported.path if exported else None}
-                        if "decision" in state else {})})
+                        if "decision" in state else {}), **(extra or {})})
         return
     echo(f"run {run_id} {note or status}: {state['epoch']} epochs, best val_loss {best.get('value', float('nan')):.4f} "
                f"at epoch {best.get('epoch')}; final weights sha256 {(state['weights_sha256'] or '?')[:16]}…")

@@ -9,12 +9,13 @@ explicit ``halt_before``/``halt_after``.  See ``spec/engine.md``.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import math
 import os
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 import attrs
 
@@ -38,8 +39,26 @@ from .machine import Machine
 from .replay import active_time, decode_updates, encode_updates, position, state_at
 from .state import Encoded, State, dumps
 
-__all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "decide", "give_input", "give_text_input", "retry", "stop",
-           "summary"]
+__all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "Sync", "decide", "give_input", "give_text_input", "retry",
+           "stop", "summary"]
+
+class Sync(Protocol):
+    """How the runners of one run on several processes (``torch.distributed`` ranks) stay one run.
+
+    Every process runs the same machine over the same state; one, the *writer*, has the log.
+    ``agree(value)`` gives every process the writer's value; ``tick(now, digest)`` is called once
+    per step by every process, gives every process the writer's clock, and checks that every
+    process's digest of the previous step (its updates and decision) is the same, raising when
+    one diverged.  ``fsmtrain.train.distributed`` implements it on ``torch.distributed``.
+    """
+
+    @property
+    def writer(self) -> bool: ...
+
+    def agree(self, value: Any) -> Any: ...
+
+    def tick(self, now: float, digest: str) -> float: ...
+
 
 Restore = Callable[["Runner"], "Mapping[str, Any] | None"]
 """``restore(runner)``: bring ``runner.resources`` to the run's last committed step; may return a note to log."""
@@ -82,7 +101,7 @@ class Runner:
     def __init__(self, machine: Machine, *, log: EventLog | None, run_id: int | None, state: State,
                  next_action: str | None, hooks: Iterable[Any] = (), resources: Any = None,
                  restore: Restore | None = None, max_attempts: int = 3, snapshot_every: int = 100,
-                 max_interruptions: int | None = None) -> None:
+                 max_interruptions: int | None = None, sync: Sync | None = None) -> None:
         for name, value in (("max_attempts", max_attempts), ("snapshot_every", snapshot_every),
                             ("max_interruptions", 1 if max_interruptions is None else max_interruptions)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -98,6 +117,8 @@ class Runner:
         self.snapshot_every = snapshot_every
         self._lock: RunLock | None = None
         self._interrupted = 0
+        self.sync = sync
+        self._digest = ""  # (with sync) a chain of the steps' updates and decisions, compared across processes
         self.hooks = HookBus(hooks)
         self._state = state
         self._next = next_action
@@ -120,7 +141,7 @@ class Runner:
     def start(cls, machine: Machine, *, log: EventLog | None = None, state: Mapping[str, Any] | None = None,
               hooks: Iterable[Any] = (), resources: Any = None, restore: Restore | None = None,
               tags: Mapping[str, Any] | None = None, max_attempts: int = 3, snapshot_every: int = 100,
-              max_interruptions: int | None = None, lock: bool = True) -> Runner:
+              max_interruptions: int | None = None, lock: bool = True, sync: Sync | None = None) -> Runner:
         """Begin a new run at the machine's entry; with a ``log``, it is recorded there.
 
         ``restore`` (optional) is called before an action is retried after it raised
@@ -131,7 +152,7 @@ class Runner:
         initial = machine.initial.apply(dict(state)) if state else machine.initial
         r = cls(machine, log=log, run_id=None, state=initial, next_action=machine.entry, hooks=hooks,
                 resources=resources, restore=restore, max_attempts=max_attempts, snapshot_every=snapshot_every,
-                max_interruptions=max_interruptions)
+                max_interruptions=max_interruptions, sync=sync)
         if log is not None:
             def take(run_id: int) -> None:  # inside the transaction that creates the run
                 run_lock = RunLock(log.artifacts, run_id)
@@ -150,7 +171,7 @@ class Runner:
     def resume(cls, machine: Machine, log: EventLog, run_id: int, *, hooks: Iterable[Any] = (),
                resources: Any = None, restore: Restore | None = None, allow_changed_machine: bool = False,
                max_attempts: int = 3, snapshot_every: int = 100, max_interruptions: int | None = None,
-               lock: bool = True) -> Runner:
+               lock: bool = True, sync: Sync | None = None, lock_wait: float = 0.0) -> Runner:
         """Continue ``run_id`` from its last committed event.
 
         The machine must have the name and fingerprint the run was recorded with;
@@ -172,12 +193,13 @@ class Runner:
         run_lock = None
         if lock and log.run(run_id).status not in ENDED:
             run_lock = RunLock(log.artifacts, run_id)
-            if not run_lock.acquire():
+            if not run_lock.acquire(lock_wait):
                 raise run_lock.busy()
         try:
             return cls._resume(machine, log, run_id, hooks=hooks, resources=resources, restore=restore,
                                allow_changed_machine=allow_changed_machine, max_attempts=max_attempts,
-                               snapshot_every=snapshot_every, max_interruptions=max_interruptions, run_lock=run_lock)
+                               snapshot_every=snapshot_every, max_interruptions=max_interruptions, run_lock=run_lock,
+                               sync=sync)
         except BaseException:
             if run_lock is not None:
                 run_lock.release()
@@ -186,7 +208,7 @@ class Runner:
     @classmethod
     def _resume(cls, machine: Machine, log: EventLog, run_id: int, *, hooks: Iterable[Any], resources: Any,
                 restore: Restore | None, allow_changed_machine: bool, max_attempts: int, snapshot_every: int,
-                max_interruptions: int | None, run_lock: RunLock | None) -> Runner:
+                max_interruptions: int | None, run_lock: RunLock | None, sync: Sync | None = None) -> Runner:
         pos = position(log, run_id)
         if pos.machine != machine.name:
             raise MachineMismatch(f"run {run_id} was recorded by machine `{pos.machine}`, not `{machine.name}`")
@@ -209,7 +231,7 @@ class Runner:
             raise UnknownAction(f"run {run_id} is due to run `{pos.next_action}`, which machine `{machine.name}` lacks")
         r = cls(machine, log=log, run_id=run_id, state=pos.state, next_action=pos.next_action, hooks=hooks,
                 resources=resources, restore=restore, max_attempts=max_attempts, snapshot_every=snapshot_every,
-                max_interruptions=max_interruptions)
+                max_interruptions=max_interruptions, sync=sync)
         r._lock = run_lock
         r._seq, r._step, r._status = pos.seq, pos.step, pos.status
         r._pending, r._attempts, r._interrupted = dict(pos.pending_inputs), pos.attempts, pos.interrupted
@@ -233,6 +255,31 @@ class Runner:
                 r.hooks.emit("run_end", run_id=run_id, state=pos.state, status="finished", replayed=True)
         if pos.status in ENDED and run_lock is not None:
             run_lock.release()
+        return r
+
+    def position(self) -> dict[str, Any]:
+        """Where this runner stands, as plain data: what :meth:`follow` needs to make its twin elsewhere."""
+        return {"run_id": self.run_id, "seq": self._seq, "step": self._step, "status": self._status,
+                "next": self._next, "pending": dict(self._pending), "attempts": self._attempts,
+                "interrupted": self._interrupted, "state": self._state.to_json(), "active": self._active,
+                "t": self._t, "restore_due": self._restore_due, "digest": self._digest}
+
+    @classmethod
+    def follow(cls, machine: Machine, position: Mapping[str, Any], *, sync: Sync, hooks: Iterable[Any] = (),
+               resources: Any = None, restore: Restore | None = None, max_attempts: int = 3) -> Runner:
+        """A runner without a log that steps in lockstep with the writer's, from the writer's :meth:`position`
+        (a process of a distributed run other than the one holding the log)."""
+        from .state import State
+
+        state = State.from_json(position["state"])
+        r = cls(machine, log=None, run_id=position["run_id"], state=state, next_action=position["next"], hooks=hooks,
+                resources=resources, restore=restore, max_attempts=max_attempts, sync=sync)
+        r._seq, r._step, r._status = position["seq"], position["step"], position["status"]
+        r._pending, r._attempts = dict(position["pending"]), position["attempts"]
+        r._interrupted, r._active, r._t = position["interrupted"], position["active"], position["t"]
+        r._state = state.with_elapsed(r._active)
+        r._restore_due = bool(position["restore_due"]) and restore is not None
+        r._digest = position.get("digest", "")
         return r
 
     @classmethod
@@ -334,6 +381,8 @@ class Runner:
             try:
                 updates = act.execute(state, values, self.resources)
                 now = time.time()
+                if self.sync is not None:  # every process: the writer's clock; the previous step compared
+                    now = self.sync.tick(now, self._digest)
                 elapsed = self._active + (now - self._t)
                 new_state = state.apply(updates, elapsed=elapsed) if updates else state.with_elapsed(elapsed)
                 if name in self.machine.terminal:
@@ -363,6 +412,9 @@ class Runner:
                 continue
             break
         step = self._step + 1
+        if self.sync is not None:
+            self._digest = hashlib.sha256(f"{self._digest}|{step}|{name}|{target}|{cond}|{reason}|".encode()
+                                          + dumps(encode_updates(updates)).encode()).hexdigest()[:16]
         if self.log is not None:  # the commit (the hot path: one call, no **fields)
             assert self.run_id is not None
             try:
@@ -430,7 +482,7 @@ class Runner:
         return self._halt
 
     # -- bringing resources back --------------------------------------------------------
-    def redo(self, after_seq: int) -> Redo:
+    def redo(self, after_seq: int, *, events: Iterable[Event] | None = None, state: State | None = None) -> Redo:
         """Re-execute the committed steps after event ``after_seq`` on ``self.resources``; write nothing.
 
         This is how a restore brings live resources from a checkpoint (taken at
@@ -438,13 +490,17 @@ class Runner:
         with the state and inputs it had, in order.  The log stays the truth: the
         recorded updates are applied, never the recomputed ones; a step whose
         recomputed updates differ is listed in ``mismatches`` (the run is not
-        deterministic).  Transitions are not re-evaluated.
+        deterministic).  Transitions are not re-evaluated.  A runner without the log
+        (another process of a distributed run) is given the ``events`` and the
+        ``state`` after ``after_seq`` by the one that has it.
         """
-        if self.log is None or self.run_id is None:
-            raise RestoreFailed("redo needs a run recorded in a log")
-        state = state_at(self.log, self.run_id, after_seq)
+        if events is None or state is None:
+            if self.log is None or self.run_id is None:
+                raise RestoreFailed("redo needs a run recorded in a log")
+            state = state_at(self.log, self.run_id, after_seq)
+            events = self.log.events(self.run_id, start=after_seq + 1, end=self._seq)
         n, mismatches = 0, []
-        for ev in self.log.events(self.run_id, start=after_seq + 1, end=self._seq):
+        for ev in events:
             if ev.kind != "step":
                 continue
             act = self.machine.actions.get(ev.action or "")

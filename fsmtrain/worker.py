@@ -112,7 +112,7 @@ class Worker:
     """
 
     def __init__(self, log: EventLog, target: Any, *, hooks: Iterable[Any] = (), max_runs: int | None = None,
-                 echo: Callable[[str], None] | None = None) -> None:
+                 echo: Callable[[str], None] | None = None, target_name: str | None = None) -> None:
         if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1):
             raise InvalidInput(f"max_runs must be an int >= 1, got {max_runs!r}")
         self.log = log
@@ -120,6 +120,7 @@ class Worker:
         self.hooks = list(hooks)
         self.max_runs = max_runs
         self.echo = echo or (lambda line: None)
+        self.target_name = target_name  # MODULE:ATTR: how the processes of a distributed run find the target
         self._stopping = False
 
     @property
@@ -152,6 +153,9 @@ class Worker:
 
     def run_one(self, run_id: int) -> Report | None:
         """Resume ``run_id`` until it halts; None if it turned out to have nothing to do."""
+        world = self.log.run(run_id).tags.get("world_size")
+        if isinstance(world, int) and not isinstance(world, bool) and world > 1:
+            return self._run_distributed(run_id, world)
         with run_lock(self.log, run_id) as mine:
             if not mine:
                 return Report(run_id, "busy", detail="another worker is running it")
@@ -176,6 +180,33 @@ class Worker:
                 needs = ", ".join(_need(d) for d in (self.log.last_event(run_id).info or {}).get("needs", []))
                 return Report(run_id, "waiting", steps, halt.action, f"needs {needs}")
             return Report(run_id, halt.reason, steps, halt.action)
+
+    def _run_distributed(self, run_id: int, world: int) -> Report:
+        """A run recorded on ``world`` processes resumes on as many: through torchrun, each process importing the
+        target by name (the log's rank takes the run's lock, so two workers still never drive it at once)."""
+        import subprocess
+
+        before = self.log.run(run_id)
+        if self.target_name is None:
+            return Report(run_id, "error", detail=f"it was recorded on {world} processes: the worker needs its target "
+                                                  "as MODULE:ATTR to start them (fsmtrain worker --machine)")
+        from .launch import launch_command
+
+        cmd, env = launch_command(world, "fsmtrain.train.distributed",
+                                  ["resume", str(self.log.path), str(run_id), self.target_name])
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        after = self.log.run(run_id)
+        steps = after.steps - before.steps
+        if p.returncode != 0:
+            tail = (p.stderr.strip().splitlines() or ["?"])[-1]
+            if after.status == "failed":
+                return Report(run_id, "failed", steps, after.last_action, tail)
+            return Report(run_id, "error", steps, None, f"its {world} processes exited with {p.returncode}: {tail}")
+        if after.status == "waiting":
+            needs = ", ".join(_need(d) for d in (self.log.last_event(run_id).info or {}).get("needs", []))
+            return Report(run_id, "waiting", steps, after.last_action, f"needs {needs}; on {world} processes")
+        return Report(run_id, after.status if after.status in ("finished", "stopped", "pruned") else "stopped", steps,
+                      after.next, f"on {world} processes")
 
     def serve(self, every: float, *, sleep: Callable[[float], None] = time.sleep) -> list[Report]:
         """Pass, pause ``every`` seconds, pass again... until :meth:`stop`; returns every report."""

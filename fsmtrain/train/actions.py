@@ -9,6 +9,7 @@ you write yourself.  Metric histories are lists in state, one value per epoch
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,7 +20,7 @@ from ..actions import Action
 from ..errors import CheckpointError, InvalidDefinition, ResourceError
 from ..state import Ref, State, append
 from .checkpoints import FORMAT, capture_rng, load_checkpoint, save_checkpoint, weights_sha256
-from .resources import Resources, _length, batches, feed, stateful
+from .resources import Resources, batches, feed, shard, stateful
 
 __all__ = ["accuracy", "artifact_refs", "checkpoint", "evaluate", "export_best", "finish", "run_folder", "train_epoch",
            "train_steps"]
@@ -108,8 +109,8 @@ def train_steps(n: Any = None, *, accumulate: Any = 1, name: str | None = None) 
         seed, epoch = state["seed"], state["epoch"]
         offset = state.get("offset") or 0
         carried = state.get("epoch_loss")
-        total, count = (float(carried[0]), int(carried[1])) if carried else (0.0, 0)
-        model, opt, loss_fn, clip, scaler = r.model, r.optimizer, r.loss_fn, r.grad_clip, r.grad_scaler()
+        total, count = 0.0, 0  # this chunk's (summed over the ranks at its end)
+        model, opt, loss_fn, clip, scaler = r.net(), r.optimizer, r.loss_fn, r.grad_clip, r.grad_scaler()
         per_step = r.scheduler is not None and not _plateau(r.scheduler) and r.scheduler_interval == "step"
         model.train()
         lr = float(opt.param_groups[0]["lr"])
@@ -126,11 +127,15 @@ def train_steps(n: Any = None, *, accumulate: Any = 1, name: str | None = None) 
                 break
             opt.zero_grad(set_to_none=True)
             size = sum(len(b[-1]) for b in group)
-            for *inputs, targets in group:
-                with r.autocast():
-                    loss = loss_fn(model(*inputs), targets)
-                weighted = loss if len(group) == 1 else loss * (len(targets) / size)
-                (scaler.scale(weighted) if scaler is not None else weighted).backward()
+            for j, (*inputs, targets) in enumerate(group):
+                # DDP: gradients are averaged over the ranks once per optimizer step, at its last batch
+                sync_off = getattr(model, "no_sync", None) if j < len(group) - 1 else None
+                quiet = sync_off() if callable(sync_off) else contextlib.nullcontext()
+                with quiet:
+                    with r.autocast():
+                        loss = loss_fn(model(*inputs), targets)
+                    weighted = loss if len(group) == 1 else loss * (len(targets) / size)
+                    (scaler.scale(weighted) if scaler is not None else weighted).backward()
                 total += loss.item() * len(targets)
                 count += len(targets)
             if clip is not None:
@@ -145,14 +150,19 @@ def train_steps(n: Any = None, *, accumulate: Any = 1, name: str | None = None) 
             if per_step:
                 r.scheduler.step()
             done += 1
+        if r.dist is not None:  # the epoch's loss is over every rank's samples
+            total, summed = r.dist.all_sum([total, float(count)])
+            count = int(summed)
+        if carried:
+            total, count = float(carried[0]) + total, int(carried[1]) + count
         # The epoch ends when its samples are all consumed (a stateful loader that cannot say how many it holds
         # is seen to end when the next chunk finds it exhausted).
-        wrapped = data.exhausted or 0 <= _length(r.train_data) <= data.offset
+        wrapped = data.exhausted or 0 <= data.total <= data.offset
         updates: dict[str, Any] = {"steps": state.get("steps", 0) + done}
         if n is not None:
             updates["chunks"] = (state.get("chunks") or 0) + 1
-        samples = _length(r.train_data)
-        spe = _steps_per_epoch(samples, r.batch_size, k) if samples >= 0 else None
+        samples = data.total
+        spe = _steps_per_epoch(samples, r.batch_size * data.world, k) if samples >= 0 else None
         if spe is not None and state.get("steps_per_epoch") != spe and (n is not None or "steps_per_epoch" in state):
             updates["steps_per_epoch"] = spe
         if offset == 0:
@@ -212,9 +222,10 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
         model.eval()
         sums = dict.fromkeys(["loss", *metrics], 0.0)
         n = 0
+        rank, world = r.shard()  # each rank evaluates its share; the sums are added over the ranks
         with torch.no_grad():
-            for *inputs, targets in batches(r.val_data, r.batch_size * 4, device=r.device, num_workers=r.num_workers,
-                                            collate_fn=r.collate_fn):
+            for *inputs, targets in batches(shard(r.val_data, rank, world), r.batch_size * 4, device=r.device,
+                                            num_workers=r.num_workers, collate_fn=r.collate_fn):
                 with r.autocast():
                     out = model(*inputs)
                     batch_loss = loss_fn(out, targets)
@@ -223,6 +234,9 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
                 for m, f in metrics.items():
                     sums[m] += float(f(out, targets)) * k
                 n += k
+        if r.dist is not None:
+            got = r.dist.all_sum([*sums.values(), float(n)])
+            sums, n = dict(zip(sums, got[:-1], strict=True)), int(got[-1])
         if n == 0:
             raise ResourceError(f"action `{name}`: val_data is empty")
         means = {prefix + "loss": sums["loss"] / n, **{keys[m]: sums[m] / n for m in metrics}}
@@ -271,7 +285,7 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
 
     def fn(state: State, resources: Any) -> dict[str, Any]:
         r = _resources(resources, name)
-        if r.artifacts is None:
+        if r.artifacts is None and (r.dist is None or r.dist.writer):
             raise CheckpointError(f"action `{name}` has nowhere to write: run it with a Trainer and a log")
         epoch = state["epoch"]
         value = None
@@ -282,17 +296,27 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
                     f"action `{name}` monitors `{monitor}`, but the state has no value for it yet; "
                     f"make an action that writes `{monitor}` run before `{name}`")
             value = float(history[-1]) if history else None
-        payload = {"format": FORMAT, "epoch": epoch, "model": r.model.state_dict(),
-                   "optimizer": r.optimizer.state_dict(),
-                   "scheduler": r.scheduler.state_dict() if r.scheduler is not None else None,
-                   "rng": capture_rng()}
-        if r.scaler is not None:
-            payload["scaler"] = r.scaler.state_dict()
-        if stateful(r.train_data):
-            payload["loader"] = r.train_data.state_dict()
-        offset = state.get("offset") or 0
-        stem = f"e{epoch:05d}" if not offset else f"e{epoch:05d}s{state.get('steps', 0)}"  # mid-epoch: its step too
-        ref = save_checkpoint(r.artifacts, run_folder(r.run_id), stem, payload)
+        rng = capture_rng()
+        ranks = r.dist.gather(rng) if r.dist is not None else None  # every rank's RNG, on the log's rank
+        ref: Ref | None = None
+        if r.dist is None or r.dist.writer:
+            payload = {"format": FORMAT, "epoch": epoch, "model": r.model.state_dict(),
+                       "optimizer": r.optimizer.state_dict(),
+                       "scheduler": r.scheduler.state_dict() if r.scheduler is not None else None,
+                       "rng": rng}
+            if r.scaler is not None:
+                payload["scaler"] = r.scaler.state_dict()
+            if stateful(r.train_data):
+                payload["loader"] = r.train_data.state_dict()
+            if ranks is not None:  # ("rng" is rank 0's, whichever rank writes: the same file either way)
+                payload.update(rng=ranks[0], rng_ranks=ranks, world_size=len(ranks))
+            offset = state.get("offset") or 0
+            stem = f"e{epoch:05d}" if not offset else f"e{epoch:05d}s{state.get('steps', 0)}"  # mid-epoch: its step
+            assert r.artifacts is not None
+            ref = save_checkpoint(r.artifacts, run_folder(r.run_id), stem, payload)
+        if r.dist is not None:  # the file is complete and durable on the log's rank: every rank records its Ref
+            ref = r.dist.agree(ref)
+        assert ref is not None
         kept = [k for k in state["checkpoints"] if k != ref][-(keep_last - 1):] if keep_last > 1 else []
         updates: dict[str, Any] = {"checkpoint": ref, "checkpoints": [*kept, ref]}
         best = state["best"]

@@ -37,6 +37,12 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own random stream (dropout...) in a distributed run."""
+    digest = hashlib.sha256(f"fsmtrain:rank:{seed}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def epoch_order(n: int, seed: int, epoch: int, *, loader: bool = False) -> torch.Tensor:
     """The order in which epoch ``epoch`` visits ``n`` samples: a permutation that is a pure function of
     (seed, epoch).  ``loader=True`` is the order a map-style Dataset gets (a DataLoader's generator first
@@ -96,6 +102,17 @@ class Resources:
     seed_samples: bool = True
     scaler: Any = None  # made for precision "fp16": torch.amp.GradScaler, saved in every checkpoint
     _feed: Any = attrs.field(default=None, init=False, repr=False)  # the live Feed of the current epoch
+    # Set by a distributed Trainer: this process's place in the run, and the model in DistributedDataParallel.
+    dist: Any = attrs.field(default=None, repr=False)
+    _ddp: Any = attrs.field(default=None, init=False, repr=False)
+
+    def net(self) -> torch.nn.Module:
+        """What training calls: the model, or its DistributedDataParallel wrapper in a distributed run."""
+        return self._ddp if self._ddp is not None else self.model
+
+    def shard(self) -> tuple[int, int]:
+        """(rank, world size) of this process (0, 1 without torch.distributed)."""
+        return (self.dist.rank, self.dist.world) if self.dist is not None else (0, 1)
     # Set by the Trainer: where this run's checkpoints go.
     artifacts: Path | None = None
     run_id: int | None = None
@@ -283,18 +300,25 @@ class Feed:
         self.offset = offset
         self.exhausted = False
         data, bs = r.train_data, r.batch_size
+        rank, world = r.shard()
+        self.world = world  # a batch of this rank is 1/world of the global batch: the cursor counts global samples
         ts = _tensors(data)
         self._it: Iterator[tuple[Any, ...]]
+        self.total = -1
         if stateful(data):  # its own order and position (restored from the checkpoint): iterate where it stands
             self._it = (tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in data)
         elif ts is not None:
-            order = epoch_order(len(ts[0]), seed, epoch)[offset:]
-            self._it = (tuple(t[order[i:i + bs]] for t in ts) for i in range(0, len(order), bs))
+            order = _padded(epoch_order(len(ts[0]), seed, epoch), world)
+            self.total = len(order)
+            mine = _mine(order[offset:], bs, rank, world)
+            self._it = (tuple(t[mine[i:i + bs]] for t in ts) for i in range(0, len(mine), bs))
         else:
-            order = epoch_order(len(data), seed, epoch, loader=True)[offset:]
+            order = _padded(epoch_order(len(data), seed, epoch, loader=True), world)
+            self.total = len(order)
+            mine = _mine(order[offset:], bs, rank, world)
             source = _SeededSamples(data, seed, epoch) if r.seed_samples else data
             g = torch.Generator().manual_seed(epoch_seed(seed, epoch) ^ offset)  # the workers' base seed
-            loader = DataLoader(source, batch_size=bs, sampler=order.tolist(), num_workers=r.num_workers,
+            loader = DataLoader(source, batch_size=bs, sampler=mine.tolist(), num_workers=r.num_workers,
                                 collate_fn=r.collate_fn, generator=g)
             self._it = (tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in loader)
         self.device = r.device
@@ -305,10 +329,36 @@ class Feed:
         if batch is None:
             self.exhausted = True
             return None
-        self.offset += len(batch[-1])
+        self.offset += len(batch[-1]) * self.world
         if self.device.type != "cpu":
             batch = tuple(t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch)
         return batch
+
+
+def _padded(order: torch.Tensor, world: int) -> torch.Tensor:
+    """The epoch's order padded (with its own first samples) to a multiple of the world size, as
+    DistributedSampler pads: every rank then takes the same number of batches (no rank waits forever)."""
+    extra = -len(order) % world
+    return order if not extra else torch.cat([order, order[:extra]])
+
+
+def _mine(rest: torch.Tensor, batch_size: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's samples of the rest of the epoch: of each global batch (``world * batch_size`` samples, in
+    the epoch's order), every ``world``-th one from ``rank`` on — a pure function of (seed, epoch, rank, world)."""
+    if world == 1:
+        return rest
+    step = world * batch_size
+    return torch.cat([rest[i:i + step][rank::world] for i in range(0, len(rest), step)]) if len(rest) else rest
+
+
+def shard(data: Any, rank: int, world: int) -> Any:
+    """Every ``world``-th sample of ``data`` from ``rank`` on (a distributed evaluation's part)."""
+    if world == 1:
+        return data
+    ts = _tensors(data)
+    if ts is not None:
+        return tuple(t[rank::world] for t in ts)
+    return torch.utils.data.Subset(data, range(rank, len(data), world))
 
 
 def feed(r: Resources, seed: int, epoch: int, offset: int) -> Feed:

@@ -12,14 +12,18 @@ checkpoint, and the run ends as an uninterrupted one would.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
+import torch
+
 from ..actions import gate
 from ..conditions import Condition, default, when
-from ..errors import CheckpointError, FsmtrainError, InvalidDefinition, ResourceError, RunFailed
+from ..errors import CheckpointError, FsmtrainError, InvalidDefinition, ResourceError, RestoreFailed, RunFailed
 from ..hooks import Hook
 from ..log import EventLog
 from ..machine import Machine
@@ -27,8 +31,8 @@ from ..replay import state_at
 from ..runner import Runner
 from ..state import Ref, State, dumps
 from . import actions as A
-from .checkpoints import load_checkpoint, restore_rng, seed_everything, sweep
-from .resources import Resources, check, stateful
+from .checkpoints import load_checkpoint, read_verified, restore_rng, seed_everything, sweep
+from .resources import Resources, check, rank_seed, stateful
 
 __all__ = ["Trainer", "training_machine"]
 
@@ -200,26 +204,45 @@ class Trainer:
 
     def __init__(self, machine: Machine, build: Factory, *, log: EventLog | str | os.PathLike[str],
                  hooks: Iterable[Any] = (), max_attempts: int = 3, max_interruptions: int | None = None,
-                 map_location: Any = None) -> None:
+                 map_location: Any = None, distributed: Any = False) -> None:
         if not isinstance(machine, Machine):
             raise TypeError(f"machine must be a Machine, got {type(machine).__name__}")
         if not callable(build):
             raise TypeError(f"build must be a callable state -> Resources, got {type(build).__name__}")
         self.machine = machine
         self.build = build
-        self.log = log if isinstance(log, EventLog) else EventLog(log)
-        self.hooks = [_Retention(self), *hooks]
+        self.dist: Any = None
+        if distributed:  # one run on every rank of a torchrun job; only the log's rank opens the log
+            from .distributed import Distributed
+
+            self.dist = distributed if isinstance(distributed, Distributed) else Distributed()
+        self._log_path = Path(log.path if isinstance(log, EventLog) else log)
+        self._log: EventLog | None = None
+        if self.dist is None or self.dist.writer:
+            self._log = log if isinstance(log, EventLog) else EventLog(log)
+        self.hooks = [_Retention(self), *hooks] if self._log is not None else []  # hooks run where the log is
         self.max_attempts = max_attempts
         self.max_interruptions = max_interruptions
         self.map_location = map_location
 
     @property
+    def log(self) -> EventLog:
+        """The run's log (in a distributed run, only the log's rank has it)."""
+        if self._log is None:
+            raise RuntimeError(f"rank {self.dist.rank} of this distributed run does not hold the log; rank "
+                               f"{self.dist.writer_rank} does")
+        return self._log
+
+    @property
     def artifacts(self) -> Path:
-        return self.log.artifacts
+        if self._log is not None:
+            return self._log.artifacts
+        return self._log_path.with_name(self._log_path.name + ".artifacts")
 
     def close(self) -> None:
         """Close the log (also done by ``with Trainer(...) as trainer:``)."""
-        self.log.close()
+        if self._log is not None:
+            self._log.close()
 
     def __enter__(self) -> Trainer:
         return self
@@ -237,9 +260,12 @@ class Trainer:
         state = self.machine.initial.apply(config) if config else self.machine.initial
         resources = self._build(state, None)
         all_tags = {"config": config_hash(config), **(tags or {})}
-        runner = Runner.start(self.machine, log=self.log, state=config, hooks=self.hooks, resources=resources,
-                              restore=self._restore, tags=all_tags, max_attempts=self.max_attempts,
-                              max_interruptions=self.max_interruptions)
+        if self.dist is not None:
+            all_tags["world_size"] = self.dist.world
+        runner = self._coordinated(lambda: Runner.start(
+            self.machine, log=self.log, state=config, hooks=self.hooks, resources=resources, restore=self._restore,
+            tags=all_tags, max_attempts=self.max_attempts, max_interruptions=self.max_interruptions, sync=self.dist),
+            resources)
         resources.run_id = runner.run_id
         return runner
 
@@ -248,9 +274,34 @@ class Trainer:
 
         ``hooks`` are added to the Trainer's own for this runner (a worker passes its own this way).
         """
-        return Runner.resume(self.machine, self.log, run_id, hooks=[*self.hooks, *hooks], restore=self._restore,
-                             allow_changed_machine=allow_changed_machine, max_attempts=self.max_attempts,
-                             max_interruptions=self.max_interruptions)
+        return self._coordinated(lambda: Runner.resume(
+            self.machine, self.log, run_id, hooks=[*self.hooks, *hooks], restore=self._restore,
+            allow_changed_machine=allow_changed_machine, max_attempts=self.max_attempts,
+            max_interruptions=self.max_interruptions, sync=self.dist,
+            lock_wait=0.0 if self.dist is None else 60.0))  # (a restarted job may meet its dying predecessor)
+
+    def _coordinated(self, make: Callable[[], Runner], resources: Any = None) -> Runner:
+        """The runner of this process: the log's rank makes it; in a distributed run, every other rank makes
+        its twin from the position the log's rank tells it (resources are rebuilt at the restore)."""
+        if self.dist is None:
+            return make()
+        runner: Runner | None = None
+        error: BaseException | None = None
+        if self.dist.writer:
+            try:
+                runner = make()
+            except BaseException as e:  # every rank learns why, and stops
+                error = e
+        said = self.dist.agree(("error", f"{type(error).__name__}: {error}") if error is not None
+                               else ("position", runner.position() if runner is not None else None))
+        if error is not None:
+            raise error
+        if said[0] == "error":
+            raise ResourceError(f"the log's rank could not start or resume the run: {said[1]}")
+        if runner is None:
+            runner = Runner.follow(self.machine, said[1], sync=self.dist, resources=resources, restore=self._restore,
+                                   max_attempts=self.max_attempts)
+        return runner
 
     def runs(self, config: Mapping[str, Any] | None = None) -> list[Any]:
         """This machine's runs (with this ``config`` when given), oldest first."""
@@ -275,13 +326,24 @@ class Trainer:
         """
         if on_interrupt not in ("exit", "raise"):
             raise ValueError(f"on_interrupt must be 'exit' or 'raise', got {on_interrupt!r}")
-        runs = [] if new else self.runs(config or {})
-        last = runs[-1] if runs else None
-        if last is not None and last.status == "failed":
-            raise self._failed(last.id)
-        if last is not None and last.status in ("finished", "stopped", "pruned"):
-            return self.resume(last.id, allow_changed_machine=allow_changed_machine)
-        runner = self.resume(last.id, allow_changed_machine=allow_changed_machine) if last is not None \
+        decision: tuple[str, Any] | None = None
+        if self._log is not None:
+            runs = [] if new else self.runs(config or {})
+            last = runs[-1] if runs else None
+            if last is not None and last.status == "failed":
+                decision = ("failed", str(self._failed(last.id)))
+            elif last is not None and last.status in ("finished", "stopped", "pruned"):
+                decision = ("ended", last.id)
+            else:
+                decision = ("resume", last.id) if last is not None else ("start", None)
+        if self.dist is not None:  # every rank does what the log's rank found
+            decision = self.dist.agree(decision)
+        assert decision is not None
+        if decision[0] == "failed":
+            raise RunFailed(decision[1])
+        if decision[0] == "ended":
+            return self.resume(decision[1], allow_changed_machine=allow_changed_machine)
+        runner = self.resume(decision[1], allow_changed_machine=allow_changed_machine) if decision[0] == "resume" \
             else self.start(config)
         return self._drive(runner, on_interrupt)
 
@@ -291,19 +353,26 @@ class Trainer:
         until it halts: the Python form of ``fsmtrain retry LOG RUN``."""
         from ..runner import retry
 
-        retry(self.log, run_id, by=by, comment=comment)
+        if self._log is not None:
+            retry(self.log, run_id, by=by, comment=comment)
+        if self.dist is not None:
+            self.dist.barrier()
         return self._drive(self.resume(run_id), on_interrupt)
 
     def _drive(self, runner: Runner, on_interrupt: str) -> Runner:
         try:
             with runner:
-                runner.run()
+                for _ in runner.iterate():
+                    if self.dist is not None and self.dist.stopping:  # a rank got SIGTERM: all stop here
+                        break
+            if self.dist is not None:  # the last step too is compared across the ranks
+                self.dist.tick(time.time(), runner._digest)
         except KeyboardInterrupt:
             if on_interrupt == "raise":
                 raise
             import sys
 
-            print(f"\ninterrupted: run {runner.run_id} keeps its {runner.steps} committed step(s) in {self.log.path}; "
+            print(f"\ninterrupted: run {runner.run_id} keeps its {runner.steps} committed step(s) in {self._log_path}; "
                   "run the same code again to continue it", file=sys.stderr, flush=True)
             raise SystemExit(130) from None
         return runner
@@ -351,6 +420,10 @@ class Trainer:
             raise ResourceError(f"the resource factory `{name}` raised {type(e).__name__}: {e}") from e
         resources = check(resources, name)
         resources.artifacts, resources.run_id = self.artifacts, run_id
+        if self.dist is not None:  # DDP over the ranks; each rank's own random stream from here on
+            resources.dist = self.dist
+            resources._ddp = self.dist.wrap(resources.model)
+            seed_everything(rank_seed(seed, self.dist.rank))
         return resources
 
     def _apply(self, r: Resources, payload: Mapping[str, Any]) -> None:
@@ -364,10 +437,17 @@ class Trainer:
                 scaler.load_state_dict(payload["scaler"])
         if payload.get("loader") is not None and stateful(r.train_data):
             r.train_data.load_state_dict(payload["loader"])
-        restore_rng(payload["rng"])
+        ranks = payload.get("rng_ranks")
+        rank, world = r.shard()
+        if ranks is not None and len(ranks) == world:  # each rank its own RNG state
+            restore_rng(ranks[rank])
+        elif rank == 0 or r.dist is None:
+            restore_rng(payload["rng"])  # (another world size resumes, but not bit for bit)
 
     def _restore(self, runner: Runner) -> dict[str, Any]:
         """Rebuild the resources and bring them to the runner's last committed step."""
+        if self.dist is not None:
+            return self._restore_distributed(runner)
         assert runner.run_id is not None
         state = runner.state
         resources = self._build(_start_state(self.log, runner.run_id), runner.run_id)
@@ -397,6 +477,59 @@ class Trainer:
         redo = runner.redo(after)
         note["from_seq"] = after
         note["redone"] = redo.steps
+        if redo.mismatches:
+            note["mismatches"] = redo.mismatches[:10]
+        return note
+
+    def _restore_distributed(self, runner: Runner) -> dict[str, Any]:
+        """:meth:`_restore` on every rank of a distributed run: the log's rank finds the checkpoint and the steps
+        to redo and sends them (bytes and events: the other ranks need neither the log nor the files)."""
+        d = self.dist
+        assert runner.run_id is not None
+        plan: dict[str, Any] = {}
+        blob: bytes | None = None
+        if d.writer:
+            try:
+                plan["start"] = _start_state(self.log, runner.run_id).to_json()
+                skipped, after, recorded_world = [], None, None
+                candidates = A.kept_refs(runner.state)
+                for ref in candidates:
+                    try:
+                        blob = read_verified(self.artifacts, ref)
+                        after = self._written_at(runner.run_id, ref)
+                    except CheckpointError as e:
+                        skipped.append({"checkpoint": ref.path, "problem": str(e)})
+                        blob = None
+                        continue
+                    plan["checkpoint"] = ref.path
+                    break
+                if after is None and candidates:
+                    raise CheckpointError(f"run {runner.run_id} has no usable checkpoint left: "
+                                          + "; ".join(s["problem"] for s in skipped))
+                after = after or 1
+                plan.update(skipped=skipped, after=after, state=state_at(self.log, runner.run_id, after).to_json(),
+                            events=list(self.log.events(runner.run_id, start=after + 1, end=runner.seq)),
+                            recorded_world=recorded_world)
+            except BaseException as e:
+                plan = {"error": f"{type(e).__name__}: {e}"}
+        plan = d.agree(plan)
+        if "error" in plan:
+            raise RestoreFailed(f"restoring run {runner.run_id} on the log's rank failed: {plan['error']}")
+        data = d.broadcast_bytes(blob if "checkpoint" in plan else None) if "checkpoint" in plan else None
+        resources = self._build(State.from_json(plan["start"]), runner.run_id)
+        note: dict[str, Any] = {"world_size": d.world}
+        if data is not None:
+            payload = torch.load(io.BytesIO(data), map_location=self.map_location or d.device, weights_only=True)
+            self._apply(resources, payload)
+            note["checkpoint"] = plan["checkpoint"]
+            was = payload.get("world_size")
+            if was is not None and was != d.world:
+                note["world_size_changed"] = {"from": was, "to": d.world, "bit_identical": False}
+        if plan["skipped"]:
+            note["skipped"] = plan["skipped"]
+        runner.resources = resources
+        redo = runner.redo(plan["after"], events=plan["events"], state=State.from_json(plan["state"]))
+        note.update(from_seq=plan["after"], redone=redo.steps)
         if redo.mismatches:
             note["mismatches"] = redo.mismatches[:10]
         return note

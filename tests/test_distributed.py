@@ -1,0 +1,165 @@
+"""One run on two processes (torch.distributed, gloo, torchrun): the log written once, the ranks in agreement,
+and resume after killing them — all of them, or one — bit-identical.  Real processes, CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from fsmtrain import EventLog, state_at
+from fsmtrain.launch import launch_command
+from tests.conftest import ROOT
+from tests.test_crash import events_in, kill_until_done
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
+              pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]
+
+DEMO = [sys.executable, "-m", "fsmtrain", "demo", "--nproc", "2", "--epochs", "3", "--patience", "100", "--chunk", "4",
+        "--json"]
+
+
+def env(tag: str = "") -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "FSMTRAIN_TEST_TAG": tag or uuid.uuid4().hex}
+
+
+def tagged(tag: str) -> list[int]:
+    """Live processes started by this test (its tag in their environment): none may outlive it."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                if f"FSMTRAIN_TEST_TAG={tag}".encode() in f.read().split(b"\0"):
+                    with open(f"/proc/{d}/stat") as s:
+                        if s.read().rsplit(")", 1)[1].split()[0] != "Z":
+                            found.append(int(d))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture
+def tag():
+    """A tag for this test's processes; at the end, none may be left (they would be killed, and the test fails)."""
+    t = uuid.uuid4().hex
+    yield t
+    deadline = time.monotonic() + 30
+    while tagged(t) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = tagged(t)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes outlived the test: {left}"
+
+
+def ranks(tmp_path, mode: str, tag: str, **extra_env: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    out = tmp_path / f"out-{mode}"
+    cmd, e = launch_command(2, "tests.machines.ddp", [str(tmp_path / f"{mode}.db"), str(out), mode], max_restarts=0)
+    p = subprocess.run(cmd, env={**e, **env(tag), **extra_env}, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    got = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1) if (out / f"rank{r}.json").exists()]
+    return p, got
+
+
+class TestOneRunTwoProcesses:
+    def test_the_ranks_agree_on_every_step_and_only_the_log_rank_writes(self, tmp_path, tag):
+        """Early stopping fires on the same step on both ranks (their digests are compared each step)."""
+        p, got = ranks(tmp_path, "train", tag)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert [g["rank"] for g in got] == [0, 1] and [g["writer"] for g in got] == [True, False]
+        assert got[0]["state"] == got[1]["state"] and got[0]["weights"] == got[1]["weights"]
+        state = json.loads(got[0]["state"])
+        assert got[0]["status"] == "finished" and state["epoch"] < 6  # stopped early, on the same step everywhere
+        with EventLog(tmp_path / "train.db", readonly=True) as log:
+            assert log.verify() == [] and log.run(1).tags["world_size"] == 2
+            assert state_at(log, 1).to_json() == got[0]["state"]
+
+    def test_the_log_may_be_held_by_another_rank(self, tmp_path, tag):
+        """FSMTRAIN_LOG_RANK=1: rank 1 writes; the run is the same (the log lives where it is, not with rank 0)."""
+        p, got = ranks(tmp_path, "train", tag, FSMTRAIN_LOG_RANK="1")
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert [g["writer"] for g in got] == [False, True]
+        (tmp_path / "usual").mkdir()
+        p, usual = ranks(tmp_path / "usual", "train", tag)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert got[0]["state"] == got[1]["state"] == usual[0]["state"]
+
+    def test_a_rank_that_diverges_is_caught_at_the_next_step(self, tmp_path, tag):
+        p, _ = ranks(tmp_path, "diverge", tag)
+        assert p.returncode != 0
+        assert "RankDiverged: rank(s) 1 of 2 computed a different step than the log's rank 0" in p.stderr
+        with EventLog(tmp_path / "diverge.db", readonly=True) as log:
+            assert state_at(log, 1)["n"] <= 5  # caught one step after rank 1 went its own way, at n=3
+
+
+def test_killing_every_process_at_random_moments_resumes_bit_identically(tmp_path, tag):
+    want_p = subprocess.run(DEMO + ["--log", str(tmp_path / "ref.db")], cwd=ROOT, capture_output=True, text=True,
+                            env=env(tag), timeout=600)
+    assert want_p.returncode == 0, want_p.stderr[-3000:]
+    want = json.loads(want_p.stdout.splitlines()[-1])
+    assert want["world_size"] == 2
+    log = tmp_path / "k.db"
+    kills, out = kill_until_done(DEMO + ["--log", str(log), "--delay", "0.05"], log, random.Random(3), 4, 0.3,
+                                 env=env(tag), group=True)
+    assert kills >= 2
+    assert json.loads(out.splitlines()[-1]) == want
+    with EventLog(log, readonly=True) as lg, EventLog(tmp_path / "ref.db", readonly=True) as ref:
+        assert lg.verify() == []
+        assert state_at(lg, 1).to_json() == state_at(ref, 1).to_json()
+
+
+def test_one_rank_killed_alone_restarts_the_group_which_ends_identically(tmp_path, tag):
+    """SIGKILL rank 1 only, under torchrun --max-restarts: torchrun restarts both; the run resumes and ends the same."""
+    want = json.loads(subprocess.run(DEMO + ["--log", str(tmp_path / "ref.db")], cwd=ROOT, capture_output=True,
+                                     text=True, env=env(tag), timeout=600).stdout.splitlines()[-1])
+    log = tmp_path / "one.db"
+    p = subprocess.Popen(DEMO + ["--log", str(log), "--delay", "0.1"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env(tag), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while events_in(log) < 3:
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
+            time.sleep(0.02)
+        rank1 = [pid for pid in tagged(tag) if _env_of(pid).get("RANK") == "1"]
+        assert len(rank1) == 1
+        os.kill(rank1[0], signal.SIGKILL)
+        out, err = p.communicate(timeout=600)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 0, err[-3000:]
+    assert json.loads(out.splitlines()[-1]) == want
+    with EventLog(log, readonly=True) as lg:
+        assert lg.verify() == [] and any(e.kind == "resume" for e in lg.events(1))
+
+
+def _env_of(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            pairs = [x.split(b"=", 1) for x in f.read().split(b"\0") if b"=" in x]
+    except OSError:
+        return {}
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+def test_a_gate_waits_and_the_worker_continues_the_two_process_run(tmp_path, tag):
+    fsm = [sys.executable, "-m", "fsmtrain"]
+    p = subprocess.run(fsm + ["demo", "--log", "g.db", "--gate", "--nproc", "2", "--epochs", "2"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env(tag), timeout=600)
+    assert p.returncode == 0 and "run 1 is waiting at `review`" in p.stdout, p.stderr[-3000:]
+    assert subprocess.run(fsm + ["approve", "g.db", "1"], cwd=tmp_path, env=env(tag), capture_output=True).returncode == 0
+    p = subprocess.run(fsm + ["worker", "g.db", "--machine", "fsmtrain.train.demo:gated_trainer", "--once"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env(tag), timeout=600)
+    assert p.returncode == 0 and p.stdout.strip() == "run 1: finished after 3 step(s); on 2 processes", p.stderr
+    with EventLog(tmp_path / "g.db", readonly=True) as log:
+        s = state_at(log, 1)
+        assert s["decision"] == "go" and s["exported"] is not None and log.verify() == []
