@@ -131,7 +131,7 @@ def validate_inputs(specs: Iterable[Input], given: Mapping[str, Any], action: st
 class Action:
     """A named step of a machine.  Build one with :func:`action`."""
 
-    __slots__ = ("_input_names", "fn", "inputs", "name", "reads", "wants_resources", "writes")
+    __slots__ = ("_input_names", "barrier", "fn", "inputs", "name", "reads", "wants_resources", "writes")
 
     def __init__(
         self,
@@ -141,8 +141,12 @@ class Action:
         reads: Iterable[str] = (),
         writes: Iterable[str] = (),
         inputs: Iterable[Input | str] = (),
+        barrier: bool = False,
     ) -> None:
         self.name: str = name or str(getattr(fn, "__name__", ""))
+        self.barrier = bool(barrier)
+        """The commit of each of its steps is a barrier (durable at once): the action did something the
+        outside world sees (launched a job, sent a message) that a power loss must not make the log forget."""
         problems = []
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             problems.append(f"name {self.name!r} must be an identifier (letters, digits, _ or -)")
@@ -190,7 +194,7 @@ class Action:
         result = self.fn(view, resources=resources, **inputs) if self.wants_resources else self.fn(view, **inputs)
         if result is None:
             return {}
-        if not isinstance(result, Mapping):
+        if type(result) is not dict and not isinstance(result, Mapping):
             raise UndeclaredWrite(
                 f"action `{self.name}` returned a {type(result).__name__}; "
                 "it must return a dict of updates (or None)"
@@ -227,10 +231,11 @@ def _keys(what: str, keys: Iterable[str], problems: list[str]) -> frozenset[str]
 
 @overload
 def action(fn: Callable[..., Any], *, name: str | None = None, reads: Iterable[str] = (),
-           writes: Iterable[str] = (), inputs: Iterable[Input | str] = ()) -> Action: ...
+           writes: Iterable[str] = (), inputs: Iterable[Input | str] = (), barrier: bool = False) -> Action: ...
 @overload
 def action(fn: None = None, *, name: str | None = None, reads: Iterable[str] = (),
-           writes: Iterable[str] = (), inputs: Iterable[Input | str] = ()) -> Callable[[Callable[..., Any]], Action]: ...
+           writes: Iterable[str] = (), inputs: Iterable[Input | str] = (),
+           barrier: bool = False) -> Callable[[Callable[..., Any]], Action]: ...
 def action(
     fn: Callable[..., Any] | None = None,
     *,
@@ -238,8 +243,12 @@ def action(
     reads: Iterable[str] = (),
     writes: Iterable[str] = (),
     inputs: Iterable[Input | str] = (),
+    barrier: bool = False,
 ) -> Action | Callable[[Callable[..., Any]], Action]:
     """Decorate a function ``f(state, [resources], **inputs) -> dict`` as an :class:`Action`.
+
+    ``barrier=True``: each of its steps is committed as a barrier (durable at once, see
+    :class:`~fsmtrain.log.EventLog`), for an action whose effect the outside world sees.
 
     >>> @action(reads=["count"], writes=["count"])
     ... def inc(state):
@@ -249,7 +258,7 @@ def action(
     """
 
     def wrap(f: Callable[..., Any]) -> Action:
-        return Action(f, name=name, reads=reads, writes=writes, inputs=inputs)
+        return Action(f, name=name, reads=reads, writes=writes, inputs=inputs, barrier=barrier)
 
     return wrap(fn) if fn is not None else wrap
 

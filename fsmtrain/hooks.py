@@ -7,7 +7,11 @@ whose methods it defines.  Every method takes keyword-only arguments plus
 Events: ``run_start``, ``run_resume``, ``step_start``, ``step_end``,
 ``step_failed``, ``waiting``, ``input``, ``restore``, ``run_end`` (and any other
 name a layer emits).  Hooks run after the step's commit, so a failing
-hook never corrupts the log.  A hook whose ``fatal`` attribute is true stops
+hook never corrupts the log.  A hook whose ``external`` attribute is true has
+effects outside the process (a message to a person, a file others read): its
+calls are held until the commits they report are behind a barrier (durable
+against a power loss, see ``EventLog(durability=...)``), then delivered in order;
+the others run at once.  A hook whose ``fatal`` attribute is true stops
 the run with :class:`~fsmtrain.errors.HookFailed`; any other failure is a
 :class:`HookWarning` and is kept in ``HookBus.failures``.
 """
@@ -37,6 +41,8 @@ class Hook:
     """Optional base class documenting the hook methods; override the ones you need."""
 
     fatal: bool = False
+    external: bool = False
+    """Its effects leave the process: its calls wait until what they report is durable (a barrier)."""
 
     def on_run_start(self, *, run_id: int | None, state: Any, **future_kwargs: Any) -> None:
         """A run was created (its start event is committed)."""
@@ -71,18 +77,27 @@ class Hook:
 
 
 class HookBus:
-    """Dispatches lifecycle events to the hooks that subscribe to them."""
+    """Dispatches lifecycle events to the hooks that subscribe to them.
+
+    ``durable`` (set by the runner that owns the bus) says whether everything committed so far is
+    behind a barrier; until it is, the calls of ``external`` hooks are held (in order).
+    """
 
     def __init__(self, hooks: Iterable[Any] = ()) -> None:
         self.hooks = list(hooks)
         self.failures: list[tuple[str, Any, BaseException]] = []
         self._subs: dict[str, list[Any]] = {}
+        self._external: set[int] = set()
+        self.held: list[tuple[str, Any, dict[str, Any]]] = []
+        self.durable: Callable[[], bool] | None = None
         for h in self.hooks:
             self.add(h, _rebuild=False)
 
     def add(self, hook: Any, *, _rebuild: bool = True) -> None:
         if _rebuild:
             self.hooks.append(hook)
+        if getattr(hook, "external", False):
+            self._external.add(id(hook))
         for attr in dir(type(hook)):
             if not attr.startswith("on_"):
                 continue
@@ -99,14 +114,34 @@ class HookBus:
 
     def emit(self, event: str, **kwargs: Any) -> None:
         for hook in self._subs.get(event, ()):
+            if self._external and id(hook) in self._external \
+                    and (self.held or (self.durable is not None and not self.durable())):
+                self.held.append((event, hook, kwargs))
+                self.release()  # (delivers, in order, if what was held is durable by now)
+                continue
+            self._call(event, hook, kwargs)
+
+    def release(self) -> None:
+        """Deliver the held calls of external hooks if everything committed is durable now."""
+        if not self.held or (self.durable is not None and not self.durable()):
+            return
+        held, self.held = self.held, []
+        for i, (event, hook, kwargs) in enumerate(held):
             try:
-                getattr(hook, "on_" + event)(**kwargs)
-            except Exception as e:
-                self.failures.append((event, hook, e))
-                name = type(hook).__name__
-                if getattr(hook, "fatal", False):
-                    raise HookFailed(f"hook {name}.on_{event} failed: {type(e).__name__}: {e}") from e
-                warnings.warn(f"hook {name}.on_{event} failed: {type(e).__name__}: {e}", HookWarning, stacklevel=2)
+                self._call(event, hook, kwargs)
+            except BaseException:
+                self.held = held[i + 1:] + self.held
+                raise
+
+    def _call(self, event: str, hook: Any, kwargs: dict[str, Any]) -> None:
+        try:
+            getattr(hook, "on_" + event)(**kwargs)
+        except Exception as e:
+            self.failures.append((event, hook, e))
+            name = type(hook).__name__
+            if getattr(hook, "fatal", False):
+                raise HookFailed(f"hook {name}.on_{event} failed: {type(e).__name__}: {e}") from e
+            warnings.warn(f"hook {name}.on_{event} failed: {type(e).__name__}: {e}", HookWarning, stacklevel=3)
 
 
 class Notify(Hook):
@@ -120,6 +155,8 @@ class Notify(Hook):
 
     ``log`` (optional) is only used to print ready-to-run commands.
     """
+
+    external = True  # a person reads it: only what a power loss cannot take back
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, call: Callable[[str], Any] | None = None,
                  log: str | os.PathLike[str] | None = None) -> None:
@@ -170,6 +207,8 @@ class _MetricsFile(Hook):
     hooks; the writer skips any step it already wrote for that run (it reads its file's last step
     per run the first time it sees the run).
     """
+
+    external = True  # others read the file: it never shows a step the log could lose
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)

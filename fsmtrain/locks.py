@@ -27,6 +27,7 @@ __all__ = ["RunLock", "holder", "lock_path", "run_lock"]
 
 _HELD: dict[str, tuple[int, int]] = {}  # lock file -> (fd, holders in this process)
 _GUARD = threading.Lock()
+_RECORD = 320
 
 
 def lock_path(artifacts: Path, run_id: int) -> Path:
@@ -82,8 +83,9 @@ class RunLock:
         try:  # who holds it, for the message of whoever finds it taken
             me = (f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                   f"{' '.join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]}\n")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, me.encode("utf-8", "replace"), 0)
+            # One fixed-size record, written over in place: truncating first would make ext4 flush the file on
+            # close (its replace-by-truncate heuristic), a disk write per lock.
+            os.pwrite(fd, me.encode("utf-8", "replace")[:_RECORD - 1].ljust(_RECORD - 1) + b"\n", 0)
         except OSError:
             pass
         with _GUARD:

@@ -43,8 +43,8 @@ from .errors import (
 )
 from .state import dumps, loads
 
-__all__ = ["ENDED", "EVENT_KINDS", "SCHEMA_VERSION", "Event", "EventLog", "RunInfo", "event_hash", "run_hash",
-           "status_of"]
+__all__ = ["BARRIER_KINDS", "DURABILITY", "ENDED", "EVENT_KINDS", "SCHEMA_VERSION", "Event", "EventLog", "Problem",
+           "RunInfo", "event_hash", "run_hash", "status_of"]
 
 _now = time.time  # (append's `time` argument shadows the module)
 
@@ -54,6 +54,17 @@ and upgraded (a row in ``fsmtrain_schema``) by their first write."""
 EVENT_KINDS = ("start", "step", "resume", "waiting", "input", "error", "failed", "retry", "stopped", "pruned")
 ENDED = ("finished", "failed", "stopped", "pruned")
 """Statuses of a run that no runner continues (``failed`` only after a deliberate ``retry``)."""
+DURABILITY = ("barrier", "step", "none")
+BARRIER_KINDS = frozenset({"input", "retry", "stopped", "pruned", "failed", "waiting"})
+"""Event kinds whose commit is a barrier under ``durability="barrier"``: what a person or the outside world gave
+or saw (an answer, a retry, a stop, a prune) and the end or pause of a run.  A ``step`` whose ``next`` is null
+(the run finished) is one too."""
+BARRIER_EVERY = 1000
+"""Default: a barrier at least every this many commits of one writer (bounds the WAL between checkpoints)."""
+BARRIER_SECONDS = 1.0
+"""Default: the first commit after this many seconds without a barrier is one."""
+CHECKPOINT_EVERY = 100
+"""A barrier runs SQLite's WAL checkpoint when at least this many commits were made since the last one."""
 MAX_ID = 2**63 - 1
 _HEADER = b"SQLite format 3\x00"
 _TABLES = {"fsmtrain_schema", "runs", "events"}
@@ -138,6 +149,20 @@ class RunInfo:
         return status_of(self.last_kind, self.next)
 
 
+@attrs.frozen
+class Problem:
+    """One problem :meth:`EventLog.check` found: its ``code`` (spec/log.md, *Verification*), the run and the
+    event it concerns (``None`` where it is not about one), and a sentence for a person."""
+
+    code: str
+    message: str
+    run: int | None = None
+    seq: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def status_of(kind: str, next_action: str | None) -> str:
     """A run's status from its last event: running, waiting, finished, failed, stopped or pruned."""
     if kind in ("failed", "waiting", "stopped", "pruned"):
@@ -199,9 +224,24 @@ class EventLog:
 
     ``EventLog(path)`` opens a log to write to, creating the file when it does not exist
     (``create=False`` refuses a missing or empty file instead); ``readonly=True`` opens an existing
-    log without ever writing to it.  ``synchronous`` is ``"FULL"`` (default: a committed step
-    survives power loss) or ``"NORMAL"`` (faster; the last commits may be lost on power loss,
-    never on a crash).
+    log without ever writing to it.
+
+    ``durability`` says what survives a power loss or an OS crash (a killed process never loses
+    a commit, in any mode; see spec/log.md):
+
+    - ``"barrier"`` (default): commits are ordinary (SQLite ``synchronous=NORMAL``); a **barrier**
+      — one commit with ``synchronous=FULL``, which makes every earlier commit durable too — is
+      taken for the events in :data:`BARRIER_KINDS`, at a run's end, for a commit passed
+      ``barrier=True`` (an action declared ``barrier=True``), on :meth:`barrier`, at
+      :meth:`close`, and at the first commit after ``barrier_every`` commits or ``barrier_seconds``
+      seconds without one.  SQLite's own WAL checkpoints run at barriers, never on a step's
+      commit.  After a power loss the log is a consistent prefix that ends at or after the last
+      barrier.
+    - ``"step"``: every commit is a barrier (one fsync per commit).
+    - ``"none"``: never synced (``synchronous=OFF``): for throwaway logs; a power loss may
+      lose or damage it.
+
+    ``synchronous="FULL"`` / ``"NORMAL"`` (the older spelling) mean ``"step"`` / ``"barrier"``.
 
     Nothing is written, and no file is created, before the first write: a writer reads through a
     read-only connection until it appends (a log that does not exist yet reads as an empty one), so
@@ -210,15 +250,29 @@ class EventLog:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False, create: bool = True,
-                 synchronous: str = "FULL", timeout: float = 30.0,
+                 durability: str | None = None, barrier_every: int = BARRIER_EVERY,
+                 barrier_seconds: float = BARRIER_SECONDS, synchronous: str | None = None, timeout: float = 30.0,
                  artifacts: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self._artifacts = None if artifacts is None else Path(artifacts)
-        sync = synchronous.upper() if isinstance(synchronous, str) else synchronous
-        if sync not in ("FULL", "NORMAL"):
-            raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
-        self.synchronous = sync
+        self.durability = _durability(durability, synchronous)
+        if isinstance(barrier_every, bool) or not isinstance(barrier_every, int) or barrier_every < 1:
+            raise ValueError(f"barrier_every must be a whole number of commits >= 1, got {barrier_every!r}")
+        if isinstance(barrier_seconds, bool) or not isinstance(barrier_seconds, (int, float)) \
+                or not 0 <= barrier_seconds < float("inf"):
+            raise ValueError(f"barrier_seconds must be a finite number of seconds >= 0, got {barrier_seconds!r}")
+        self.barrier_every = barrier_every
+        self.barrier_seconds = float(barrier_seconds)
+        self.synchronous = {"step": "FULL", "barrier": "NORMAL", "none": "OFF"}[self.durability]
+        self.commits = 0
+        """Commits made through this object."""
+        self.synced = 0
+        """How many of them are behind a barrier (durable): every commit when ``synced == commits``."""
+        self.barriers = 0
+        self._last_barrier = time.monotonic()
+        self._checkpointed = 0
+        self._inherited = False  # an existing log: its last commits, by other processes, may not be durable yet
         self.timeout = timeout
         self.schema_version = SCHEMA_VERSION
         self._rw: sqlite3.Connection | None = None
@@ -226,6 +280,7 @@ class EventLog:
         self._sidecars: set[str] = set()
         self._create = create and not readonly
         new = _inspect(self.path, readonly=readonly, create=create)
+        self._inherited = not new and not readonly and self.durability == "barrier"
         self._key = str(self.path.resolve())
         if not readonly:
             _check_writable(self.path, new)
@@ -340,6 +395,8 @@ class EventLog:
             if mode.lower() != "wal":
                 warnings.warn(f"{self.path}: SQLite refused WAL mode (got {mode}); writes will be slower", stacklevel=4)
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            if self.durability == "barrier":
+                conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run at barriers, off the step path
             _warn_if_network_fs(self.path)
             self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
             tables = {t for t in self.db.table_names() if not t.startswith("sqlite_")}
@@ -419,6 +476,11 @@ class EventLog:
     def close(self) -> None:
         """Close the log.  A reader removes the WAL files it made beside a log nobody else has open."""
         was_open = self._ro is not None or self._rw is not None
+        if self._rw is not None and not self.durable:
+            try:
+                self.barrier()
+            except FsmtrainError as e:  # (closing must not raise over the error being handled)
+                warnings.warn(f"{self.path}: the last commits may not survive a power loss: {e}", stacklevel=2)
         if self._ro is not None:
             self._ro.close()
             self._ro = None
@@ -445,12 +507,16 @@ class EventLog:
         if self.readonly:
             raise ReadOnlyLog(f"{self.path} was opened read-only; open it with EventLog(path) to write")
 
-    def _begin(self) -> sqlite3.Connection:
-        """``BEGIN IMMEDIATE`` on the writing connection; the environment's failures become StorageError."""
+    def _begin(self, full: bool = False) -> sqlite3.Connection:
+        """``BEGIN IMMEDIATE`` on the writing connection (its commit a barrier when ``full``); the environment's
+        failures become StorageError."""
         c = self._rw if self._rw is not None else self._open_rw()
         try:
+            if full and self.durability == "barrier":
+                c.execute("PRAGMA synchronous=FULL")  # (only outside a transaction)
             c.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
+            self._settle(c, full)
             raise self._write_error(e) from None
         if self.schema_version < SCHEMA_VERSION:
             try:
@@ -459,6 +525,72 @@ class EventLog:
                 _rollback(c)
                 raise
         return c
+
+    # -- durability -------------------------------------------------------------------
+    def _full(self, kind: str, next_action: str | None, barrier: bool | None) -> bool:
+        """Whether the commit of an event of ``kind`` is a barrier."""
+        if self.durability != "barrier":
+            return self.durability == "step"
+        return bool(barrier or kind in BARRIER_KINDS or (kind == "step" and next_action is None)
+                    or self.commits - self.synced >= self.barrier_every - 1
+                    or time.monotonic() - self._last_barrier >= self.barrier_seconds)
+
+    def _settle(self, c: sqlite3.Connection, full: bool) -> None:
+        """Back to ordinary commits after a barrier's commit (or its failure)."""
+        if full and self.durability == "barrier" and not c.in_transaction:
+            try:
+                c.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error:
+                pass
+
+    def _committed(self, c: sqlite3.Connection, full: bool) -> None:
+        self.commits += 1
+        if full or self.durability == "none":  # ("none": nothing will ever be more durable than now)
+            self._settle(c, full)
+            self._synced(c)
+
+    @property
+    def durable(self) -> bool:
+        """Whether everything in the log as this object has seen it is behind a barrier (durable): its own
+        commits, and those of the processes before it."""
+        return self.synced >= self.commits and not self._inherited
+
+    def _synced(self, c: sqlite3.Connection | None) -> None:
+        """Every commit so far is durable: count the barrier and run SQLite's WAL checkpoint if one is due."""
+        self.synced = self.commits
+        self._inherited = False
+        self.barriers += 1
+        self._last_barrier = time.monotonic()
+        if c is not None and self.durability == "barrier" and self.commits - self._checkpointed >= CHECKPOINT_EVERY:
+            self._checkpointed = self.commits
+            try:  # PASSIVE: copies what no reader still needs, never waits (a later barrier does the rest)
+                c.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                pass  # upkeep only: the commits are durable in the WAL
+
+    def barrier(self) -> None:
+        """Make every commit so far durable now (one fsync of the WAL), as a barrier does.
+
+        ``durability="none"`` never syncs; with ``"step"`` every commit is durable already.
+        """
+        if self.readonly or self.durability != "barrier" or self.durable:
+            return
+        wal = _sidecar(self.path, "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None  # checkpointed and removed: the database file itself was synced by the checkpoint
+        except OSError as e:
+            raise StorageError(f"cannot sync {wal}: {environmental(e) or e}") from None
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                raise StorageError(f"cannot sync {wal}: {environmental(e) or e}; the last commits may not "
+                                   "survive a power loss") from None
+            finally:
+                os.close(fd)
+        self._synced(self._rw)
 
     def _write_error(self, e: BaseException) -> BaseException:
         """What a failed write raises: the real cause, never a ROLLBACK's complaint."""
@@ -477,25 +609,28 @@ class EventLog:
         return e
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, barrier: bool = False) -> Iterator[sqlite3.Connection]:
         """``with log.transaction() as conn:`` one ``BEGIN IMMEDIATE`` transaction on the writing connection,
-        committed at the end, rolled back (and the real cause raised) on any error.  For bulk imports and
-        tools; the triggers still refuse any UPDATE or DELETE."""
-        c = self._begin()
+        committed at the end (a barrier with ``barrier=True``), rolled back (and the real cause raised) on any
+        error.  For bulk imports and tools; the triggers still refuse any UPDATE or DELETE."""
+        full = self._full("", "", barrier)
+        c = self._begin(full)
         try:
             yield c
             c.execute("COMMIT")
         except BaseException as e:
             _rollback(c)
+            self._settle(c, full)
             err = self._write_error(e)
             if err is e:
                 raise
             raise err from e
+        self._committed(c, full)
 
     def create_run(self, machine: str, fingerprint: str, *, snapshot: Mapping[str, Any], next_action: str,
                    tags: Mapping[str, Any] | None = None, parent: tuple[int, int] | None = None,
                    info: Mapping[str, Any] | None = None, run_id: int | None = None,
-                   created: float | None = None, on_id: Any = None) -> Event:
+                   created: float | None = None, on_id: Any = None, barrier: bool | None = None) -> Event:
         """Insert a run and its ``start`` event (one transaction); returns that event.
 
         ``run_id`` and ``created`` (default: the next id, now) let a copy of a run elsewhere keep its
@@ -507,7 +642,8 @@ class EventLog:
         tags_text = dumps(dict(tags or {}))
         snap = dumps(snapshot)
         info_text = None if info is None else dumps(info)
-        c = self._begin()
+        full = self._full("start", next_action, barrier)
+        c = self._begin(full)
         try:
             created = time.time() if created is None else created
             parent_id, parent_seq = parent if parent else (None, None)
@@ -524,28 +660,33 @@ class EventLog:
             c.execute("COMMIT")
         except BaseException as e:
             _rollback(c)
+            self._settle(c, full)
             err = self._write_error(e)
             if err is e:
                 raise
             raise err from e
+        self._committed(c, full)
         return ev
 
     def append(self, run_id: int, expected_seq: int, *, kind: str, step: int, action: str | None = None,
                attempt: int | None = None, inputs: Mapping[str, Any] | None = None, updates: Any = None,
                next_action: str | None = None, info: Any = None, snapshot: Mapping[str, Any] | None = None,
-               error: str | None = None, prev_hash: str | None = None, time: float | None = None) -> Event:
-        """Append one event as one ``BEGIN IMMEDIATE`` transaction.
+               error: str | None = None, prev_hash: str | None = None, time: float | None = None,
+               barrier: bool | None = None) -> Event:
+        """Append one event as one transaction.
 
         ``time`` (default: now) is the event's timestamp; a runner passes the
         moment it evaluated the step's transitions, so that the active time a
-        condition saw is exactly what the log says.
+        condition saw is exactly what the log says.  ``barrier=True`` makes the
+        commit a barrier (see the class: the events that are barriers anyway).
 
         Raises :class:`WriteConflict` unless the run's last event is ``expected_seq``
         (another writer got there first).  A writer that knows the hash of that
         event passes it as ``prev_hash`` and saves a read: the database itself
         then refuses the insert if the run has moved on (primary key and the
-        gapless trigger), which is reported as the same conflict.  A write the
-        environment stops (disk full, read-only storage, I/O error) raises
+        gapless trigger), which is reported as the same conflict, and the insert
+        is one statement, its own transaction.  A write the environment stops
+        (disk full, read-only storage, I/O error) raises
         :class:`~fsmtrain.errors.StorageError` and commits nothing.
         """
         if self.readonly:
@@ -554,14 +695,18 @@ class EventLog:
             raise ValueError(f"unknown event kind {kind!r}")
         texts = (None if inputs is None else dumps(inputs), None if updates is None else dumps(updates),
                  None if info is None else dumps(info), None if snapshot is None else dumps(snapshot))
+        full = self._full(kind, next_action, barrier)
         c = self._rw
-        if c is None or self.schema_version != SCHEMA_VERSION:
-            c = self._begin()  # the first write: open the writing connection (upgrading a v1 log) and begin
+        one = prev_hash is not None and c is not None and self.schema_version == SCHEMA_VERSION
+        if one:  # the hot path: a single INSERT is its own (atomic) transaction
+            assert c is not None
+            if full and self.durability == "barrier":
+                try:
+                    c.execute("PRAGMA synchronous=FULL")
+                except sqlite3.OperationalError as e:
+                    raise self._write_error(e) from None
         else:
-            try:
-                c.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                raise self._write_error(e) from None
+            c = self._begin(full)  # (the first write opens the writing connection, upgrading a v1 log)
         try:
             if prev_hash is None:
                 row = c.execute("SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
@@ -582,13 +727,16 @@ class EventLog:
                 if "gapless" in str(e) or "UNIQUE" in str(e):
                     raise self._conflict(run_id, expected_seq) from None
                 raise
-            c.execute("COMMIT")
+            if not one:
+                c.execute("COMMIT")
         except BaseException as e:
             _rollback(c)
+            self._settle(c, full)
             err = self._write_error(e)
             if err is e:
                 raise
             raise err from e
+        self._committed(c, full)
         return Event(run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info, snapshot,
                      error, prev_hash, h)
 
@@ -699,15 +847,20 @@ class EventLog:
 
     # -- verifying ------------------------------------------------------------------
     def verify(self) -> list[str]:
-        """Every problem found: SQLite integrity, missing triggers, sequence gaps, broken hash chains,
-        JSON no writer makes. Empty when intact."""
-        problems: list[str] = []
+        """Every problem found, as sentences: SQLite integrity, missing triggers, sequence gaps, broken hash
+        chains, JSON no writer makes. Empty when intact. (:meth:`check` gives them with codes.)"""
+        return [p.message for p in self.check()]
+
+    def check(self) -> list[Problem]:
+        """Every problem found, each with its code and the run and event it concerns (spec/log.md,
+        *Verification*). Empty when intact."""
+        problems: list[Problem] = []
         try:
             for (msg,) in self.conn.execute("PRAGMA integrity_check"):
                 if msg != "ok":
-                    problems.append(f"SQLite integrity check: {msg}")
+                    problems.append(Problem("integrity", f"SQLite integrity check: {msg}"))
         except sqlite3.DatabaseError as e:
-            return [f"SQLite integrity check: {e}"]
+            return [Problem("integrity", f"SQLite integrity check: {e}")]
         if problems:
             return problems
         problems += self._check_triggers()
@@ -715,70 +868,98 @@ class EventLog:
             "SELECT id, machine, fingerprint, created, parent_id, parent_seq, tags FROM runs ORDER BY id")}
         for rid, row in runs.items():
             if row[4] is not None and row[4] not in runs:
-                problems.append(f"run {rid}: parent run {row[4]} does not exist")
+                problems.append(Problem("parent-missing", f"run {rid}: parent run {row[4]} does not exist", rid))
             try:
                 prev = run_hash(*row)
             except (TypeError, ValueError) as e:
-                problems.append(f"run {rid}: its row holds values no writer makes ({_first_line(e)})")
+                problems.append(Problem("bad-row", f"run {rid}: its row holds values no writer makes "
+                                                   f"({_first_line(e)})", rid))
                 continue
-            _json_problem(row[6], f"run {rid}: its tags column", problems)
+            _json_problem(row[6], f"run {rid}: its tags column", problems, "", rid, None)
             expected = 1
             for r in self.conn.execute(_SELECT_EVENT + " WHERE run_id = ? ORDER BY seq", (rid,)):
                 seq = r[1]
                 where = f"run {rid} event {seq}"
                 if seq != expected:
-                    problems.append(f"run {rid}: event {expected} is missing (next is {seq})")
+                    problems.append(Problem("missing", f"run {rid}: event {expected} is missing (next is {seq})",
+                                            rid, expected))
                     expected = seq
                 if r[13] != prev:
-                    problems.append(f"{where}: prev_hash does not match the previous event's hash (the chain is broken)")
+                    problems.append(Problem("chain", f"{where}: prev_hash does not match the previous event's hash "
+                                                     "(the chain is broken)", rid, seq))
                 try:
                     h = event_hash(r[13], *r[:13])
                 except (TypeError, ValueError) as e:
                     h = f"unhashable: {_first_line(e)}"
                 if h != r[14]:
-                    problems.append(f"{where}: hash does not match its contents (the event was edited)")
+                    problems.append(Problem("hash", f"{where}: hash does not match its contents (the event was "
+                                                    "edited)", rid, seq))
                 if seq == 1 and r[4] != "start":
-                    problems.append(f"{where}: the first event is {r[4]!r}, not 'start'")
+                    problems.append(Problem("not-start", f"{where}: the first event is {r[4]!r}, not 'start'",
+                                            rid, seq))
                 if r[4] not in EVENT_KINDS:
-                    problems.append(f"{where}: unknown event kind {r[4]!r}")
+                    problems.append(Problem("kind", f"{where}: unknown event kind {r[4]!r}", rid, seq))
                 for i in (7, 8, 10, 11):
                     if r[i] is not None:
-                        _json_problem(r[i], f"{where}: its {_EVENT_COLS[i]} column", problems, _EVENT_COLS[i])
+                        _json_problem(r[i], f"{where}: its {_EVENT_COLS[i]} column", problems, _EVENT_COLS[i],
+                                      rid, seq)
                 prev = r[14]
                 expected = seq + 1
             if expected == 1:
-                problems.append(f"run {rid}: has no events")
-        orphans = self.conn.execute("SELECT DISTINCT run_id FROM events WHERE run_id NOT IN (SELECT id FROM runs)").fetchall()
-        problems.extend(f"events of run {r[0]} exist but the run does not" for r in orphans)
+                problems.append(Problem("no-events", f"run {rid}: has no events", rid))
+        orphans = self.conn.execute("SELECT DISTINCT run_id FROM events WHERE run_id NOT IN (SELECT id FROM runs)"
+                                    " ORDER BY run_id").fetchall()
+        problems.extend(Problem("orphan", f"events of run {r[0]} exist but the run does not", r[0])
+                        for r in orphans)
         return problems
 
-    def _check_triggers(self) -> list[str]:
+    def _check_triggers(self) -> list[Problem]:
         """The append-only triggers are all there, as written (a dropped trigger lets the log be edited)."""
         have = {name: " ".join(sql.split()) for name, sql in self.conn.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'") if isinstance(sql, str)}
         out = []
         for name, sql in _TRIGGER_SQL.items():
             if name not in have:
-                out.append(f"trigger {name} is missing: the log is no longer protected against edits")
+                out.append(Problem("trigger", f"trigger {name} is missing: the log is no longer protected "
+                                              "against edits"))
             elif have[name] != sql:
-                out.append(f"trigger {name} was changed: the log is no longer protected against edits")
+                out.append(Problem("trigger", f"trigger {name} was changed: the log is no longer protected "
+                                              "against edits"))
         return out
 
 
-def _json_problem(text: Any, where: str, problems: list[str], column: str = "") -> None:
+def _durability(durability: Any, synchronous: Any) -> str:
+    """The durability mode from ``durability`` or the older ``synchronous`` spelling."""
+    if synchronous is not None:
+        legacy = {"FULL": "step", "NORMAL": "barrier"}.get(synchronous.upper() if isinstance(synchronous, str) else "")
+        if legacy is None:
+            raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r} (or give durability=)")
+        if durability is not None and durability != legacy:
+            raise ValueError(f"give durability= or synchronous=, not both ({durability!r} and {synchronous!r})")
+        return legacy
+    if durability is None:
+        return "barrier"
+    if durability not in DURABILITY:
+        raise ValueError(f"durability must be one of {', '.join(map(repr, DURABILITY))}, got {durability!r}")
+    return str(durability)
+
+
+def _json_problem(text: Any, where: str, problems: list[Problem], column: str, run: int | None,
+                  seq: int | None) -> None:
     """Add a problem if ``text`` is not JSON of the shape its column holds (every JSON column holds an object)."""
     try:
         value = decode(text, where)
     except CorruptLog as e:
-        problems.append(str(e).replace("; the log was edited outside fsmtrain", ""))
+        problems.append(Problem("json", str(e).replace("; the log was edited outside fsmtrain", ""), run, seq))
         return
     if not isinstance(value, dict):
-        problems.append(f"{where} holds a JSON {type(value).__name__}, not an object")
+        problems.append(Problem("json", f"{where} holds a JSON {type(value).__name__}, not an object", run, seq))
     elif column == "updates":
         bad = sorted(set(value) - {"set", "append"})
         if bad or not isinstance(value.get("set", {}), dict) or not isinstance(value.get("append", {}), dict) \
                 or not all(isinstance(v, list) for v in value.get("append", {}).values()):
-            problems.append(f'{where} is not of the form {{"set": {{...}}, "append": {{key: [...]}}}}')
+            problems.append(Problem("json", f'{where} is not of the form {{"set": {{...}}, "append": {{key: '
+                                            '[...]}}}}', run, seq))
 
 
 def _run_info(row: tuple[Any, ...]) -> RunInfo:

@@ -120,6 +120,8 @@ class Runner:
         self.sync = sync
         self._digest = ""  # (with sync) a chain of the steps' updates and decisions, compared across processes
         self.hooks = HookBus(hooks)
+        if log is not None:  # external hooks wait until what they report is durable
+            self.hooks.durable = lambda: log.durable
         self._state = state
         self._next = next_action
         self._seq = 1
@@ -360,10 +362,11 @@ class Runner:
             if self._resume_info is None:  # a waiting run: nothing else would record the note
                 self._resume_info = {"fingerprint": self.machine.fingerprint, "pid": os.getpid()}
             self._resume_info["restore"] = note
-        self._write_resume_event()
-        if note is not None and self.hooks:  # after the resume event that records it
+        if self._resume_info is not None:
+            self._write_resume_event()
+        if note is not None and self.hooks._subs:  # after the resume event that records it
             self.hooks.emit("restore", run_id=self.run_id, state=self._state, note=note)
-        if answered and self.hooks:
+        if answered and self.hooks._subs:
             self.hooks.emit("input", run_id=self.run_id, action=name, inputs=values)
         state = self._state
         while True:
@@ -375,7 +378,7 @@ class Runner:
             if self._restore_due:  # a retry: the failed attempt may have left the resources half-changed
                 self._run_restore()
                 state = self._state
-            if self.hooks:
+            if self.hooks._subs:
                 self.hooks.emit("step_start", run_id=self.run_id, step=self._step + 1, action=name,
                                 state=state, inputs=values, attempt=attempt)
             try:
@@ -403,7 +406,7 @@ class Runner:
                 err = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-8000:]
                 self._append(kind="failed" if final else "error", step=self._step, action=name,
                              attempt=attempt, error=err)
-                if self.hooks:  # after the commit, like every hook
+                if self.hooks._subs:  # after the commit, like every hook
                     self.hooks.emit("step_failed", run_id=self.run_id, step=self._step + 1, action=name,
                                     error=e, attempt=attempt, will_retry=not final)
                 if final:
@@ -423,7 +426,7 @@ class Runner:
                     inputs=values or None, updates=encode_updates(updates), next_action=target,
                     info=None if cond is None else self._decision(cond, reason), prev_hash=self._hash,
                     snapshot=new_state._data if (target is None or step % self.snapshot_every == 0) else None,
-                    time=now)
+                    time=now, barrier=act.barrier)
             except WriteConflict:
                 if self._ended_from_outside():
                     return None
@@ -436,7 +439,7 @@ class Runner:
         if target is None:
             self._unlock()
         result = StepResult(name, step, self._seq if self.log else None, values, updates, new_state, target, reason)
-        if self.hooks:
+        if self.hooks._subs:
             self.hooks.emit("step_end", run_id=self.run_id, step=step, action=name, state=new_state,
                             updates=updates, next_action=target, reason=reason, inputs=values)
             if target is None:
@@ -538,8 +541,13 @@ class Runner:
 
     # -- the run's lock ---------------------------------------------------------------
     def close(self) -> None:
-        """Give up the run's lock (also when the run ends or waits); the runner can step again later."""
-        self._unlock()
+        """Give up the run's lock (also when the run ends or waits); the runner can step again later.
+        What external hooks still hold is delivered after a barrier."""
+        try:
+            if self.hooks.held:
+                self.barrier()
+        finally:
+            self._unlock()
 
     def __enter__(self) -> Runner:
         return self
@@ -593,6 +601,15 @@ class Runner:
 
     def _stop(self, reason: str, action: str | None, n: int) -> None:
         self._halt = Halt(reason, action, self._state, n)
+        if self.hooks.held:  # the caller gets control back: what external hooks still hold goes out now
+            self.barrier()
+
+    def barrier(self) -> None:
+        """Make every step committed so far durable now (see ``EventLog.barrier``), and deliver what
+        external hooks held until then."""
+        if self.log is not None:
+            self.log.barrier()
+        self.hooks.release()
 
     def _append(self, **fields: Any) -> Event | None:
         now = time.time()

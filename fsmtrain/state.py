@@ -80,7 +80,12 @@ class Seq(Sequence[Any]):
             # Older Seqs keep seeing only their own prefix (their _n is smaller).
             self._items.extend(frozen)
             return Seq._share(self._items, self._n + len(frozen))
-        return Seq._share(self._items[: self._n] + frozen, self._n + len(frozen))
+        end = self._n + len(frozen)
+        if self._items[self._n:end] == frozen:
+            # Someone appended these very values already (an action that looked ahead, a redone step):
+            # share their storage too, so that folds keyed on it go on incrementally.
+            return Seq._share(self._items, end)
+        return Seq._share(self._items[: self._n] + frozen, end)
 
     def __len__(self) -> int:
         return self._n

@@ -9,14 +9,15 @@ import pytest
 from tests.conftest import ROOT
 
 FIGURES = {
-    "engine.py": ("memory_us", "full_us", "normal_us", "floor_full_us", "floor_normal_us", "fold_1m_s", "list_10k_s",
+    "engine.py": ("memory_us", "full_us", "default_us", "floor_full_us", "floor_normal_us", "fold_1m_s", "list_10k_s",
                   "append_10_us", "append_10k_us", "floor_full_busy_us"),
     # training.py also asserts, inside, that fsmtrain and the raw loop end with bit-identical weights
     "training.py": ("raw_epoch_s", "fsm_epoch_s", "raw_ckpt_epoch_s", "fsm_ckpt_epoch_s", "raw_ckpt_io_ms",
-                    "fsm_ckpt_io_ms", "fsm_normal_hooks_epoch_s", "chunk_10ms_ratio", "chunk_50ms_ratio"),
+                    "fsm_ckpt_io_ms", "fsm_default_epoch_s", "fsm_default_ckpt_epoch_s", "fsm_default_hooks_epoch_s",
+                    "chunk_10ms_ratio", "chunk_50ms_ratio"),
     # whatif.py also asserts that whatif reports every recorded run stopped where max_epochs stopped it
     "whatif.py": ("whatif_s", "read_s"),
-    "tuning.py": ("ms_per_trial", "ms_per_trial_normal", "speedup_2_workers", "study_1_s", "study_2_s"),
+    "tuning.py": ("ms_per_trial", "ms_per_trial_step", "speedup_2_workers", "study_1_s", "study_2_s"),
     # distributed.py also asserts that fsmtrain's 2-rank run and the raw DDP loop end with the same weights
     "distributed.py": ("raw_ddp2_epoch_s", "fsm_ddp2_epoch_s", "fsm_1proc_epoch_s", "ddp_ratio"),
 }

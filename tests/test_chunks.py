@@ -18,7 +18,7 @@ from fsmtrain.train import Resources, Trainer, training_machine
 from fsmtrain.whatif import whatif
 from tests.conftest import ROOT
 from tests.machines.training import tiny_build, tiny_data
-from tests.test_crash import kill_until_done
+from tests.test_crash import HISTORY, kill_until_done
 
 DEMO = [sys.executable, "-m", "fsmtrain", "demo", "--epochs", "4", "--patience", "100", "--json"]
 
@@ -190,8 +190,8 @@ def test_the_demo_survives_random_kills_mid_epoch_bit_identically(tmp_path, mode
     want = demo_result(tmp_path / "ref.db", *mode)
     log = tmp_path / "k.db"
     cmd = DEMO + ["--log", str(log), "--delay", "0.02", *mode]
-    kills, out = kill_until_done(cmd, log, random.Random(hash(tuple(mode)) % 1000), 6, 0.05)
-    assert kills >= 3
+    kills, out = kill_until_done(cmd, log, random.Random(" ".join(mode)), 6, 0.05)
+    assert kills >= 3, HISTORY
     assert json.loads(out.splitlines()[-1]) == want
     chunk = int(mode[1])
     with EventLog(log, readonly=True) as lg:

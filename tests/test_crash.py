@@ -43,6 +43,10 @@ def events_in(log_path: Path) -> int:
         return 0  # the writer is still creating the schema
 
 
+HISTORY: list[tuple[int, int, int]] = []
+"""The last kill_until_done's processes: (steps before it, steps after it, its exit code), for messages."""
+
+
 def kill_until_done(cmd: list[str], log_path: Path, rng: random.Random, kills: int, jitter: float, *,
                     env: dict[str, str] | None = None, group: bool = False) -> tuple[int, str]:
     """Start ``cmd``; once it has committed a new step, SIGKILL it after a random ``0..jitter`` s.
@@ -54,6 +58,7 @@ def kill_until_done(cmd: list[str], log_path: Path, rng: random.Random, kills: i
     study and its pool's processes).  No process outlives the call.
     """
     killed = 0
+    HISTORY.clear()
     for _ in range(kills):
         before = events_in(log_path)
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -76,6 +81,7 @@ def kill_until_done(cmd: list[str], log_path: Path, rng: random.Random, kills: i
                 (os.killpg if group else os.kill)(p.pid, signal.SIGKILL)
                 p.communicate()
         assert p.returncode in (0, -signal.SIGKILL), err
+        HISTORY.append((before, events_in(log_path), p.returncode))
         if p.returncode == 0:
             break
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)

@@ -118,16 +118,26 @@ class TestOpening:
             assert log.runs() == [] and not log_path.exists()
         assert not log_path.exists()
 
-    def test_pragmas(self, log_path):
-        with EventLog(log_path) as log:
+    @pytest.mark.parametrize(("kwargs", "synchronous", "autocheckpoint"), [
+        ({}, 1, 0),  # durability="barrier": NORMAL commits, checkpoints only at barriers
+        ({"durability": "step"}, 2, 1000), ({"durability": "none"}, 0, 1000),
+        ({"synchronous": "FULL"}, 2, 1000), ({"synchronous": "normal"}, 1, 0)])
+    def test_pragmas(self, log_path, kwargs, synchronous, autocheckpoint):
+        with EventLog(log_path, **kwargs) as log:
             log.create_run("m", "f" * 64, snapshot={}, next_action="a")  # the writing connection opens here
             assert log.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert log.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        with EventLog(log_path, synchronous="NORMAL") as log:
-            log.create_run("m", "f" * 64, snapshot={}, next_action="a")  # the writing connection opens here
-            assert log.conn.execute("PRAGMA synchronous").fetchone()[0] == 1
-        with pytest.raises(ValueError, match="FULL' or 'NORMAL"):
-            EventLog(log_path, synchronous="OFF")
+            assert log.conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+            assert log.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == autocheckpoint
+
+    @pytest.mark.parametrize(("kwargs", "message"), [
+        ({"synchronous": "OFF"}, "FULL' or 'NORMAL"), ({"durability": "fsync"}, "durability must be one of"),
+        ({"durability": "none", "synchronous": "FULL"}, "not both"), ({"barrier_every": 0}, "barrier_every"),
+        ({"barrier_every": 1.5}, "barrier_every"), ({"barrier_seconds": float("nan")}, "barrier_seconds"),
+        ({"barrier_seconds": -1}, "barrier_seconds"), ({"barrier_seconds": True}, "barrier_seconds")])
+    def test_bad_durability_settings_are_refused(self, log_path, kwargs, message):
+        with pytest.raises(ValueError, match=message):
+            EventLog(log_path, **kwargs)
+        assert not log_path.exists()
 
 
 class TestSnapshots:

@@ -31,6 +31,7 @@ from fsmtrain.train import (
     training_machine,
     weights_sha256,
 )
+from fsmtrain.train import actions as A
 from fsmtrain.train.checkpoints import capture_rng, read_verified, restore_rng, write_artifact
 from tests.conftest import file_digest
 from tests.machines.training import tiny_build, tiny_data, tiny_machine
@@ -342,7 +343,8 @@ class TestTrainer:
         assert note["skipped"][0]["checkpoint"] == newest.path and note["checkpoint"] != newest.path
         assert note["redone"] == 3  # train_epoch, evaluate, checkpoint of epoch 2, from epoch 1's checkpoint
 
-    def test_no_usable_checkpoint_left_is_a_clear_error_that_writes_nothing(self, tmp_path, monkeypatch):
+    def test_no_usable_checkpoint_left_redoes_the_run_from_its_start(self, tmp_path, monkeypatch, reference):
+        """Every checkpoint damaged: the run is redone from its start (recorded), and ends as it would have."""
         log_path = tmp_path / "runs.db"
         interrupt_at(monkeypatch, 7, "before")
         with pytest.raises(Interrupt):
@@ -350,9 +352,57 @@ class TestTrainer:
         monkeypatch.undo()
         for p in (tmp_path / "runs.db.artifacts" / "run1").iterdir():
             corrupt(p, "bitflip")
+        resumed = fit(log_path)
+        assert summary(resumed) == reference
+        with EventLog(log_path) as log:
+            note = next(e for e in log.events(1) if e.kind == "resume").info["restore"]
+        assert note["fallback"] == "the start" and "checkpoint" not in note and note["from_seq"] == 1
+        assert [s["checkpoint"] for s in note["skipped"]] == sorted({s["checkpoint"] for s in note["skipped"]},
+                                                                     reverse=True)  # newest first
+        assert note["redone"] == 6  # train, evaluate, checkpoint of epochs 1 and 2
+
+    def test_a_checkpoint_the_state_no_longer_names_is_used_when_the_named_ones_are_gone(self, tmp_path, monkeypatch):
+        """A log that lost its last steps (a power loss, a restored backup) beside files that moved on: the newest
+        checkpoint the run ever committed that still verifies.  Retention had not deleted epoch 1's file: no
+        barrier came after the step that stopped naming it."""
+        machine = tiny_machine(3, keep_last=1)
+        ref = Trainer(machine, tiny_build, log=tmp_path / "ref.db").fit()
+        expected = summary(ref)
+        log_path = tmp_path / "runs.db"
+        interrupt_at(monkeypatch, 7, "before")
+        with pytest.raises(Interrupt):
+            Trainer(machine, tiny_build, log=EventLog(log_path, barrier_seconds=3600)).fit()
+        monkeypatch.undo()
+        with EventLog(log_path) as log:
+            first = state_at(log, 1, 4)["checkpoint"]
+            state = state_at(log, 1)
+        folder = tmp_path / "runs.db.artifacts"
+        assert first not in (state["checkpoint"], state["best"]["checkpoint"]) and (folder / first.path).exists()
+        (folder / state["checkpoint"].path).unlink()
+        (folder / state["best"]["checkpoint"].path).unlink(missing_ok=True)
+        t = Trainer(machine, tiny_build, log=log_path)
+        assert summary(t.fit()) == expected
+        t.close()
+        with EventLog(log_path) as log:
+            note = next(e for e in log.events(1) if e.kind == "resume").info["restore"]
+        assert note["fallback"] == "an earlier checkpoint" and note["checkpoint"] == first.path
+        assert note["from_seq"] == 4 and note["redone"] == 3
+        assert sorted(p.name for p in (folder / "run1").iterdir()) == sorted(
+            {pathlib.Path(r.path).name for r in (expected["checkpoints"][-1], expected["best"]["checkpoint"])})
+
+    def test_a_fork_without_its_checkpoints_is_a_clear_error_that_writes_nothing(self, tmp_path):
+        log_path = tmp_path / "runs.db"
+        fit(log_path, epochs=2)
+        with EventLog(log_path) as log:
+            child = fork(log, 1, 4)  # right after epoch 1's checkpoint
+        for p in (tmp_path / "runs.db.artifacts" / "run1").iterdir():
+            corrupt(p, "bitflip")
         digest = file_digest(log_path)
-        with pytest.raises(CheckpointError, match="run 1 has no usable checkpoint left: checkpoint run1/e00002"):
-            fit(log_path)
+        t = Trainer(tiny_machine(2), tiny_build, log=log_path)
+        with pytest.raises(CheckpointError, match=f"run {child} has no usable checkpoint left, and it began from a "
+                                                  "checkpoint"):
+            t.resume(child).run()
+        t.close()
         assert file_digest(log_path) == digest
 
     def test_a_failed_attempt_is_retried_from_restored_resources(self, tmp_path, reference):
@@ -388,9 +438,34 @@ class TestTrainer:
                                     [*state["checkpoints"], state["best"]["checkpoint"]]})
                     seen.append((on_disk, named))
 
-        Trainer(tiny_machine(5, keep_last=2), tiny_build, log=tmp_path / "runs.db", hooks=[Watch()]).fit()
+        log = EventLog(tmp_path / "runs.db", durability="step")  # every commit a barrier: deleted at once
+        Trainer(tiny_machine(5, keep_last=2), tiny_build, log=log, hooks=[Watch()]).fit()
         assert len(seen) == 5 and all(on_disk == named for on_disk, named in seen)
         assert all(len(named) <= 3 for _, named in seen)
+
+    def test_retention_waits_for_a_barrier_after_the_step_that_stopped_naming_a_file(self, tmp_path):
+        """No state that a power loss could leave as the log's last names a deleted file: a dropped file goes
+        only once the step that dropped it is durable."""
+        seen = []
+
+        class Watch:
+            def on_step_end(self, *, action, state, **_):
+                if action == "checkpoint":
+                    on_disk = {p.name for p in (tmp_path / "runs.db.artifacts" / "run1").iterdir()}
+                    seen.append((on_disk, log.durable))
+
+        log = EventLog(tmp_path / "runs.db", barrier_seconds=3600, barrier_every=7)
+        trainer = Trainer(tiny_machine(6, keep_last=1), tiny_build, log=log, hooks=[Watch()])
+        runner = trainer.fit()
+        named = sorted({pathlib.Path(r.path).name for r in A.artifact_refs(runner.state)})
+        with EventLog(tmp_path / "runs.db") as reader:
+            every = sorted({pathlib.Path(ev.updates["set"]["checkpoint"].path).name for ev in reader.events(1)
+                            if ev.kind == "step" and "checkpoint" in (ev.updates or {}).get("set", {})})
+        assert len(every) == 6 and len(named) <= 2
+        assert sorted(p.name for p in (tmp_path / "runs.db.artifacts" / "run1").iterdir()) == named
+        # between barriers (every 7 commits: 2 epochs and a bit), files stay longer than the state names them
+        assert any(len(on_disk) > 2 for on_disk, _ in seen)
+        assert all(on_disk <= set(every) for on_disk, _ in seen)
 
     def test_a_fork_keeps_the_files_it_inherited(self, tmp_path):
         log_path = tmp_path / "runs.db"

@@ -130,7 +130,7 @@ class TestStudies:
             assert all(c.status == "finished" and c.tags["study"] == runner.run_id for c in children)
             # after every launch, exactly max_concurrent trials run while that many are left to finish
             for e in log.events(runner.run_id):
-                if e.kind == "step" and e.action == "launch":
+                if e.kind == "step" and e.action == "propose":  # (which launches)
                     after = state_at(log, runner.run_id, e.seq)
                     left = 5 - sum(t.status in ("completed", "pruned", "failed") for t in trials_of(after))
                     assert len(after["running"]) == min(2, left)
@@ -302,7 +302,8 @@ class TestPrunedTrialsEnd:
             assert {r.run_id for r in result.runs if r.status == "pruned"} == {r["run_id"] for r in pruned}
 
     def test_a_person_stopping_a_trial_ends_it_and_the_study_goes_on(self, tmp_path):
-        """A trial run stopped from outside (fsmtrain stop) is not run again; the study finishes the others."""
+        """A trial run stopped from outside (fsmtrain stop) between its segments is not run again and shows as
+        stopped (whatever ASHA would have decided at its rung); the study finishes the others."""
         from fsmtrain.runner import stop
 
         with EventLog(tmp_path / "s.db") as log:
@@ -310,13 +311,20 @@ class TestPrunedTrialsEnd:
                           scheduler=ASHA(grace_period=1, reduction_factor=2, max_t=3))
 
             class StopTheSecond:
+                stopped = False
+
                 def on_step_end(self, *, action, state, **kw):
                     trials = state["trials"]
+                    # one trial at a time runs in this process: trial 1 has run its first segment, to its rung
                     if action == "propose" and len(trials) == 2 and log.run(trials[1]["run_id"]).status == "running":
                         stop(log, trials[1]["run_id"], reason="looks wrong", by="ann")
+                        self.stopped = True
 
-            study.hooks.append(StopTheSecond())
+            stopper = StopTheSecond()
+
+            study.hooks.append(stopper)
             runner = study.run(on_interrupt="raise")
+            assert stopper.stopped
             rows = {r["trial"]: r for r in table(runner.state)}
             assert rows[1]["status"] == "stopped" and log.last_event(rows[1]["run_id"]).info["by"] == "ann"
             assert runner.status == "finished" and rows[0]["status"] != "stopped" and rows[2]["status"] != "stopped"

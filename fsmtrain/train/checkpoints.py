@@ -26,7 +26,7 @@ from ..errors import CheckpointError
 from ..state import Ref
 
 __all__ = ["FORMAT", "capture_rng", "load_checkpoint", "read_verified", "restore_rng", "save_checkpoint",
-           "seed_everything", "sweep", "weights_sha256", "write_artifact"]
+           "seed_everything", "sweep", "unnamed", "weights_sha256", "write_artifact"]
 
 FORMAT = 1
 
@@ -164,18 +164,24 @@ def load_checkpoint(root: Path, ref: Ref, *, map_location: Any = None) -> dict[s
     return payload
 
 
-def sweep(root: Path, folder: str, keep: Iterable[Ref]) -> list[str]:
-    """Delete files in ``root/folder`` that no Ref in ``keep`` names; return what was deleted.
-
-    Call it only with the Refs of *committed* state, after the commit.
-    """
+def unnamed(root: Path, folder: str, keep: Iterable[Ref]) -> list[str]:
+    """The checkpoint files (and temp files of killed writes) in ``root/folder`` that no Ref in ``keep``
+    names, as paths relative to ``root``."""
     base = root / folder
     if not base.is_dir():
         return []
     kept = {Path(r.path).name for r in keep if Path(r.path).parent == Path(folder)}
-    deleted = []
-    for p in sorted(base.iterdir()):
-        if p.is_file() and p.name not in kept and (p.suffix == ".pt" or p.name.endswith(".tmp")):
-            p.unlink(missing_ok=True)
-            deleted.append(f"{folder}/{p.name}")
+    return [f"{folder}/{p.name}" for p in sorted(base.iterdir())
+            if p.is_file() and p.name not in kept and (p.suffix == ".pt" or p.name.endswith(".tmp"))]
+
+
+def sweep(root: Path, folder: str, keep: Iterable[Ref]) -> list[str]:
+    """Delete files in ``root/folder`` that no Ref in ``keep`` names; return what was deleted.
+
+    Call it only with the Refs of *committed* state, after the commit — and, for a log that
+    may lose its last commits on a power loss, once that commit is behind a barrier.
+    """
+    deleted = unnamed(root, folder, keep)
+    for rel in deleted:
+        (root / rel).unlink(missing_ok=True)
     return deleted

@@ -16,6 +16,8 @@ __all__ = ["TensorBoard"]
 
 
 class TensorBoard(Hook):
+    external = True  # a live view others read: it shows only steps a power loss cannot take back
+
     def __init__(self, logdir: str | os.PathLike[str]) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -31,7 +31,7 @@ from ..replay import state_at
 from ..runner import Runner
 from ..state import Ref, State, dumps
 from . import actions as A
-from .checkpoints import load_checkpoint, read_verified, restore_rng, seed_everything, sweep
+from .checkpoints import load_checkpoint, read_verified, restore_rng, seed_everything, sweep, unnamed
 from .resources import Resources, check, rank_seed, stateful
 
 __all__ = ["Trainer", "training_machine"]
@@ -165,33 +165,61 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 class _Retention(Hook):
-    """After a checkpoint step commits, delete the run's files its state no longer names.
+    """After a checkpoint step commits, delete the run's files its state no longer names — once that
+    step is behind a barrier of the log, so that no prefix of the log a power loss could leave names a
+    deleted file (``EventLog(durability=...)``).
 
-    The first time per run (e.g. after a resume) and at the end it sweeps the
-    whole folder; in between it deletes just the files the last step dropped.
+    The first time per run (e.g. after a resume) and at the end it condemns every file of the folder
+    the state does not name (orphans of lost or killed steps among them); in between, just the files the
+    last step dropped.  A condemned file is deleted at the first step after a barrier covers the step
+    that condemned it, unless a state names it again by then.
     """
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self.kept: dict[int | None, list[Ref]] = {}
+        self.condemned: list[tuple[int, int | None, str]] = []  # (the log's commit count then, run, path)
 
     def on_step_end(self, *, run_id: int | None, state: Any, updates: dict[str, Any], **_: Any) -> None:
-        if "checkpoint" not in updates and "exported" not in updates:
-            return
-        before, now = self.kept.get(run_id), A.artifact_refs(state)
-        if before is None or self.trainer.log.runs(parent_id=run_id):
-            self.trainer.sweep(run_id, state)
-        else:
-            for ref in before:
-                if ref not in now:
-                    (self.trainer.artifacts / ref.path).unlink(missing_ok=True)
-        self.kept[run_id] = now
+        if "checkpoint" in updates or "exported" in updates:
+            before, now = self.kept.get(run_id), A.artifact_refs(state)
+            if before is None or self.trainer.log.runs(parent_id=run_id):
+                drop = self.trainer.unneeded(run_id, state)
+            else:
+                drop = [ref.path for ref in before if ref not in now]
+            self.kept[run_id] = now
+            self.condemned += [(self.trainer.log.commits, run_id, path) for path in drop]
+        if self.condemned:
+            self.delete()
 
     def on_run_end(self, *, run_id: int | None, state: Any, status: str, **_: Any) -> None:
         # A run that ended (finished, failed, stopped): its files no state names go; what its final
         # state names stays (a failed run may be retried, a stopped one inspected or forked).
-        self.trainer.sweep(run_id, state)
+        log = self.trainer.log
+        self.kept[run_id] = A.artifact_refs(state)
+        self.condemned += [(log.commits, run_id, path) for path in self.trainer.unneeded(run_id, state)]
+        log.barrier()  # (the end of a run is a barrier already: this costs nothing then)
+        self.delete()
         self.kept.pop(run_id, None)
+
+    def delete(self) -> list[str]:
+        """Delete the condemned files whose condemning step is durable now; what was deleted."""
+        log = self.trainer.log
+        synced = log.synced if not log._inherited else -1  # (the commits of earlier processes: not yet known durable)
+        due = [c for c in self.condemned if c[0] <= synced]
+        if not due:
+            return []
+        self.condemned = [c for c in self.condemned if c[0] > synced]
+        deleted = []
+        forks: dict[int | None, set[str]] = {}
+        for _, run_id, path in due:
+            if run_id not in forks:
+                forks[run_id] = {r.path for r in self.trainer.fork_refs(run_id)}
+            if path in forks[run_id] or any(r.path == path for r in self.kept.get(run_id, ())):
+                continue  # named again meanwhile (a fork, or a step redone after a power loss)
+            (self.trainer.artifacts / path).unlink(missing_ok=True)
+            deleted.append(path)
+        return deleted
 
 
 class Trainer:
@@ -398,12 +426,24 @@ class Trainer:
         return resources
 
     def sweep(self, run_id: int | None, state: Any) -> list[str]:
-        """Delete the run's checkpoint files that neither its state nor a fork of it still needs."""
-        keep = A.artifact_refs(state)
+        """Delete the run's checkpoint files that neither ``state`` (committed) nor a fork of it still needs,
+        after a barrier (so that no state the log could fall back to on a power loss names them)."""
+        self.log.barrier()
+        return sweep(self.artifacts, A.run_folder(run_id), A.artifact_refs(state) + self.fork_refs(run_id))
+
+    def unneeded(self, run_id: int | None, state: Any) -> list[str]:
+        """The run's files (relative to the artifacts folder) that neither ``state`` nor a fork of it names."""
+        return unnamed(self.artifacts, A.run_folder(run_id), A.artifact_refs(state) + self.fork_refs(run_id))
+
+    def fork_refs(self, run_id: int | None) -> list[Ref]:
+        """The run's files that its forks' start and latest states name."""
+        keep: list[Ref] = []
+        if run_id is None:
+            return keep
         for child in self.log.runs(parent_id=run_id):
             for seq in (1, child.last_seq):
                 keep += A.artifact_refs(state_at(self.log, child.id, seq))
-        return sweep(self.artifacts, A.run_folder(run_id), keep)
+        return keep
 
     # -- internals --------------------------------------------------------------------
     def _build(self, state: State, run_id: int | None) -> Resources:
@@ -449,30 +489,16 @@ class Trainer:
         if self.dist is not None:
             return self._restore_distributed(runner)
         assert runner.run_id is not None
-        state = runner.state
         resources = self._build(_start_state(self.log, runner.run_id), runner.run_id)
         note: dict[str, Any] = {}
-        candidates = A.kept_refs(state)
-        skipped = []
-        after = None
-        for ref in candidates:
-            try:
-                payload = load_checkpoint(self.artifacts, ref, map_location=self.map_location)
-                seq = self._written_at(runner.run_id, ref)
-            except CheckpointError as e:
-                skipped.append({"checkpoint": ref.path, "problem": str(e)})
-                continue
+        ref, payload, after, skipped = self._choose(
+            runner, lambda r: load_checkpoint(self.artifacts, r, map_location=self.map_location))
+        if ref is not None:
             self._apply(resources, payload)
-            after = seq
             note["checkpoint"] = ref.path
-            break
         if skipped:
             note["skipped"] = skipped
-        if after is None:
-            if candidates:
-                problems = "; ".join(s["problem"] for s in skipped)
-                raise CheckpointError(f"run {runner.run_id} has no usable checkpoint left: {problems}")
-            after = 1  # no checkpoint yet: start from the seeded, freshly built resources
+            note["fallback"] = "an earlier checkpoint" if ref is not None else "the start"
         runner.resources = resources
         redo = runner.redo(after)
         note["from_seq"] = after
@@ -480,6 +506,52 @@ class Trainer:
         if redo.mismatches:
             note["mismatches"] = redo.mismatches[:10]
         return note
+
+    def _choose(self, runner: Runner, load: Callable[[Ref], Any]) -> tuple[Ref | None, Any, int, list[dict[str, Any]]]:
+        """The checkpoint to restore from: (its Ref, what ``load`` made of it, the seq of the step that wrote it,
+        the ones skipped and why).
+
+        The Refs the state names come first (newest, kept, best); if none verifies — damaged files, or a log
+        restored from a backup or left by a power loss beside a folder that has moved on — every other
+        checkpoint the run ever committed, newest first; then the start of the run (redo every step: the
+        same result, at the cost of recomputing it), unless the run began from a checkpoint (a fork).
+        """
+        assert runner.run_id is not None
+        skipped: list[dict[str, Any]] = []
+        tried: set[Ref] = set()
+        candidates = A.kept_refs(runner.state)
+        for ref in candidates:
+            tried.add(ref)
+            try:
+                got = load(ref)
+                return ref, got, self._written_at(runner.run_id, ref), skipped
+            except CheckpointError as e:
+                skipped.append({"checkpoint": ref.path, "problem": str(e)})
+        if not candidates:
+            return None, None, 1, skipped  # no checkpoint yet: from the seeded, freshly built resources
+        for seq, ref in self._committed_checkpoints(runner.run_id, runner.seq):
+            if ref in tried:
+                continue
+            tried.add(ref)
+            try:
+                return ref, load(ref), seq, skipped
+            except CheckpointError as e:
+                skipped.append({"checkpoint": ref.path, "problem": str(e)})
+        if A.kept_refs(_start_state(self.log, runner.run_id)):
+            problems = "; ".join(s["problem"] for s in skipped)
+            raise CheckpointError(f"run {runner.run_id} has no usable checkpoint left, and it began from a "
+                                  f"checkpoint (a fork), so it cannot be redone from its start: {problems}")
+        return None, None, 1, skipped
+
+    def _committed_checkpoints(self, run_id: int, upto: int) -> list[tuple[int, Ref]]:
+        """Every checkpoint the run committed up to event ``upto``, newest first, with the seq of its step."""
+        found = []
+        for ev in self.log.events(run_id, start=2, end=upto):
+            if ev.kind == "step" and ev.updates:
+                ref = (ev.updates.get("set") or {}).get("checkpoint")
+                if isinstance(ref, Ref):
+                    found.append((ev.seq, ref))
+        return found[::-1]
 
     def _restore_distributed(self, runner: Runner) -> dict[str, Any]:
         """:meth:`_restore` on every rank of a distributed run: the log's rank finds the checkpoint and the steps
@@ -491,25 +563,11 @@ class Trainer:
         if d.writer:
             try:
                 plan["start"] = _start_state(self.log, runner.run_id).to_json()
-                skipped, after, recorded_world = [], None, None
-                candidates = A.kept_refs(runner.state)
-                for ref in candidates:
-                    try:
-                        blob = read_verified(self.artifacts, ref)
-                        after = self._written_at(runner.run_id, ref)
-                    except CheckpointError as e:
-                        skipped.append({"checkpoint": ref.path, "problem": str(e)})
-                        blob = None
-                        continue
+                ref, blob, after, skipped = self._choose(runner, lambda r: read_verified(self.artifacts, r))
+                if ref is not None:
                     plan["checkpoint"] = ref.path
-                    break
-                if after is None and candidates:
-                    raise CheckpointError(f"run {runner.run_id} has no usable checkpoint left: "
-                                          + "; ".join(s["problem"] for s in skipped))
-                after = after or 1
                 plan.update(skipped=skipped, after=after, state=state_at(self.log, runner.run_id, after).to_json(),
-                            events=list(self.log.events(runner.run_id, start=after + 1, end=runner.seq)),
-                            recorded_world=recorded_world)
+                            events=list(self.log.events(runner.run_id, start=after + 1, end=runner.seq)))
             except BaseException as e:
                 plan = {"error": f"{type(e).__name__}: {e}"}
         plan = d.agree(plan)
@@ -527,6 +585,7 @@ class Trainer:
                 note["world_size_changed"] = {"from": was, "to": d.world, "bit_identical": False}
         if plan["skipped"]:
             note["skipped"] = plan["skipped"]
+            note["fallback"] = "an earlier checkpoint" if "checkpoint" in plan else "the start"
         runner.resources = resources
         redo = runner.redo(plan["after"], events=plan["events"], state=State.from_json(plan["state"]))
         note.update(from_seq=plan["after"], redone=redo.steps)

@@ -1,17 +1,21 @@
 """A hyperparameter study is itself a resumable fsmtrain run.
 
-Its machine is ``propose → launch → collect → prune → (done? finish : propose)``:
+Its machine is ``propose → collect → (done? finish : propose)``:
 
 - **propose** asks the sampler for new trials while fewer than ``max_concurrent``
   are active and ``n_trials`` are not all proposed; each trial is a *child run*
   in the same log (parent: the study run), an ordinary training run of the
   target's machine, started from its initial state, ``config`` and the trial's
-  parameters;
-- **launch** submits each active trial that has no task yet to the executor:
-  resume the child run until the scheduler's next milestone epoch (or its end);
-- **collect** waits for a task to complete and records what the trial reached;
-- **prune** asks the scheduler whether each trial paused at a milestone goes on;
+  parameters; then it submits each active trial that has no task yet to the
+  executor: resume the child run until the scheduler's next milestone epoch (or
+  its end);
+- **collect** waits for a task to complete, records what the trial reached, and
+  asks the scheduler whether each trial paused at a milestone goes on (a pruned
+  trial's run gets a ``pruned`` event);
 - **finish** names the best trial.
+
+Two commits per round: a step redone after a crash finds the child runs and the
+``pruned`` events it made and makes nothing twice.
 
 The study state holds the space, the proposed trials and an append-only list
 of trial updates; the executor's futures are resources, not state.  Killed at
@@ -199,7 +203,7 @@ def run_segment_detached(target: str, artifacts: str, run_id: int, events: list[
     from ..worker import as_target
 
     with tempfile.TemporaryDirectory() as scratch:
-        log = EventLog(Path(scratch) / "trial.db", synchronous="NORMAL", artifacts=artifacts)
+        log = EventLog(Path(scratch) / "trial.db", durability="none", artifacts=artifacts)  # (a scratch copy)
         try:
             trainer = as_target(_import(target), log)
             first = events[0]
@@ -610,9 +614,8 @@ class Study:
                 value = value_at(t.values, at, study.mode)
                 others = [value_at(o.values, at, study.mode) for o in trials if o.index != t.index and len(o.values) >= at]
                 keep = study.scheduler.keeps(value, others, mode=study.mode)
-                decisions.append({"index": t.index, "status": "pending" if keep else "pruned"})
-                if not keep:  # the trial's own run ends too, saying why: no worker continues it
-                    study._prune_run(resources, t, at, value, len(others))
+                status = "pending" if keep else study._prune_run(resources, t, at, value, len(others))
+                decisions.append({"index": t.index, "status": status})
             best = _best(trials, study.mode)
             return ({"updates": append(*decisions)} if decisions else {}) | {"best": best}
 
@@ -623,11 +626,28 @@ class Study:
                 counts[t.status] = counts.get(t.status, 0) + 1
             return {"best": _best(trials, study.mode), "summary": counts}
 
+        def propose_and_launch(state: State, resources: _Live) -> dict[str, Any]:
+            # One step (one commit) for both: a crash between the launch and the commit redoes the step, which
+            # finds the child runs it made (by their tags) and launches them again (each resumes from its log).
+            proposed = propose(state, resources)
+            launched = launch(state.apply(proposed), resources)
+            return proposed | launched
+
+        def collect_and_prune(state: State, resources: _Live) -> dict[str, Any]:
+            collected = collect(state, resources)
+            decided = prune(state.apply(collected), resources)
+            both = [*(collected["updates"].items if "updates" in collected else ()),
+                    *(decided["updates"].items if "updates" in decided else ())]
+            return {k: v for k, v in collected.items() if k != "updates"} | {"best": decided["best"]} | (
+                {"updates": append(*both)} if both else {})
+
         acts = [
-            Action(propose, name="propose", reads=["trials", "updates", "n_trials"], writes=["trials", "n_trials"]),
-            Action(launch, name="launch", reads=["trials", "updates"], writes=["running", "updates"]),
-            Action(collect, name="collect", reads=["trials", "updates"], writes=["updates", "running"]),
-            Action(prune, name="prune", reads=["trials", "updates"], writes=["updates", "best"]),  # (and pruned events)
+            # a launch of detached trials (another machine, through `artifacts`) is work the outside world does:
+            # its commit is a barrier
+            Action(propose_and_launch, name="propose", reads=["trials", "updates", "n_trials"],
+                   writes=["trials", "n_trials", "running", "updates"], barrier=self.artifacts is not None),
+            Action(collect_and_prune, name="collect", reads=["trials", "updates"],
+                   writes=["updates", "running", "best"]),  # (and pruned events)
             Action(finish, name="finish", reads=["trials", "updates"], writes=["best", "summary"]),
         ]
 
@@ -640,13 +660,13 @@ class Study:
         done = Condition(all_done, keys=["trials", "updates", "n_trials"], name="all_trials_done")
         stop = done if self.extra_stop is None else done | self.extra_stop
         return Machine(f"study:{self.name}", acts,
-                       [("propose", "launch"), ("launch", "collect"), ("collect", "prune"),
-                        ("prune", "finish", stop), ("prune", "propose", default)],
+                       [("propose", "collect"), ("collect", "finish", stop), ("collect", "propose", default)],
                        entry="propose", terminal=["finish"],
                        initial={"trials": [], "updates": [], "running": [], "best": None, "summary": None})
 
-    def _prune_run(self, live: _Live, trial: Trial, at: int, value: float, compared: int) -> None:
-        """Record on a pruned trial's run that the study ended it (once: a redone prune step finds it done)."""
+    def _prune_run(self, live: _Live, trial: Trial, at: int, value: float, compared: int) -> str:
+        """Record on a pruned trial's run that the study ended it (once: a redone prune step finds it done); the
+        trial's status: "pruned", or "stopped" where a person stopped the run first."""
         from ..errors import RunNotRunnable
         from ..runner import stop
 
@@ -657,8 +677,9 @@ class Study:
                    "trial": trial.index, "metric": self.metric}
         try:
             stop(self.log, trial.run_id, reason=reason, by=f"study {live.study_id}", kind="pruned", details=details)
-        except RunNotRunnable:
-            pass  # pruned already (this step is being redone), or a person stopped it first
+        except RunNotRunnable:  # pruned already (this step is being redone), or a person stopped it first
+            return "stopped" if self.log.run(trial.run_id).status == "stopped" else "pruned"
+        return "pruned"
 
     def _child(self, live: _Live, state: State, index: int, params: Mapping[str, Any], *, attempt: int) -> int:
         """The child run of trial ``index`` (attempt ``attempt``): found by its tags if it exists (so a
