@@ -283,8 +283,10 @@ def _timeline_row(e: Event) -> list[Any]:
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def verify(log: Path, as_json: bool) -> None:
-    """Check a log: SQLite integrity, gapless sequence numbers, and every hash chain.
+    """Check a log: SQLite integrity, triggers and tables, gapless sequence numbers, every hash chain, and
+    that the log still holds what its witness file saw (no lost tail, run or older copy).
 
+    With FSMTRAIN_LOG_KEY (or FSMTRAIN_LOG_KEY_FILE) set, keyed runs' HMAC chains are checked too.
     Exits 0 when intact, 1 naming the first bad event otherwise. Opens LOG read-only.
 
     \b
@@ -293,16 +295,23 @@ def verify(log: Path, as_json: bool) -> None:
     """
     with EventLog(log, readonly=True) as lg:
         problems = lg.verify()
+        unchecked = list(lg.unchecked)
         n_runs = lg.conn.execute("SELECT count(*) FROM runs").fetchone()[0]
         n_events = lg.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        witness = lg.artifacts / "witness.jsonl"
     if as_json:
-        _print_json({"ok": not problems, "runs": n_runs, "events": n_events, "problems": problems})
+        _print_json({"ok": not problems, "runs": n_runs, "events": n_events, "problems": problems,
+                     "unchecked_keyed_runs": unchecked, "witness": witness.exists()})
     elif problems:
         echo(f"CORRUPT: {problems[0]}", err=True)
         for p in problems[1:]:
             echo(f"  also: {p}", err=True)
     else:
-        echo(f"OK: {n_runs} run(s), {n_events} event(s); sequences gapless, hash chains intact")
+        echo(f"OK: {n_runs} run(s), {n_events} event(s); sequences gapless, hash chains intact"
+             + ("; nothing lost that the witness saw" if witness.exists() else "; no witness file to compare with"))
+        if unchecked:
+            echo(f"note: run(s) {', '.join(map(str, unchecked))} are keyed (HMAC): their hashes were not checked; "
+                 "give the key (FSMTRAIN_LOG_KEY or FSMTRAIN_LOG_KEY_FILE) to check them")
     if problems:
         sys.exit(1)
 

@@ -165,6 +165,10 @@ class CorruptLog(LogError, RuntimeError):
     """The log fails verification (integrity, sequence gaps or hash chain), or holds data no writer makes."""
 
 
+class LogKeyError(LogError, PermissionError):
+    """A run's chain is keyed (HMAC) and the key to write to it is missing or another one."""
+
+
 class LogBusy(LogError, RuntimeError):
     """Another process holds a lock on the whole log file for longer than we wait."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import sqlite3
@@ -32,6 +33,7 @@ from .errors import (
     FsmtrainError,
     LogBusy,
     LogError,
+    LogKeyError,
     NotALog,
     ReadOnlyLog,
     RunNotFound,
@@ -42,9 +44,10 @@ from .errors import (
     environmental,
 )
 from .state import dumps, loads
+from .witness import Witness
 
 __all__ = ["BARRIER_KINDS", "DURABILITY", "ENDED", "EVENT_KINDS", "SCHEMA_VERSION", "Event", "EventLog", "Problem",
-           "RunInfo", "event_hash", "run_hash", "status_of"]
+           "RunInfo", "event_hash", "key_id", "run_hash", "status_of"]
 
 _now = time.time  # (append's `time` argument shadows the module)
 
@@ -65,6 +68,11 @@ BARRIER_SECONDS = 1.0
 """Default: the first commit after this many seconds without a barrier is one."""
 CHECKPOINT_EVERY = 100
 """A barrier runs SQLite's WAL checkpoint when at least this many commits were made since the last one."""
+WITNESS_SECONDS = 1.0
+"""A barrier writes the witness (spec/log.md, *Integrity*) when this many seconds passed since it last did, or
+when it records something from outside or a run's end, or at close."""
+MAC = "hmac-sha256"
+"""The keyed chain: an event's hash is HMAC-SHA256 under the log's key instead of SHA-256."""
 MAX_ID = 2**63 - 1
 _HEADER = b"SQLite format 3\x00"
 _TABLES = {"fsmtrain_schema", "runs", "events"}
@@ -181,11 +189,47 @@ def run_hash(run_id: int, machine: str, fingerprint: str, created: float,
 
 def event_hash(prev_hash: str, run_id: int, seq: int, step: int, t: float, kind: str,
                action: str | None, attempt: int | None, inputs: str | None, updates: str | None,
-               next_action: str | None, info: str | None, snapshot: str | None, error: str | None) -> str:
-    """sha256 of the JSON array of the previous hash and every stored column (see spec/log.md)."""
+               next_action: str | None, info: str | None, snapshot: str | None, error: str | None,
+               key: bytes | None = None) -> str:
+    """sha256 of the JSON array of the previous hash and every stored column (see spec/log.md); with a
+    ``key``, HMAC-SHA256 under it (a run whose chain is keyed)."""
     doc = _hash_doc([prev_hash, run_id, seq, step, t, kind, action, attempt, inputs, updates,
                      next_action, info, snapshot, error])
+    if key is not None:
+        return hmac.new(key, doc.encode(), hashlib.sha256).hexdigest()
     return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def key_id(key: bytes) -> str:
+    """A public name of a key (recorded in the runs it authenticates): not enough to forge with."""
+    return hashlib.sha256(b"fsmtrain log key\0" + key).hexdigest()[:16]
+
+
+def _log_key(key: bytes | str | None) -> bytes | None:
+    """The key: given, else ``$FSMTRAIN_LOG_KEY`` (text), else the file ``$FSMTRAIN_LOG_KEY_FILE`` names."""
+    where = "key"
+    if key is None:
+        if os.environ.get("FSMTRAIN_LOG_KEY"):
+            key, where = os.environ["FSMTRAIN_LOG_KEY"], "FSMTRAIN_LOG_KEY"
+        elif os.environ.get("FSMTRAIN_LOG_KEY_FILE"):
+            name = os.environ["FSMTRAIN_LOG_KEY_FILE"]
+            try:
+                key = Path(name).read_bytes().rstrip(b"\r\n")
+            except OSError as e:
+                raise LogKeyError(f"FSMTRAIN_LOG_KEY_FILE names {name!r}, which cannot be read: "
+                                 f"{e.strerror or e}") from None
+            where = f"the key file {name}"
+        else:
+            return None
+    if isinstance(key, str):
+        key = key.encode("utf-8", "surrogateescape")
+    if not isinstance(key, bytes):
+        raise TypeError(f"key must be bytes or str, got {type(key).__name__}")
+    if len(key) < 16:
+        raise (ValueError if where == "key" else LogKeyError)(
+            f"{where} is {len(key)} bytes long; use a secret of at least 16 bytes "
+                         "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)")
+    return key
 
 
 def _hash_doc(fields: list[Any]) -> str:
@@ -243,6 +287,12 @@ class EventLog:
 
     ``synchronous="FULL"`` / ``"NORMAL"`` (the older spelling) mean ``"step"`` / ``"barrier"``.
 
+    At barriers a writer appends the heads of the runs it wrote to the **witness** file
+    (``<artifacts>/witness.jsonl``), so that :meth:`verify` and writers notice a log that lost what it
+    once held.  ``key`` (default: ``$FSMTRAIN_LOG_KEY``, or the file ``$FSMTRAIN_LOG_KEY_FILE`` names)
+    makes the chains of the runs it creates HMAC-SHA256 under that secret: forging their events then needs
+    the key, and writing to them too (spec/log.md, *Integrity*).
+
     Nothing is written, and no file is created, before the first write: a writer reads through a
     read-only connection until it appends (a log that does not exist yet reads as an empty one), so
     a command that refuses (bad input, a run not waiting) leaves every file byte-for-byte as it was
@@ -252,7 +302,7 @@ class EventLog:
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False, create: bool = True,
                  durability: str | None = None, barrier_every: int = BARRIER_EVERY,
                  barrier_seconds: float = BARRIER_SECONDS, synchronous: str | None = None, timeout: float = 30.0,
-                 artifacts: str | os.PathLike[str] | None = None) -> None:
+                 artifacts: str | os.PathLike[str] | None = None, key: bytes | str | None = None) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self._artifacts = None if artifacts is None else Path(artifacts)
@@ -264,6 +314,16 @@ class EventLog:
             raise ValueError(f"barrier_seconds must be a finite number of seconds >= 0, got {barrier_seconds!r}")
         self.barrier_every = barrier_every
         self.barrier_seconds = float(barrier_seconds)
+        self._mac = _log_key(key)
+        self.key_id = None if self._mac is None else key_id(self._mac)
+        """The public name of the log's key (``None`` without one)."""
+        self._keyed: dict[int, str | None] = {}  # run -> the id of the key its chain is keyed with (None: SHA-256)
+        self._heads: dict[int, tuple[int, str]] = {}  # heads written since the witness last saw them
+        self._witness_due = False
+        self._witnessed = time.monotonic()
+        self._checked: dict[int, int] = {}  # run -> the last event check_run found intact
+        self.unchecked: list[int] = []
+        """Runs whose keyed hashes the last :meth:`check` could not check (no key given)."""
         self.synchronous = {"step": "FULL", "barrier": "NORMAL", "none": "OFF"}[self.durability]
         self.commits = 0
         """Commits made through this object."""
@@ -481,6 +541,9 @@ class EventLog:
                 self.barrier()
             except FsmtrainError as e:  # (closing must not raise over the error being handled)
                 warnings.warn(f"{self.path}: the last commits may not survive a power loss: {e}", stacklevel=2)
+        if self._heads and self.durable:
+            self._witness_due = True
+            self._witness()
         if self._ro is not None:
             self._ro.close()
             self._ro = None
@@ -561,12 +624,30 @@ class EventLog:
         self._inherited = False
         self.barriers += 1
         self._last_barrier = time.monotonic()
+        if self._heads and (self._witness_due or self._last_barrier - self._witnessed >= WITNESS_SECONDS):
+            self._witness()
         if c is not None and self.durability == "barrier" and self.commits - self._checkpointed >= CHECKPOINT_EVERY:
             self._checkpointed = self.commits
             try:  # PASSIVE: copies what no reader still needs, never waits (a later barrier does the rest)
                 c.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error:
                 pass  # upkeep only: the commits are durable in the WAL
+
+    def _witness(self) -> None:
+        """Tell the witness the heads written since it last heard (after they became durable)."""
+        if self.durability == "none":
+            self._heads.clear()
+            return
+        heads = [(r, s, h) for r, (s, h) in sorted(self._heads.items())]
+        self._heads.clear()
+        self._witness_due = False
+        self._witnessed = time.monotonic()
+        try:
+            Witness(self.artifacts).record(heads, sync=True)
+        except OSError as e:
+            warnings.warn(f"{self.path}: cannot write the witness file in {self.artifacts}: "
+                          f"{environmental(e) or e}; verify will not notice if this log loses what it holds now",
+                          stacklevel=3)
 
     def barrier(self) -> None:
         """Make every commit so far durable now (one fsync of the WAL), as a barrier does.
@@ -641,6 +722,8 @@ class EventLog:
         self._writable()
         tags_text = dumps(dict(tags or {}))
         snap = dumps(snapshot)
+        if self._mac is not None:  # the run's chain is keyed: say so (and with which key) in its first event
+            info = {**(info or {}), "chain": {"mac": MAC, "key": self.key_id}}
         info_text = None if info is None else dumps(info)
         full = self._full("start", next_action, barrier)
         c = self._begin(full)
@@ -656,7 +739,8 @@ class EventLog:
                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
                       (run_id, machine, fingerprint, created, parent_id, parent_seq, tags_text))
             prev = run_hash(run_id, machine, fingerprint, created, parent_id, parent_seq, tags_text)
-            ev = self._insert(run_id, 1, 0, "start", None, None, None, None, next_action, info_text, snap, None, prev, created)
+            ev = self._insert(run_id, 1, 0, "start", None, None, None, None, next_action, info_text, snap, None, prev, created,
+                              self._mac)
             c.execute("COMMIT")
         except BaseException as e:
             _rollback(c)
@@ -665,6 +749,9 @@ class EventLog:
             if err is e:
                 raise
             raise err from e
+        self._keyed[run_id] = self.key_id
+        self._heads[run_id] = (1, ev.hash)
+        self._witness_due = self._witness_due or full
         self._committed(c, full)
         return ev
 
@@ -696,6 +783,7 @@ class EventLog:
         texts = (None if inputs is None else dumps(inputs), None if updates is None else dumps(updates),
                  None if info is None else dumps(info), None if snapshot is None else dumps(snapshot))
         full = self._full(kind, next_action, barrier)
+        mac = self._run_key(run_id)
         c = self._rw
         one = prev_hash is not None and c is not None and self.schema_version == SCHEMA_VERSION
         if one:  # the hot path: a single INSERT is its own (atomic) transaction
@@ -719,7 +807,7 @@ class EventLog:
             t = _now() if time is None else time
             seq = expected_seq + 1
             h = event_hash(prev_hash, run_id, seq, step, t, kind, action, attempt, texts[0], texts[1],
-                           next_action, texts[2], texts[3], error)
+                           next_action, texts[2], texts[3], error, mac)
             try:
                 c.execute(_INSERT, (run_id, seq, step, t, kind, action, attempt, texts[0], texts[1], next_action,
                                     texts[2], texts[3], error, prev_hash, h))
@@ -736,9 +824,28 @@ class EventLog:
             if err is e:
                 raise
             raise err from e
+        self._heads[run_id] = (seq, h)
+        if full and (kind in BARRIER_KINDS or next_action is None):
+            self._witness_due = True
         self._committed(c, full)
         return Event(run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info, snapshot,
                      error, prev_hash, h)
+
+    def _run_key(self, run_id: int) -> bytes | None:
+        """The key the run's chain is hashed with (``None``: plain SHA-256); refuses a keyed run without its key."""
+        if run_id not in self._keyed:
+            row = self.conn.execute("SELECT info FROM events WHERE run_id = ? AND seq = 1", (run_id,)).fetchone()
+            self._keyed[run_id] = _chain_key(row[0] if row else None)
+        kid = self._keyed[run_id]
+        if kid is None:
+            return None
+        if self._mac is None:
+            raise LogKeyError(f"run {run_id} in {self.path} is authenticated with a key (id {kid}): set "
+                              "FSMTRAIN_LOG_KEY (or FSMTRAIN_LOG_KEY_FILE) to write to it; nothing was written")
+        if kid != self.key_id:
+            raise LogKeyError(f"run {run_id} in {self.path} is authenticated with another key (id {kid}) than the "
+                              f"one given (id {self.key_id}); nothing was written")
+        return self._mac
 
     def _conflict(self, run_id: int, expected_seq: int) -> WriteConflict:
         (last,) = self.conn.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
@@ -750,9 +857,10 @@ class EventLog:
 
     def _insert(self, run_id: int, seq: int, step: int, kind: str, action: str | None, attempt: int | None,
                 inputs: str | None, updates: str | None, next_action: str | None, info: str | None,
-                snapshot: str | None, error: str | None, prev: str, t: float) -> Event:
+                snapshot: str | None, error: str | None, prev: str, t: float, key: bytes | None) -> Event:
         assert self._rw is not None
-        h = event_hash(prev, run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info, snapshot, error)
+        h = event_hash(prev, run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info, snapshot, error,
+                       key)
         self._rw.execute(_INSERT, (run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info,
                                    snapshot, error, prev, h))
         return Event.from_row((run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info,
@@ -863,7 +971,8 @@ class EventLog:
             return [Problem("integrity", f"SQLite integrity check: {e}")]
         if problems:
             return problems
-        problems += self._check_triggers()
+        problems += self._check_triggers() + self._check_schema()
+        self.unchecked = []
         runs = {r[0]: r for r in self.conn.execute(
             "SELECT id, machine, fingerprint, created, parent_id, parent_seq, tags FROM runs ORDER BY id")}
         for rid, row in runs.items():
@@ -877,7 +986,12 @@ class EventLog:
                 continue
             _json_problem(row[6], f"run {rid}: its tags column", problems, "", rid, None)
             expected = 1
+            mac: bytes | None = None
+            check_hash = True
             for r in self.conn.execute(_SELECT_EVENT + " WHERE run_id = ? ORDER BY seq", (rid,)):
+                if r[1] == 1 or expected == 1:
+                    kid = _chain_key(r[10] if r[1] == 1 else None)
+                    mac, check_hash = self._verify_key(rid, kid, problems)
                 seq = r[1]
                 where = f"run {rid} event {seq}"
                 if seq != expected:
@@ -888,7 +1002,7 @@ class EventLog:
                     problems.append(Problem("chain", f"{where}: prev_hash does not match the previous event's hash "
                                                      "(the chain is broken)", rid, seq))
                 try:
-                    h = event_hash(r[13], *r[:13])
+                    h = _row_hash(r, mac) if check_hash else r[14]
                 except (TypeError, ValueError) as e:
                     h = f"unhashable: {_first_line(e)}"
                 if h != r[14]:
@@ -911,7 +1025,108 @@ class EventLog:
                                     " ORDER BY run_id").fetchall()
         problems.extend(Problem("orphan", f"events of run {r[0]} exist but the run does not", r[0])
                         for r in orphans)
+        problems += self._check_witness()
         return problems
+
+    def _verify_key(self, run_id: int, kid: str | None, problems: list[Problem]) -> tuple[bytes | None, bool]:
+        """The key to check a run's hashes with, and whether they can be checked; adds key problems."""
+        if kid is None:
+            if self._mac is not None:
+                problems.append(Problem("unkeyed", f"run {run_id} is not authenticated by the key: it was made "
+                                                   "without it, or its chain was recomputed without it", run_id))
+            return None, True
+        if self._mac is None:
+            self.unchecked.append(run_id)
+            return None, False
+        if kid != self.key_id:
+            problems.append(Problem("key", f"run {run_id} is authenticated with another key (id {kid}) than the one "
+                                           f"given (id {self.key_id})", run_id))
+            return None, False
+        return self._mac, True
+
+    def _check_schema(self) -> list[Problem]:
+        """The tables have the columns and keys writers made, and the schema versions are ones fsmtrain wrote."""
+        out = []
+        for table, (cols, pk) in _TABLE_SHAPES.items():
+            info = self.conn.execute(f"PRAGMA table_info({table})").fetchall()
+            got = [r[1] for r in info]
+            got_pk = [r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
+            if got != cols or got_pk != pk:
+                out.append(Problem("schema", f"table {table} was changed: columns {got}, primary key {got_pk} "
+                                             f"(writers make {cols}, {pk})"))
+        versions = [r[0] for r in self.conn.execute("SELECT version FROM fsmtrain_schema ORDER BY rowid")]
+        if not versions or any(type(v) is not int or not 1 <= v <= SCHEMA_VERSION for v in versions) \
+                or versions != sorted(set(versions)):
+            out.append(Problem("schema", f"fsmtrain_schema holds versions {versions}, which no writer records"))
+        return out
+
+    def _check_witness(self, run_id: int | None = None) -> list[Problem]:
+        """What the log lost or rewrote of what the witness saw (all runs, or one)."""
+        out = []
+        heads = Witness(self.artifacts).heads()
+        for rid, (seq, h) in sorted(heads.items()):
+            if run_id is not None and rid != run_id:
+                continue
+            row = self.conn.execute("SELECT max(seq) FROM events WHERE run_id = ?", (rid,)).fetchone()
+            last = row[0] if row else None
+            if last is None:
+                out.append(Problem("witness", f"run {rid} is missing, but the witness saw its event {seq} (a lost "
+                                              "run, or an older copy of the log)", rid, seq))
+            elif last < seq:
+                out.append(Problem("witness", f"run {rid} ends at event {last} but the witness saw event {seq} (a "
+                                              "lost tail: a deleted -wal file, or an older copy of the log)", rid, seq))
+            else:
+                (have,) = self.conn.execute("SELECT hash FROM events WHERE run_id = ? AND seq = ?",
+                                            (rid, seq)).fetchone() or (None,)
+                if have != h:
+                    out.append(Problem("witness", f"run {rid} event {seq} is not the event the witness saw (its "
+                                                  "history was rewritten)", rid, seq))
+        return out
+
+    def check_run(self, run_id: int) -> None:
+        """Refuse (:class:`~fsmtrain.errors.CorruptLog`) to write to a run whose log is damaged: the
+        triggers or tables changed, the run's chain broken since its newest snapshot, or less than the
+        witness saw.  Cheap: what was found intact is not checked again by this object."""
+        problems = self._check_triggers() + self._check_schema() + self._check_witness(run_id)
+        last = self.conn.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
+        if last is None:
+            raise RunNotFound(f"run {run_id} does not exist in {self.path}")
+        start = self._checked.get(run_id, 0)
+        if start < last:
+            snap = self.conn.execute("SELECT max(seq) FROM events WHERE run_id = ? AND seq <= ? AND snapshot IS NOT "
+                                     "NULL", (run_id, last)).fetchone()[0] or 1
+            head = Witness(self.artifacts).heads().get(run_id)
+            start = max(start, min(snap, head[0] if head else snap))
+            mac = self._run_key(run_id)
+            if start <= 1:
+                row = self.conn.execute("SELECT id, machine, fingerprint, created, parent_id, parent_seq, tags FROM "
+                                        "runs WHERE id = ?", (run_id,)).fetchone()
+                prev = run_hash(*row) if row else None
+                start = 1
+            else:
+                (prev,) = self.conn.execute("SELECT hash FROM events WHERE run_id = ? AND seq = ?",
+                                            (run_id, start - 1)).fetchone() or (None,)
+            expected = start
+            for r in self.conn.execute(_SELECT_EVENT + " WHERE run_id = ? AND seq >= ? ORDER BY seq", (run_id, start)):
+                where = f"run {run_id} event {r[1]}"
+                if r[1] != expected:
+                    problems.append(Problem("missing", f"run {run_id}: event {expected} is missing", run_id, expected))
+                if r[13] != prev:
+                    problems.append(Problem("chain", f"{where}: the chain is broken", run_id, r[1]))
+                try:
+                    h = _row_hash(r, mac)
+                except (TypeError, ValueError):
+                    h = None
+                if h != r[14]:
+                    problems.append(Problem("hash", f"{where}: its hash does not match its contents (edited)",
+                                            run_id, r[1]))
+                prev, expected = r[14], r[1] + 1
+        if problems:
+            raise CorruptLog(f"{self.path}: refusing to write to run {run_id}, its log is damaged: "
+                             + "; ".join(p.message for p in problems[:3])
+                             + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+                             + f"; nothing was written (`fsmtrain verify {self.path}` lists every problem)")
+        self._checked[run_id] = last
 
     def _check_triggers(self) -> list[Problem]:
         """The append-only triggers are all there, as written (a dropped trigger lets the log be edited)."""
@@ -942,6 +1157,32 @@ def _durability(durability: Any, synchronous: Any) -> str:
     if durability not in DURABILITY:
         raise ValueError(f"durability must be one of {', '.join(map(repr, DURABILITY))}, got {durability!r}")
     return str(durability)
+
+
+_TABLE_SHAPES = {
+    "fsmtrain_schema": (["version", "applied", "fsmtrain"], ["version"]),
+    "runs": (["id", "machine", "fingerprint", "created", "parent_id", "parent_seq", "tags"], ["id"]),
+    "events": (["run_id", "seq", "step", "time", "kind", "action", "attempt", "inputs", "updates", "next", "info",
+                "snapshot", "error", "prev_hash", "hash"], ["run_id", "seq"]),
+}
+
+
+def _row_hash(r: tuple[Any, ...], key: bytes | None) -> str:
+    """The hash of an event row as :data:`_SELECT_EVENT` reads it (``prev_hash`` at 13)."""
+    return event_hash(r[13], r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], key)
+
+
+def _chain_key(info: str | None) -> str | None:
+    """The key id a run's first event's ``info`` says its chain is keyed with (``None``: SHA-256)."""
+    if not isinstance(info, str) or '"chain"' not in info:
+        return None
+    try:
+        chain = json.loads(info).get("chain")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(chain, dict) and chain.get("mac") == MAC and isinstance(chain.get("key"), str):
+        return str(chain["key"])
+    return None
 
 
 def _json_problem(text: Any, where: str, problems: list[Problem], column: str, run: int | None,

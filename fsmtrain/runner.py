@@ -211,6 +211,8 @@ class Runner:
     def _resume(cls, machine: Machine, log: EventLog, run_id: int, *, hooks: Iterable[Any], resources: Any,
                 restore: Restore | None, allow_changed_machine: bool, max_attempts: int, snapshot_every: int,
                 max_interruptions: int | None, run_lock: RunLock | None, sync: Sync | None = None) -> Runner:
+        if log.run(run_id).status not in ENDED:
+            log.check_run(run_id)  # (a damaged run is refused before anything is written)
         pos = position(log, run_id)
         if pos.machine != machine.name:
             raise MachineMismatch(f"run {run_id} was recorded by machine `{pos.machine}`, not `{machine.name}`")
@@ -673,6 +675,7 @@ def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str
     time are recorded; so is ``comment``, when given.
     """
     info = log.run(run_id)
+    log.check_run(run_id)
     last = log.last_event(run_id)
     if info.status != "waiting":
         first = _answer(log, run_id)
@@ -699,6 +702,7 @@ def retry(log: EventLog, run_id: int, *, by: str | None = None, comment: str | N
     info = log.run(run_id)
     if info.status != "failed":
         raise RunNotRunnable(f"run {run_id} is {info.status}, not failed; only a failed run can be retried")
+    log.check_run(run_id)
     last = log.last_event(run_id)
     return log.append(run_id, last.seq, kind="retry", step=last.step, action=last.action,
                       info=_note(by, comment, "comment"))
@@ -723,6 +727,7 @@ def stop(log: EventLog, run_id: int, *, reason: str, by: str | None = None, kind
     info = log.run(run_id)
     if info.status in ENDED:
         raise RunNotRunnable(f"run {run_id} is {info.status} already; there is nothing to stop")
+    log.check_run(run_id)
     last = log.last_event(run_id)
     note = _note(by, reason, "reason")
     if details:

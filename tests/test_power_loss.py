@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from fsmtrain import EventLog
+from fsmtrain.errors import CorruptLog
 from fsmtrain.train import Trainer
 from tests.conftest import ROOT
 from tests.machines.powerloss import MACHINE, copy_log, summary
@@ -85,6 +86,19 @@ def images(tmp_path_factory):
             "made": json.loads(stdout.splitlines()[-1])}
 
 
+def test_the_final_witness_refuses_a_log_from_an_earlier_moment(images, tmp_path):
+    """Beside the final folder *with its witness*, an earlier image is what a restored backup is: refused, and
+    verify says what was lost."""
+    src = sorted(images["out"].glob("barrier-*"))[2]
+    case = tmp_path / "restored"
+    shutil.copytree(src, case)
+    shutil.copytree(images["final"], case / "runs.db.artifacts")
+    with EventLog(case / "runs.db", readonly=True) as log:
+        assert any(p.code == "witness" and "but the witness saw event" in p.message for p in log.check())
+    with pytest.raises(CorruptLog, match="witness saw"):
+        Trainer(MACHINE, tiny_build, log=case / "runs.db").fit()
+
+
 def test_retention_never_deleted_a_file_a_possibly_lost_prefix_names(images):
     cases = [*images["out"].glob("barrier-*"), *images["out"].glob("loss-*"), *images["copies"]]
     assert len(cases) >= 50  # the power losses the tests below resume
@@ -117,5 +131,9 @@ def test_a_log_from_any_moment_resumes_beside_the_final_folder(images, tmp_path,
         case = tmp_path / src.name
         shutil.copytree(src, case)
         shutil.copytree(images["final"], case / "runs.db.artifacts")
+        # the witness as it was at that moment (the final one saw more than this log holds, and says so)
+        (case / "runs.db.artifacts" / "witness.jsonl").unlink()
+        if (case / "witness.jsonl").exists():
+            shutil.copyfile(case / "witness.jsonl", case / "runs.db.artifacts" / "witness.jsonl")
         result, _ = resume(case)
         assert result == images["want"], src.name

@@ -3,7 +3,7 @@
 The log is the default policy (``durability="barrier"``) with a barrier every ``EVERY`` commits, so that a short
 run has many.  What it writes under OUT:
 
-- ``barrier-NNN/``: the log's files (db and WAL) copied right after barrier NNN — the least a power loss at any
+- ``barrier-NNN/``: the log's files (witness, db and WAL) copied right after barrier NNN — the least a power loss at any
   later moment leaves (everything after the last barrier may be gone);
 - ``loss-NNN/``: a power loss at a random moment between two steps: the last barrier's image of the log beside
   the artifacts folder exactly as it was at that moment;
@@ -39,7 +39,12 @@ def summary(state: Any) -> dict[str, Any]:
 
 
 def copy_log(src: Path, dst: Path) -> None:
+    """The log's files as they are (the witness first: it never holds more than the log does, so a copy of it
+    taken before the log's is never ahead of that)."""
     dst.mkdir(parents=True, exist_ok=True)
+    witness = Path(f"{src}.artifacts") / "witness.jsonl"
+    if witness.exists():
+        shutil.copyfile(witness, dst / "witness.jsonl")
     for suffix in ("", "-wal"):
         f = Path(f"{src}{suffix}")
         if f.exists():
