@@ -324,6 +324,7 @@ class EventLog:
         self._checked: dict[int, int] = {}  # run -> the last event check_run found intact
         self.unchecked: list[int] = []
         """Runs whose keyed hashes the last :meth:`check` could not check (no key given)."""
+        self._ident: str | None = None
         self.synchronous = {"step": "FULL", "barrier": "NORMAL", "none": "OFF"}[self.durability]
         self.commits = 0
         """Commits made through this object."""
@@ -643,11 +644,28 @@ class EventLog:
         self._witness_due = False
         self._witnessed = time.monotonic()
         try:
-            Witness(self.artifacts).record(heads, sync=True)
-        except OSError as e:
+            Witness(self.artifacts, self._identity()).record(heads, sync=True)
+        except (OSError, sqlite3.Error) as e:
             warnings.warn(f"{self.path}: cannot write the witness file in {self.artifacts}: "
                           f"{environmental(e) or e}; verify will not notice if this log loses what it holds now",
                           stacklevel=3)
+
+    def _identity(self) -> str:
+        """What names this log file in its witness: the moment its schema was made (kept by its copies, new
+        for a log made anew at the same path)."""
+        if self._ident is None:
+            row = self.conn.execute("SELECT applied FROM fsmtrain_schema ORDER BY version LIMIT 1").fetchone()
+            self._ident = repr(row[0]) if row else "?"
+        return self._ident
+
+    def _witness_heads(self) -> dict[int, tuple[int, str]]:
+        """The heads the witness saw of this log's runs (none for a throwaway log: it has no witness)."""
+        if self.durability == "none":
+            return {}
+        try:
+            return Witness(self.artifacts, self._identity()).heads()
+        except sqlite3.Error:
+            return {}
 
     def barrier(self) -> None:
         """Make every commit so far durable now (one fsync of the WAL), as a barrier does.
@@ -989,9 +1007,11 @@ class EventLog:
             mac: bytes | None = None
             check_hash = True
             for r in self.conn.execute(_SELECT_EVENT + " WHERE run_id = ? ORDER BY seq", (rid,)):
-                if r[1] == 1 or expected == 1:
-                    kid = _chain_key(r[10] if r[1] == 1 else None)
-                    mac, check_hash = self._verify_key(rid, kid, problems)
+                if expected == 1:
+                    if r[1] == 1:
+                        mac, check_hash = self._verify_key(rid, _chain_key(r[10]), problems)
+                    else:  # (event 1 is missing: which hash its chain uses is unknown)
+                        mac, check_hash = None, False
                 seq = r[1]
                 where = f"run {rid} event {seq}"
                 if seq != expected:
@@ -1032,8 +1052,11 @@ class EventLog:
         """The key to check a run's hashes with, and whether they can be checked; adds key problems."""
         if kid is None:
             if self._mac is not None:
+                # (strict: a run made before the key was adopted is not authenticated either, and a forger who
+                # removed a run's marker and recomputed its chain must not pass as one)
                 problems.append(Problem("unkeyed", f"run {run_id} is not authenticated by the key: it was made "
-                                                   "without it, or its chain was recomputed without it", run_id))
+                                                   "without it (before the key was adopted?) or its chain was "
+                                                   "recomputed without it", run_id))
             return None, True
         if self._mac is None:
             self.unchecked.append(run_id)
@@ -1060,10 +1083,12 @@ class EventLog:
             out.append(Problem("schema", f"fsmtrain_schema holds versions {versions}, which no writer records"))
         return out
 
-    def _check_witness(self, run_id: int | None = None) -> list[Problem]:
+    def _check_witness(self, run_id: int | None = None,
+                       heads: dict[int, tuple[int, str]] | None = None) -> list[Problem]:
         """What the log lost or rewrote of what the witness saw (all runs, or one)."""
         out = []
-        heads = Witness(self.artifacts).heads()
+        if heads is None:
+            heads = self._witness_heads()
         for rid, (seq, h) in sorted(heads.items()):
             if run_id is not None and rid != run_id:
                 continue
@@ -1087,7 +1112,8 @@ class EventLog:
         """Refuse (:class:`~fsmtrain.errors.CorruptLog`) to write to a run whose log is damaged: the
         triggers or tables changed, the run's chain broken since its newest snapshot, or less than the
         witness saw.  Cheap: what was found intact is not checked again by this object."""
-        problems = self._check_triggers() + self._check_schema() + self._check_witness(run_id)
+        heads = self._witness_heads()
+        problems = self._check_triggers() + self._check_schema() + self._check_witness(run_id, heads)
         last = self.conn.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
         if last is None:
             raise RunNotFound(f"run {run_id} does not exist in {self.path}")
@@ -1095,13 +1121,18 @@ class EventLog:
         if start < last:
             snap = self.conn.execute("SELECT max(seq) FROM events WHERE run_id = ? AND seq <= ? AND snapshot IS NOT "
                                      "NULL", (run_id, last)).fetchone()[0] or 1
-            head = Witness(self.artifacts).heads().get(run_id)
+            head = heads.get(run_id)
             start = max(start, min(snap, head[0] if head else snap))
             mac = self._run_key(run_id)
             if start <= 1:
                 row = self.conn.execute("SELECT id, machine, fingerprint, created, parent_id, parent_seq, tags FROM "
                                         "runs WHERE id = ?", (run_id,)).fetchone()
-                prev = run_hash(*row) if row else None
+                try:
+                    prev = run_hash(*row) if row else None
+                except (TypeError, ValueError) as e:
+                    problems.append(Problem("bad-row", f"run {run_id}: its row holds values no writer makes "
+                                                       f"({_first_line(e)})", run_id))
+                    prev = None
                 start = 1
             else:
                 (prev,) = self.conn.execute("SELECT hash FROM events WHERE run_id = ? AND seq = ?",
@@ -1178,7 +1209,7 @@ def _chain_key(info: str | None) -> str | None:
         return None
     try:
         chain = json.loads(info).get("chain")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     if isinstance(chain, dict) and chain.get("mac") == MAC and isinstance(chain.get("key"), str):
         return str(chain["key"])

@@ -185,6 +185,7 @@ def fork(log: EventLog, run_id: int, seq: int | None = None, *, updates: Mapping
     they are recorded in the new run's start event.
     """
     info = log.run(run_id)
+    log.check_run(run_id)  # (a damaged parent passes on nothing: its state would start a clean-looking chain)
     seq = info.last_seq if seq is None else seq
     state = state_at(log, run_id, seq)
     row = log.conn.execute(

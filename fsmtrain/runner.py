@@ -675,14 +675,14 @@ def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str
     time are recorded; so is ``comment``, when given.
     """
     info = log.run(run_id)
-    log.check_run(run_id)
-    last = log.last_event(run_id)
     if info.status != "waiting":
         first = _answer(log, run_id)
         why = f"run {run_id} is {info.status}, not waiting for input"
         if first is not None:
             why += f"; {first}; the first decision wins"
         raise RunNotRunnable(why)
+    log.check_run(run_id)
+    last = log.last_event(run_id)
     specs = [Input.from_json(d) for d in last.info["needs"]]
     checked, missing = validate_inputs(specs, dict(values), last.action or "?")
     if missing:

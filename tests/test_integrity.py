@@ -4,6 +4,7 @@ writers that check a run before they write to it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -15,6 +16,7 @@ import pytest
 from fsmtrain import EventLog, Runner, give_input
 from fsmtrain.errors import CorruptLog, LogKeyError
 from fsmtrain.log import key_id
+from fsmtrain.replay import fork
 from fsmtrain.runner import retry, stop
 from fsmtrain.state import dumps, loads
 from fsmtrain.witness import Witness
@@ -57,9 +59,10 @@ class TestWitness:
         rid = waiting(path)
         with EventLog(path, readonly=True) as log:
             last = log.last_event(rid)
-            heads = Witness(log.artifacts).heads()
+            witness = Witness(log.artifacts, log._identity())
+            heads = witness.heads()
         assert heads == {rid: (last.seq, last.hash)}  # (waiting is a barrier, and so is close)
-        for run, seq, h in Witness(tmp_path / "w.db.artifacts").entries():
+        for run, seq, h in witness.entries():
             with EventLog(path, readonly=True) as log:
                 assert next(e for e in log.events(run) if e.seq == seq).hash == h
 
@@ -123,9 +126,32 @@ class TestWitness:
         before = digests(path)
         with EventLog(path) as log, pytest.raises(CorruptLog, match="rewritten"):
             Runner.resume(gated(), log, rid)
+        with EventLog(path) as log, pytest.raises(CorruptLog, match="rewritten"):
+            fork(log, rid)
         p = cli("worker", path, "--machine", "tests.machines:gated", "--once")
         assert p.returncode != 0 and "rewritten" in p.stderr + p.stdout and "Traceback" not in p.stderr
         assert digests(path) == before
+
+
+    def test_a_log_made_anew_at_the_same_path_is_not_compared_with_the_one_before(self, tmp_path):
+        path = tmp_path / "c.db"
+        with EventLog(path) as log:
+            Runner.start(counter(9), log=log).run()
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        with EventLog(path) as log:  # (the artifacts folder, and the old witness in it, are kept)
+            r = Runner.start(counter(3), log=log)
+            r.run(max_steps=1)
+            r.close()
+            Runner.resume(counter(3), log, r.run_id).run()
+            assert log.verify() == []
+        lines = [json.loads(x) for x in (tmp_path / "c.db.artifacts" / "witness.jsonl").read_text().splitlines()]
+        assert len({x["log"] for x in lines}) == 2 and max(x["seq"] for x in lines) > 6  # (the old run went further)
+
+    def test_a_throwaway_log_neither_writes_nor_reads_a_witness(self, tmp_path):
+        with EventLog(tmp_path / "t.db", durability="none") as log:
+            Runner.start(counter(3), log=log).run()
+        assert not (tmp_path / "t.db.artifacts" / "witness.jsonl").exists()
 
 
 class TestWritersCheckFirst:
@@ -189,6 +215,13 @@ class TestKey:
         p = cli("verify", path)
         assert p.returncode == 0 and "give the key" in p.stdout
 
+    def test_with_a_key_a_run_made_without_it_is_reported(self, tmp_path):
+        path = tmp_path / "k.db"
+        waiting(path)
+        rid = waiting(path, key=KEY)
+        with EventLog(path, readonly=True, key=KEY) as log:
+            assert codes(log) == [("unkeyed", 1, None)] and rid == 2
+
     def test_a_chain_recomputed_without_the_marker_is_not_authenticated(self, tmp_path):
         path = tmp_path / "k.db"
         rid = waiting(path, key=KEY)
@@ -230,3 +263,16 @@ class TestKey:
         assert digests(path) == before
         with pytest.raises(ValueError, match="at least 16 bytes"):
             EventLog(path, key="short")
+
+
+def test_detached_trials_with_their_checkpoints_beside_the_log_are_not_taken_for_a_damaged_log(tmp_path):
+    """The scratch copy of a detached trial (another machine's view) shares the log's artifacts folder, and its
+    witness: a throwaway log reads no witness, so nothing is refused; the study's log verifies."""
+    from fsmtrain.tune import IntRange, LogUniform, Study, table
+
+    space = {"lr": LogUniform(0.01, 0.5), "hidden": IntRange(4, 16)}
+    with EventLog(tmp_path / "s.db") as log:
+        runner = Study(log, "tests.machines.trials:trainer", space, n_trials=2, max_concurrent=1, seed=3,
+                       config={"max_epochs": 2}, artifacts=tmp_path / "s.db.artifacts").run()
+        assert [r["status"] for r in table(runner.state)] == ["completed", "completed"]
+        assert log.verify() == []

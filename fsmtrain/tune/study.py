@@ -563,7 +563,8 @@ class Study:
                         resources.futures[t.index] = resources.executor.submit(
                             run_segment, resources.log_path, resources.target, t.run_id, next_stop(t.epochs),
                             study.metric)
-                    else:
+                    else:  # (the events travel to another machine: a damaged run is refused here)
+                        study.log.check_run(t.run_id)
                         resources.futures[t.index] = resources.executor.submit(
                             run_segment_detached, resources.target, study.artifacts, t.run_id,
                             list(study.log.events(t.run_id)), next_stop(t.epochs), study.metric)
@@ -586,6 +587,7 @@ class Study:
                 try:
                     out = fut.result()
                     if out.get("events"):  # a detached trial's new events: the study writes them
+                        study.log.check_run(t.run_id)
                         last = study.log.run(t.run_id).last_seq
                         for ev in out["events"]:
                             if ev.seq > last:  # (a retried step finds some already written)
