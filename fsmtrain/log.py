@@ -319,12 +319,15 @@ class EventLog:
         """The public name of the log's key (``None`` without one)."""
         self._keyed: dict[int, str | None] = {}  # run -> the id of the key its chain is keyed with (None: SHA-256)
         self._heads: dict[int, tuple[int, str]] = {}  # heads written since the witness last saw them
-        self._witness_due = False
-        self._witnessed = time.monotonic()
+        self._witness_due = False  # the next barrier tells the witness (an event from outside, a run's end)
+        self._witness_sync = False  # ... and syncs it (an event from outside: a person was told)
+        self._witnessed = self._witness_synced = time.monotonic()
+        self._wit: Witness | None = None
         self._checked: dict[int, int] = {}  # run -> the last event check_run found intact
         self.unchecked: list[int] = []
         """Runs whose keyed hashes the last :meth:`check` could not check (no key given)."""
         self._ident: str | None = None
+        self._schema_ok: int | None = None  # the schema cookie at which the triggers and tables were last intact
         self.synchronous = {"step": "FULL", "barrier": "NORMAL", "none": "OFF"}[self.durability]
         self.commits = 0
         """Commits made through this object."""
@@ -545,6 +548,12 @@ class EventLog:
         if self._heads and self.durable:
             self._witness_due = True
             self._witness()
+        if self._wit is not None:
+            try:
+                self._wit.close()  # (syncs what it wrote)
+            except OSError as e:
+                warnings.warn(f"{self.path}: cannot sync the witness file: {environmental(e) or e}", stacklevel=2)
+            self._wit = None
         if self._ro is not None:
             self._ro.close()
             self._ro = None
@@ -641,10 +650,18 @@ class EventLog:
             return
         heads = [(r, s, h) for r, (s, h) in sorted(self._heads.items())]
         self._heads.clear()
-        self._witness_due = False
-        self._witnessed = time.monotonic()
+        now = time.monotonic()
+        # synced for what a person was told, else at most once a second (a line lost to a power loss only
+        # makes the witness see less, never more than the log holds)
+        sync = self._witness_sync or now - self._witness_synced >= WITNESS_SECONDS
+        self._witness_due = self._witness_sync = False
+        self._witnessed = now
         try:
-            Witness(self.artifacts, self._identity()).record(heads, sync=True)
+            if self._wit is None:
+                self._wit = Witness(self.artifacts, self._identity())
+            self._wit.record(heads, sync=sync)
+            if sync:
+                self._witness_synced = now
         except (OSError, sqlite3.Error) as e:
             warnings.warn(f"{self.path}: cannot write the witness file in {self.artifacts}: "
                           f"{environmental(e) or e}; verify will not notice if this log loses what it holds now",
@@ -845,6 +862,7 @@ class EventLog:
         self._heads[run_id] = (seq, h)
         if full and (kind in BARRIER_KINDS or next_action is None):
             self._witness_due = True
+            self._witness_sync = self._witness_sync or kind in BARRIER_KINDS
         self._committed(c, full)
         return Event(run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info, snapshot,
                      error, prev_hash, h)
@@ -1113,14 +1131,16 @@ class EventLog:
         triggers or tables changed, the run's chain broken since its newest snapshot, or less than the
         witness saw.  Cheap: what was found intact is not checked again by this object."""
         heads = self._witness_heads()
-        problems = self._check_triggers() + self._check_schema() + self._check_witness(run_id, heads)
-        last = self.conn.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
+        (cookie,) = self.conn.execute("PRAGMA schema_version").fetchone()  # (any change to a table or trigger
+        problems = [] if cookie == self._schema_ok else self._check_triggers() + self._check_schema()  # bumps it)
+        problems += self._check_witness(run_id, heads)
+        last, snap = self.conn.execute("SELECT max(seq), max(CASE WHEN snapshot IS NOT NULL THEN seq END) FROM events "
+                                       "WHERE run_id = ?", (run_id,)).fetchone()
         if last is None:
             raise RunNotFound(f"run {run_id} does not exist in {self.path}")
         start = self._checked.get(run_id, 0)
         if start < last:
-            snap = self.conn.execute("SELECT max(seq) FROM events WHERE run_id = ? AND seq <= ? AND snapshot IS NOT "
-                                     "NULL", (run_id, last)).fetchone()[0] or 1
+            snap = snap or 1
             head = heads.get(run_id)
             start = max(start, min(snap, head[0] if head else snap))
             mac = self._run_key(run_id)
@@ -1158,6 +1178,7 @@ class EventLog:
                              + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
                              + f"; nothing was written (`fsmtrain verify {self.path}` lists every problem)")
         self._checked[run_id] = last
+        self._schema_ok = cookie
 
     def _check_triggers(self) -> list[Problem]:
         """The append-only triggers are all there, as written (a dropped trigger lets the log be edited)."""

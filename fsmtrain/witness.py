@@ -25,35 +25,61 @@ NAME = "witness.jsonl"
 
 
 class Witness:
-    """The witness file of the log whose artifacts folder is ``folder``."""
+    """The witness file of the log whose artifacts folder is ``folder``.
+
+    A writer keeps one open (its file descriptor is held until :meth:`close`, so a barrier costs one
+    ``write``, plus an ``fsync`` when asked for one).
+    """
 
     def __init__(self, folder: str | os.PathLike[str], log: str) -> None:
         self.path = Path(folder) / NAME
         self.log = log
+        self._fd: int | None = None
+        self.unsynced = False
+        """Lines were written since the file was last synced."""
 
     def record(self, heads: Iterable[tuple[int, int, str]], *, sync: bool) -> None:
-        """Append these heads (one line each, one write); ``sync``: fsync the file (and, the first time, its
+        """Append these heads (one line each, one write); ``sync``: fsync the file (and, when this made it, its
         folder).  Raises OSError as the file system does."""
         text = "".join(json.dumps({"log": self.log, "run": r, "seq": s, "hash": h}, separators=(",", ":")) + "\n"
                        for r, s, h in heads)
-        if not text:
-            return
-        new = not self.path.exists()
-        if new:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, text.encode())
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        if new and sync:
-            dfd = os.open(self.path.parent, os.O_RDONLY)
+        if text:
+            made = False
+            if self._fd is None:
+                made = not self.path.exists()
+                if made:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            data = text.encode()
+            os.write(self._fd, data)
+            self.unsynced = True
+            st = os.fstat(self._fd)  # what this process wrote, known without reading it back (if nobody else
+            cached = _CACHE.get(str(self.path))  # wrote between: the file is then exactly as long as expected)
+            if cached is not None and cached[0] == st.st_ino and cached[1] + len(data) == st.st_size:
+                _merge(cached[2], _parse(data))
+                _CACHE[str(self.path)] = (st.st_ino, st.st_size, cached[2])
+            if made:
+                dfd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        if sync:
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync what was written (nothing to do when it is synced already)."""
+        if self.unsynced and self._fd is not None:
+            os.fsync(self._fd)
+            self.unsynced = False
+
+    def close(self) -> None:
+        if self._fd is not None:
             try:
-                os.fsync(dfd)
+                self.sync()
             finally:
-                os.close(dfd)
+                os.close(self._fd)
+                self._fd = None
 
     def entries(self) -> Iterator[tuple[int, int, str]]:
         """Every ``(run, seq, hash)`` the file holds about this log, in order (none when there is no file or it
@@ -62,36 +88,59 @@ class Witness:
             data = self.path.read_bytes()
         except OSError:
             return
-        for line in data.split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                run, seq, h, log = d["run"], d["seq"], d["hash"], d["log"]
-            except (ValueError, TypeError, KeyError, RecursionError):
-                continue
-            if log == self.log and type(run) is int and type(seq) is int and isinstance(h, str):
+        for log, run, seq, h in _parse(data):
+            if log == self.log:
                 yield run, seq, h
 
     def heads(self) -> dict[int, tuple[int, str]]:
-        """The furthest event the witness saw of each run: ``{run: (seq, hash)}`` (read again only when the file
-        changed)."""
+        """The furthest event the witness saw of each run: ``{run: (seq, hash)}``.  The file only grows, so
+        what was read before is kept and only the lines added since are read (all of it again when the file
+        was replaced or shortened)."""
         try:
-            st = self.path.stat()
-            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+            st = os.stat(self.path)
         except OSError:
-            stamp = None
-        key = (str(self.path), self.log)
-        cached = _CACHE.get(key)
-        if cached is not None and stamp is not None and cached[0] == stamp:
-            return dict(cached[1])
-        out: dict[int, tuple[int, str]] = {}
-        for run, seq, h in self.entries():
-            if run not in out or seq >= out[run][0]:
-                out[run] = (seq, h)
-        if stamp is not None:
-            _CACHE[key] = (stamp, dict(out))
-        return out
+            return {}
+        cached = _CACHE.get(str(self.path))
+        if cached is not None and cached[0] == st.st_ino and cached[1] == st.st_size:  # (nothing new)
+            return dict(cached[2].get(self.log, {}))
+        try:
+            with open(self.path, "rb") as f:
+                ino = os.fstat(f.fileno()).st_ino
+                cached = _CACHE.get(str(self.path))
+                if cached is None or cached[0] != ino:
+                    cached = _CACHE[str(self.path)] = (ino, 0, {})
+                _, offset, logs = cached
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            return {}
+        if len(data) == 0 and offset and os.path.getsize(self.path) < offset:  # (shortened: read it all again)
+            _CACHE.pop(str(self.path), None)
+            return self.heads()
+        end = data.rfind(b"\n") + 1  # (a line still being written is read next time)
+        _merge(logs, _parse(data[:end]))
+        _CACHE[str(self.path)] = (ino, offset + end, logs)
+        return dict(logs.get(self.log, {}))
 
 
-_CACHE: dict[tuple[str, str], tuple[tuple[int, int, int], dict[int, tuple[int, str]]]] = {}
+def _merge(logs: dict[str, dict[int, tuple[int, str]]], lines: Iterable[tuple[str, int, int, str]]) -> None:
+    for log, run, seq, h in lines:
+        heads = logs.setdefault(log, {})
+        if run not in heads or seq >= heads[run][0]:
+            heads[run] = (seq, h)
+
+
+def _parse(data: bytes) -> Iterator[tuple[str, int, int, str]]:
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            log, run, seq, h = d["log"], d["run"], d["seq"], d["hash"]
+        except (ValueError, TypeError, KeyError, RecursionError):
+            continue
+        if isinstance(log, str) and type(run) is int and type(seq) is int and isinstance(h, str):
+            yield log, run, seq, h
+
+
+_CACHE: dict[str, tuple[int, int, dict[str, dict[int, tuple[int, str]]]]] = {}

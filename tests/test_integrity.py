@@ -276,3 +276,22 @@ def test_detached_trials_with_their_checkpoints_beside_the_log_are_not_taken_for
                        config={"max_epochs": 2}, artifacts=tmp_path / "s.db.artifacts").run()
         assert [r["status"] for r in table(runner.state)] == ["completed", "completed"]
         assert log.verify() == []
+
+
+def test_the_witness_reads_only_what_was_added_and_sees_every_writer(tmp_path):
+    one, two = Witness(tmp_path, "L"), Witness(tmp_path, "L")
+    one.record([(1, 1, "a"), (2, 1, "x")], sync=False)
+    assert one.heads() == {1: (1, "a"), 2: (1, "x")}
+    two.record([(1, 2, "b")], sync=True)  # another writer (another process, in life)
+    assert one.heads() == {1: (2, "b"), 2: (1, "x")}
+    with open(one.path, "ab") as f:  # a line being written: read once it is whole
+        f.write(b'{"log":"L","run":2,"seq":5,"hash":"y"')
+    assert one.heads()[2] == (1, "x")
+    with open(one.path, "ab") as f:
+        f.write(b'}\n{"log":"other","run":2,"seq":9,"hash":"z"}\n')
+    assert one.heads() == {1: (2, "b"), 2: (5, "y")}  # (another log's line is not this log's)
+    one.close()
+    two.close()
+    one.path.unlink()  # replaced: read afresh
+    Witness(tmp_path, "L").record([(3, 1, "c")], sync=True)
+    assert Witness(tmp_path, "L").heads() == {3: (1, "c")}
