@@ -1021,31 +1021,15 @@ class EventLog:
                                                    f"({_first_line(e)})", rid))
                 continue
             _json_problem(row[6], f"run {rid}: its tags column", problems, "", rid, None)
-            expected = 1
-            mac: bytes | None = None
-            check_hash = True
-            for r in self.conn.execute(_SELECT_EVENT + " WHERE run_id = ? ORDER BY seq", (rid,)):
-                if expected == 1:
-                    if r[1] == 1:
-                        mac, check_hash = self._verify_key(rid, _chain_key(r[10]), problems)
-                    else:  # (event 1 is missing: which hash its chain uses is unknown)
-                        mac, check_hash = None, False
+            first = self.conn.execute("SELECT seq, info FROM events WHERE run_id = ? ORDER BY seq LIMIT 1",
+                                      (rid,)).fetchone()
+            if first is not None and first[0] == 1:
+                mac, check_hash = self._verify_key(rid, _chain_key(first[1]), problems)
+            else:  # (no event 1: which hash its chain uses is unknown)
+                mac, check_hash = None, False
+            for r in self._chain(rid, 1, prev, mac, problems, check_hash):
                 seq = r[1]
                 where = f"run {rid} event {seq}"
-                if seq != expected:
-                    problems.append(Problem("missing", f"run {rid}: event {expected} is missing (next is {seq})",
-                                            rid, expected))
-                    expected = seq
-                if r[13] != prev:
-                    problems.append(Problem("chain", f"{where}: prev_hash does not match the previous event's hash "
-                                                     "(the chain is broken)", rid, seq))
-                try:
-                    h = _row_hash(r, mac) if check_hash else r[14]
-                except (TypeError, ValueError) as e:
-                    h = f"unhashable: {_first_line(e)}"
-                if h != r[14]:
-                    problems.append(Problem("hash", f"{where}: hash does not match its contents (the event was "
-                                                    "edited)", rid, seq))
                 if seq == 1 and r[4] != "start":
                     problems.append(Problem("not-start", f"{where}: the first event is {r[4]!r}, not 'start'",
                                             rid, seq))
@@ -1055,9 +1039,7 @@ class EventLog:
                     if r[i] is not None:
                         _json_problem(r[i], f"{where}: its {_EVENT_COLS[i]} column", problems, _EVENT_COLS[i],
                                       rid, seq)
-                prev = r[14]
-                expected = seq + 1
-            if expected == 1:
+            if first is None:
                 problems.append(Problem("no-events", f"run {rid}: has no events", rid))
         orphans = self.conn.execute("SELECT DISTINCT run_id FROM events WHERE run_id NOT IN (SELECT id FROM runs)"
                                     " ORDER BY run_id").fetchall()
@@ -1065,6 +1047,32 @@ class EventLog:
                         for r in orphans)
         problems += self._check_witness()
         return problems
+
+    def _chain(self, run_id: int, start: int, prev: str | None, mac: bytes | None, problems: list[Problem],
+               check_hash: bool = True) -> Iterator[tuple[Any, ...]]:
+        """Walk the run's events from ``start`` (``prev``: the hash event ``start`` must link to), adding a
+        problem for a gap, a broken link and a hash that does not match (``mac``: the key its chain is hashed
+        with; ``check_hash=False`` where the hashes cannot be checked); yields each event row for further checks."""
+        expected = start
+        for r in self.conn.execute(_SELECT_EVENT + " WHERE run_id = ? AND seq >= ? ORDER BY seq", (run_id, start)):
+            seq = r[1]
+            where = f"run {run_id} event {seq}"
+            if seq != expected:
+                problems.append(Problem("missing", f"run {run_id}: event {expected} is missing (next is {seq})",
+                                        run_id, expected))
+            if r[13] != prev:
+                problems.append(Problem("chain", f"{where}: prev_hash does not match the previous event's hash "
+                                                 "(the chain is broken)", run_id, seq))
+            if check_hash:
+                try:
+                    h = _row_hash(r, mac)
+                except (TypeError, ValueError) as e:
+                    h = f"unhashable: {_first_line(e)}"
+                if h != r[14]:
+                    problems.append(Problem("hash", f"{where}: hash does not match its contents (the event was "
+                                                    "edited)", run_id, seq))
+            yield r
+            prev, expected = r[14], seq + 1
 
     def _verify_key(self, run_id: int, kid: str | None, problems: list[Problem]) -> tuple[bytes | None, bool]:
         """The key to check a run's hashes with, and whether they can be checked; adds key problems."""
@@ -1157,21 +1165,8 @@ class EventLog:
             else:
                 (prev,) = self.conn.execute("SELECT hash FROM events WHERE run_id = ? AND seq = ?",
                                             (run_id, start - 1)).fetchone() or (None,)
-            expected = start
-            for r in self.conn.execute(_SELECT_EVENT + " WHERE run_id = ? AND seq >= ? ORDER BY seq", (run_id, start)):
-                where = f"run {run_id} event {r[1]}"
-                if r[1] != expected:
-                    problems.append(Problem("missing", f"run {run_id}: event {expected} is missing", run_id, expected))
-                if r[13] != prev:
-                    problems.append(Problem("chain", f"{where}: the chain is broken", run_id, r[1]))
-                try:
-                    h = _row_hash(r, mac)
-                except (TypeError, ValueError):
-                    h = None
-                if h != r[14]:
-                    problems.append(Problem("hash", f"{where}: its hash does not match its contents (edited)",
-                                            run_id, r[1]))
-                prev, expected = r[14], r[1] + 1
+            for _ in self._chain(run_id, start, prev, mac, problems):
+                pass
         if problems:
             raise CorruptLog(f"{self.path}: refusing to write to run {run_id}, its log is damaged: "
                              + "; ".join(p.message for p in problems[:3])

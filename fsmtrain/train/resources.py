@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..errors import ResourceError
+from .checkpoints import seed_everything
 
 __all__ = ["PRECISIONS", "Resources", "batches", "epoch_order", "epoch_seed", "sample_seed"]
 
@@ -251,11 +252,11 @@ class _SeededSamples(Dataset):  # type: ignore[type-arg]
 
         s = sample_seed(self.seed, self.epoch, int(index))
         if torch.utils.data.get_worker_info() is not None:
-            _seed_all(s)
+            seed_everything(s)
             return self.dataset[index]
         saved = (torch.get_rng_state(), random.getstate(), _numpy_state())
         try:
-            _seed_all(s)
+            seed_everything(s)
             return self.dataset[index]
         finally:
             torch.set_rng_state(saved[0])
@@ -264,18 +265,6 @@ class _SeededSamples(Dataset):  # type: ignore[type-arg]
                 import numpy as np
 
                 np.random.set_state(saved[2])
-
-
-def _seed_all(s: int) -> None:
-    import random
-
-    torch.manual_seed(s)
-    random.seed(s)
-    try:
-        import numpy as np
-    except ImportError:
-        return
-    np.random.seed(s % 2**32)
 
 
 def _numpy_state() -> Any:
