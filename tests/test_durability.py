@@ -7,11 +7,11 @@ commit preceded by ``PRAGMA synchronous=FULL``.  (The power losses themselves: t
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from fsmtrain import EventLog, Hook, Machine, Runner, action, give_input
-from fsmtrain import log as logmod
 from fsmtrain.log import BARRIER_KINDS, CHECKPOINT_EVERY
 from fsmtrain.runner import retry, stop
 from tests.machines import counter, gated
@@ -51,14 +51,14 @@ def barriers(commits: list[tuple[str, bool]]) -> list[int]:
 def fsyncs(monkeypatch):
     """The fsyncs of the log's own files (not of the witness file beside its checkpoints)."""
     calls = []
-    real = logmod.os.fsync
+    real = os.fsync
 
     def fsync(fd):
         if not os.readlink(f"/proc/self/fd/{fd}").endswith(("witness.jsonl", ".artifacts")):
             calls.append(fd)
         return real(fd)
 
-    monkeypatch.setattr(logmod.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
     return calls
 
 
@@ -77,7 +77,7 @@ class TestWhichCommitsAreBarriers:
 
     def test_the_first_commit_after_barrier_seconds_is_a_barrier(self, log_path, monkeypatch):
         clock = {"now": 1000.0}
-        monkeypatch.setattr(logmod.time, "monotonic", lambda: clock["now"])
+        monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
         log = EventLog(log_path, barrier_seconds=5)
         traced = Traced(log)
         r = Runner.start(counter(20), log=log)

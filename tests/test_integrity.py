@@ -16,10 +16,10 @@ import pytest
 from fsmtrain import EventLog, Runner, give_input
 from fsmtrain.errors import CorruptLog, LogKeyError
 from fsmtrain.log import key_id
+from fsmtrain.log.witness import Witness
 from fsmtrain.replay import fork
 from fsmtrain.runner import retry, stop
 from fsmtrain.state import dumps, loads
-from fsmtrain.witness import Witness
 from tests.conftest import ROOT, file_digest, forge
 from tests.machines import counter, gated
 

@@ -253,9 +253,9 @@ def worker_init(parent: int, threads: int) -> None:
     _INHERITED.append(_OPENED)  # kept referenced: closing an inherited SQLite connection could checkpoint
     _OPENED = {}                # the parent's log under its feet
     from .. import locks
-    from .. import log as log_module
+    from ..log.files import _OPEN
 
-    log_module._OPEN.clear()
+    _OPEN.clear()
     with locks._GUARD:  # the parent's run locks are the parent's (record locks are not inherited)
         for fd, _ in locks._HELD.values():
             try:

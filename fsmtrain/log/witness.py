@@ -144,3 +144,4 @@ def _parse(data: bytes) -> Iterator[tuple[str, int, int, str]]:
 
 
 _CACHE: dict[str, tuple[int, int, dict[str, dict[int, tuple[int, str]]]]] = {}
+
