@@ -1,6 +1,7 @@
 """Engine speed: per-step cost in memory and durable, against the raw SQLite floor; fold and listing.
 
-    python benchmarks/engine.py            # full sizes (20,000 steps, 1,000,000 events, 10,000 runs)
+    python benchmarks/engine.py            # full sizes (20,000 steps, 1,000,000 events, 10,000 runs,
+                                           # 10**3..10**6 steps that append to a history)
     python benchmarks/engine.py --quick    # tiny sizes, to check that it runs
 
 Every ratio is against a baseline measured in the same run.  The last line is
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -55,6 +57,45 @@ def per_step_us(steps: int, log: EventLog | None) -> float:
     elapsed = time.perf_counter() - t
     assert r.status == "finished" and r.steps == steps + 1, (r.status, r.steps)
     return elapsed / r.steps * 1e6
+
+
+@action(reads=["n"], writes=["n", "loss"])
+def tick(state):
+    n = state["n"] + 1
+    return {"n": n, "loss": append(1.0 / n)}
+
+
+def appending_machine() -> Machine:
+    done = Condition(lambda s: s["n"] >= s["limit"], keys=["n", "limit"], name="n>=limit")
+    return Machine("appending", [tick, stop], [("tick", "stop", done), ("tick", "tick", default)],
+                   entry="tick", terminal=["stop"])
+
+
+def appending(tmp: Path, steps: int) -> tuple[float, float, float, int]:
+    """A run whose one action appends a float to a history every step (a per-step loss curve), on a log with
+    ``durability="none"``: microseconds per step, log bytes per step, seconds to resume it at its end (open
+    the log, fold the state, position the runner), and how many events carry a snapshot."""
+    path = tmp / f"appending-{steps}.db"
+    log = EventLog(path, durability="none")
+    r = Runner.start(appending_machine(), log=log, state={"n": 0, "limit": steps, "loss": []})
+    t = time.perf_counter()
+    r.run(max_steps=steps - 1)
+    per_step = (time.perf_counter() - t) / (steps - 1) * 1e6
+    run_id = r.run_id
+    snapshots = log.conn.execute("SELECT count(*) FROM events WHERE run_id = ? AND snapshot IS NOT NULL",
+                                 (run_id,)).fetchone()[0]
+    log.close()
+    size = sum(f.stat().st_size for f in tmp.glob(f"appending-{steps}.db*") if f.is_file())
+    t = time.perf_counter()
+    with EventLog(path, durability="none") as again:
+        resumed = Runner.resume(appending_machine(), again, run_id)
+        assert len(resumed.state["loss"]) == steps - 1
+        resume_s = time.perf_counter() - t
+        resumed.run()
+        assert resumed.status == "finished" and len(resumed.state["loss"]) == steps
+    for f in tmp.glob(f"appending-{steps}.db*"):
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+    return per_step, size / steps, resume_s, snapshots
 
 
 def durable_us(tmp: Path, steps: int, durability: str, chunks: int = 20, busy_us: float = 0.0) -> tuple[float, float, float]:
@@ -158,6 +199,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     args = ap.parse_args()
     steps, durable_steps, fold_n, runs_n = (2000, 300, 5000, 200) if args.quick else (40000, 20000, 1_000_000, 10_000)
+    appending_sizes = (2000, 10_000) if args.quick else (2000, 1000, 10_000, 100_000, 1_000_000)
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -186,6 +228,22 @@ def main() -> None:
                 print(f"  floor + {python_us:.1f} us of busy Python per step: {busy:8.2f} us   "
                       f"ratio {ours / busy:5.2f}x (how much of the gap is the cost of doing Python between fsyncs)")
                 figures["floor_full_busy_us"] = busy
+
+        base_us = base_bytes = 0.0
+        for n in appending_sizes:
+            us, nbytes, resume_s, snaps = appending(tmp, n)
+            if n == appending_sizes[0]:
+                base_us, base_bytes = us, nbytes
+                verdict = "(the baseline)"
+            else:
+                ok = us <= 1.5 * base_us and nbytes <= 2 * base_bytes and resume_s <= 2.0
+                verdict = (f"{us / base_us:4.2f}x the time, {nbytes / base_bytes:4.2f}x the bytes of {appending_sizes[0]:,} "
+                           f"steps; target <= 1.5x, <= 2x, resume <= 2 s: {'met' if ok else 'NOT met'}")
+            print(f"appending {n:>9,} steps: {us:7.2f} us/step {nbytes:8.1f} B/step, resume {resume_s:6.3f} s, "
+                  f"{snaps} snapshot(s)   {verdict}")
+            figures[f"append_{n}_us"] = us
+            figures[f"append_{n}_bytes"] = nbytes
+            figures[f"append_{n}_resume_s"] = resume_s
 
         run_id = build_long_run(tmp / "long.db", fold_n)
         with EventLog(tmp / "long.db", readonly=True) as log:

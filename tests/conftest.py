@@ -16,6 +16,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so `tests.machines` imports in-process and in subprocesses
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the long batteries (tests marked slow): random SIGKILLs, power-loss images, "
+                          "distributed kills, the command-line fuzzer, the browser, the benchmarks' quick runs")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without ``--run-slow`` the tests marked ``slow`` are deselected (``python -m pytest`` is the quick suite)."""
+    if config.getoption("--run-slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+
+
 @pytest.fixture
 def log_path(tmp_path: Path) -> Path:
     """Path of a fresh (not yet created) log file."""
