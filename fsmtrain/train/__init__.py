@@ -19,8 +19,9 @@ with warnings.catch_warnings():  # torch without NumPy warns on import; NumPy is
 
 from .actions import accuracy, checkpoint, evaluate, export_best, finish, train_epoch, train_steps
 from .checkpoints import load_checkpoint, save_checkpoint, seed_everything, weights_sha256
+from .loop import training_machine
 from .resources import Resources, batches, epoch_order, epoch_seed, sample_seed
-from .trainer import Trainer, training_machine
+from .trainer import Trainer
 
 __all__ = [
     "Resources",

@@ -22,8 +22,9 @@ import torch
 from ..log import EventLog
 from ..state import State
 from ..stopping import early_stopping, max_epochs, setting
+from .loop import training_machine
 from .resources import Resources
-from .trainer import Trainer, training_machine
+from .trainer import Trainer
 
 __all__ = ["CONFIG", "build", "gated_machine", "gated_trainer", "load_digits", "machine", "trainer"]
 
