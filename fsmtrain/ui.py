@@ -33,7 +33,8 @@ from .errors import EventNotFound, FsmtrainError, LogBusy, RunNotFound
 from .log import MAX_ID, EventLog
 from .logview import clip
 from .markup import Markup, h
-from .pages import ID, Csv, Pages, Request
+from .pages import Csv, Pages, Request
+from .pages.layout import ID
 from .plot import graph_svg
 from .state import dumps
 
