@@ -289,7 +289,7 @@ class UI:
 
     # -- the one write ----------------------------------------------------------------------------------------
     def _post_input(self, req: BaseHTTPRequestHandler, run_id: int) -> Response:
-        from .runner import give_text_input
+        from .answers import give_text_input
 
         text = (req.headers.get("Content-Length") or "0").strip()
         if not re.fullmatch(r"[0-9]{1,9}", text):
