@@ -3,25 +3,24 @@
 ``Runner.start`` begins a run, ``Runner.resume`` continues one from the log,
 ``step`` runs one action, ``run``/``iterate`` run until a halt: a terminal action
 ran, an action needs input it was not given (the run is then *waiting*), or an
-explicit ``halt_before``/``halt_after``.  See ``spec/engine.md``.
+explicit ``halt_before``/``halt_after``.  See ``spec/engine.md``.  What a runner
+knows of its run and records (position, lock, waiting and failed events) is in
+:mod:`fsmtrain.runcore`; how processes of a distributed run stay in lockstep, in
+:mod:`fsmtrain.lockstep`; answering a run from outside (``give_input``, ``decide``,
+``retry``, ``stop``...), in :mod:`fsmtrain.answers`, re-exported here.
 """
 
 from __future__ import annotations
 
-import getpass
-import hashlib
-import math
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, NoReturn, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
-import attrs
-
-from .actions import Input, validate_inputs
+from .actions import validate_inputs
+from .answers import _who, decide, give_input, give_text_input, retry, stop, summary
 from .errors import (
-    ActionFailed,
     FsmtrainError,
     InvalidInput,
     MachineMismatch,
@@ -32,32 +31,16 @@ from .errors import (
     WriteConflict,
     environmental,
 )
-from .hooks import HookBus
 from .locks import RunLock
+from .lockstep import Sync, step_digest
 from .log import ENDED, Event, EventLog
 from .machine import Machine
 from .replay import active_time, decode_updates, encode_updates, position, state_at
-from .state import Encoded, State, dumps
+from .runcore import Halt, RunCore
+from .state import State, dumps
 
 __all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "Sync", "decide", "give_input", "give_text_input", "retry",
            "stop", "summary"]
-
-class Sync(Protocol):
-    """How the runners of one run on several processes (``torch.distributed`` ranks) stay one run.
-
-    Every process runs the same machine over the same state; one, the *writer*, has the log.
-    ``agree(value)`` gives every process the writer's value; ``tick(now, digest)`` is called once
-    per step by every process, gives every process the writer's clock, and checks that every
-    process's digest of the previous step (its updates and decision) is the same, raising when
-    one diverged.  ``fsmtrain.train.distributed`` implements it on ``torch.distributed``.
-    """
-
-    @property
-    def writer(self) -> bool: ...
-
-    def agree(self, value: Any) -> Any: ...
-
-    def tick(self, now: float, digest: str) -> float: ...
 
 
 Restore = Callable[["Runner"], "Mapping[str, Any] | None"]
@@ -84,59 +67,18 @@ class Redo(NamedTuple):
     mismatches: list[str]
 
 
-@attrs.frozen
-class Halt:
-    """Why ``run`` returned: ``finished``, ``failed``, ``stopped``/``pruned`` (ended from outside), ``waiting``,
-    ``halt_before``, ``halt_after`` or ``max_steps``."""
-
-    reason: str
-    action: str | None
-    state: State
-    steps: int
-
-
-class Runner:
+class Runner(RunCore):
     """Drives one run of a machine.  Create it with :meth:`start` or :meth:`resume`."""
 
     def __init__(self, machine: Machine, *, log: EventLog | None, run_id: int | None, state: State,
                  next_action: str | None, hooks: Iterable[Any] = (), resources: Any = None,
                  restore: Restore | None = None, max_attempts: int = 3, snapshot_every: int = 100,
                  max_interruptions: int | None = None, sync: Sync | None = None) -> None:
-        for name, value in (("max_attempts", max_attempts), ("snapshot_every", snapshot_every),
-                            ("max_interruptions", 1 if max_interruptions is None else max_interruptions)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        self.machine = machine
-        self.log = log
-        self.run_id = run_id
-        self.resources = resources
+        super().__init__(machine, log=log, run_id=run_id, state=state, next_action=next_action, hooks=hooks,
+                         resources=resources, max_attempts=max_attempts, snapshot_every=snapshot_every,
+                         max_interruptions=max_interruptions, sync=sync)
         self.restore = restore
         self._restore_due = False
-        self.max_attempts = max_attempts
-        self.max_interruptions = max_interruptions
-        self.snapshot_every = snapshot_every
-        self._lock: RunLock | None = None
-        self._interrupted = 0
-        self.sync = sync
-        self._digest = ""  # (with sync) a chain of the steps' updates and decisions, compared across processes
-        self.hooks = HookBus(hooks)
-        if log is not None:  # external hooks wait until what they report is durable
-            self.hooks.durable = lambda: log.durable
-        self._state = state
-        self._next = next_action
-        self._seq = 1
-        self._hash: str | None = None  # hash of event _seq when this runner knows it (saves a read per append)
-        self._step = 0
-        self._status = "running" if next_action is not None else "finished"
-        self._pending: dict[str, Any] = {}
-        self._attempts = 0
-        self._resume_info: dict[str, Any] | None = None
-        self._halt: Halt | None = None
-        self._decisions: dict[tuple[str, str | None], Encoded] = {}
-        # Active time (see replay.active_time): the sum of the durations of step, error and
-        # failed events, each measured from the event before it.  _t is the last event's time.
-        self._t = time.time()
-        self._active = 0.0
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -294,31 +236,6 @@ class Runner:
                 return cls.resume(machine, log, info.id, **kwargs)
         return None
 
-    # -- properties -----------------------------------------------------------------
-    @property
-    def state(self) -> State:
-        return self._state
-
-    @property
-    def next_action(self) -> str | None:
-        """The action the next step will run (None once finished)."""
-        return self._next
-
-    @property
-    def status(self) -> str:
-        """running, waiting, finished or failed."""
-        return self._status
-
-    @property
-    def steps(self) -> int:
-        """Steps committed so far in this run."""
-        return self._step
-
-    @property
-    def seq(self) -> int:
-        """Sequence number of the run's last event this runner wrote or read."""
-        return self._seq
-
     # -- stepping -------------------------------------------------------------------
     def step(self, inputs: Mapping[str, Any] | None = None) -> StepResult | None:
         """Run the next action once; None when the run waits for input it was not given (or was stopped
@@ -418,8 +335,7 @@ class Runner:
             break
         step = self._step + 1
         if self.sync is not None:
-            self._digest = hashlib.sha256(f"{self._digest}|{step}|{name}|{target}|{cond}|{reason}|".encode()
-                                          + dumps(encode_updates(updates)).encode()).hexdigest()[:16]
+            self._digest = step_digest(self._digest, step, name, target, cond, reason, updates)
         if self.log is not None:  # the commit (the hot path: one call, no **fields)
             assert self.run_id is not None
             try:
@@ -541,316 +457,11 @@ class Runner:
             self.hooks.emit("restore", run_id=self.run_id, state=self._state, note=out)
         return out
 
-    # -- the run's lock ---------------------------------------------------------------
-    def close(self) -> None:
-        """Give up the run's lock (also when the run ends or waits); the runner can step again later.
-        What external hooks still hold is delivered after a barrier."""
-        try:
-            if self.hooks.held:
-                self.barrier()
-        finally:
-            self._unlock()
-
     def __enter__(self) -> Runner:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _unlock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-
-    def _relock(self) -> None:
-        """Take the lock again (after a wait or ``close``) and catch up with what others wrote meanwhile:
-        input for the gate this run waits at is taken in; a stop ends it; anything else is a conflict."""
-        assert self._lock is not None and self.log is not None and self.run_id is not None
-        if not self._lock.acquire():
-            raise self._lock.busy()
-        for ev in self.log.events(self.run_id, start=self._seq + 1):
-            if ev.kind == "input" and self._status == "waiting":
-                self._pending.update(ev.inputs or {})
-                self._status, self._attempts, self._interrupted = "running", 0, 0
-            elif ev.kind in ("stopped", "pruned"):
-                self._status = ev.kind
-            else:
-                self._lock.release()
-                raise WriteConflict(f"run {self.run_id} moved on in the log (event {ev.seq}: {ev.kind}) since this "
-                                    "runner last saw it; resume it afresh to continue from the log")
-            self._seq, self._hash, self._t = ev.seq, ev.hash, ev.time
-        if self._status in ENDED:
-            self._unlock()
-
-    def _ended_from_outside(self) -> bool:
-        """After a conflict at a commit: was the run stopped (or pruned) from outside meanwhile?"""
-        assert self.log is not None and self.run_id is not None
-        last = self.log.last_event(self.run_id)
-        if last.kind not in ("stopped", "pruned"):
-            return False
-        self._status = last.kind
-        self._seq, self._hash = last.seq, last.hash
-        self._unlock()
-        if self.hooks:
-            self.hooks.emit("run_end", run_id=self.run_id, state=self._state, status=last.kind)
-        return True
-
-    # -- internals ------------------------------------------------------------------
-    def _names(self, names: Iterable[str]) -> frozenset[str]:
-        out = frozenset([names] if isinstance(names, str) else names)
-        for n in out:
-            self.machine.action(n)  # raises UnknownAction with the list of actions
-        return out
-
-    def _stop(self, reason: str, action: str | None, n: int) -> None:
-        self._halt = Halt(reason, action, self._state, n)
-        if self.hooks.held:  # the caller gets control back: what external hooks still hold goes out now
-            self.barrier()
-
-    def barrier(self) -> None:
-        """Make every step committed so far durable now (see ``EventLog.barrier``), and deliver what
-        external hooks held until then."""
-        if self.log is not None:
-            self.log.barrier()
-        self.hooks.release()
-
-    def _append(self, **fields: Any) -> Event | None:
-        now = time.time()
-        if fields["kind"] in ("error", "failed"):  # a failed attempt's time counts as active time
-            self._active += now - self._t
-            self._state = self._state.with_elapsed(self._active)
-        self._t = now
-        if self.log is None:
-            return None
-        assert self.run_id is not None
-        ev = self.log.append(self.run_id, self._seq, prev_hash=self._hash, time=now, **fields)
-        self._seq, self._hash = ev.seq, ev.hash
-        return ev
-
-    def _decision(self, cond: str, reason: str | None) -> Encoded:
-        """The JSON of a transition decision; cached, since most steps repeat a few decisions."""
-        key = (cond, reason)
-        text = self._decisions.get(key)
-        if text is None:
-            if len(self._decisions) > 512:
-                self._decisions.clear()
-            text = self._decisions[key] = Encoded(dumps({"condition": cond, "reason": reason}))
-        return text
-
-    def _write_resume_event(self) -> None:
-        if self._resume_info is not None:
-            info, self._resume_info = self._resume_info, None
-            # The resume event records this process's attempt at the due action, so a
-            # crash loop is counted even though crashes themselves write nothing.
-            self._append(kind="resume", step=self._step, action=self._next, attempt=self._attempts + 1, info=info)
-
-    def _wait(self, name: str, specs: tuple[Input, ...], missing: list[Input]) -> None:
-        if self._status == "waiting":
-            return
-        needs = [s.to_json() for s in specs]
-        self._append(kind="waiting", step=self._step, action=name,
-                     info={"needs": needs, "missing": [m.name for m in missing], "summary": summary(self._state)})
-        self._status = "waiting"
-        self._resume_info = None
-        self._unlock()  # a person answers, then any process (a worker) may continue it
-        if self.hooks:
-            self.hooks.emit("waiting", run_id=self.run_id, action=name, needs=needs, state=self._state)
-
-    def _failed(self, name: str, attempt: int, cause: BaseException) -> NoReturn:
-        """The `failed` event is committed: mark the run failed, tell the hooks, raise."""
-        self._status = "failed"
-        self._unlock()
-        if self.hooks:
-            self.hooks.emit("run_end", run_id=self.run_id, state=self._state, status="failed")
-        raise ActionFailed(f"action `{name}` of run {self.run_id} failed on attempt {attempt}/{self.max_attempts}; "
-                           f"the run is marked failed: {type(cause).__name__}: {cause}") from cause
-
-
-def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str | None = None,
-               comment: str | None = None) -> Event:
-    """Record input for a waiting run, validated against what its gate declared.
-
-    Invalid input, or a run that is not waiting, raises before anything is
-    written.  The first valid answer wins: a later one is refused with a message
-    naming it.  ``by`` (default: ``$FSMTRAIN_USER``, else the login name) and the
-    time are recorded; so is ``comment``, when given.
-    """
-    info = log.run(run_id)
-    if info.status != "waiting":
-        first = _answer(log, run_id)
-        why = f"run {run_id} is {info.status}, not waiting for input"
-        if first is not None:
-            why += f"; {first}; the first decision wins"
-        raise RunNotRunnable(why)
-    log.check_run(run_id)
-    last = log.last_event(run_id)
-    specs = [Input.from_json(d) for d in last.info["needs"]]
-    checked, missing = validate_inputs(specs, dict(values), last.action or "?")
-    if missing:
-        names = ", ".join(m.name for m in missing)
-        raise InvalidInput(f"run {run_id} needs input {names} for `{last.action}`; give every required input")
-    note = _note(by, comment, "comment")
-    return log.append(run_id, last.seq, kind="input", step=last.step, action=last.action, inputs=checked, info=note)
-
-
-def retry(log: EventLog, run_id: int, *, by: str | None = None, comment: str | None = None) -> Event:
-    """Continue a failed run deliberately: record who retried it and when (a ``retry`` event).
-
-    The run is ``running`` again, from its last committed step, with its attempts
-    counted afresh; a worker, ``Trainer.fit`` or ``Runner.resume`` then continues it.
-    A run that is not failed is refused, and nothing is written.
-    """
-    info = log.run(run_id)
-    if info.status != "failed":
-        raise RunNotRunnable(f"run {run_id} is {info.status}, not failed; only a failed run can be retried")
-    log.check_run(run_id)
-    last = log.last_event(run_id)
-    return log.append(run_id, last.seq, kind="retry", step=last.step, action=last.action,
-                      info=_note(by, comment, "comment"))
-
-
-STOP_KINDS = ("stopped", "pruned")
-
-
-def stop(log: EventLog, run_id: int, *, reason: str, by: str | None = None, kind: str = "stopped",
-         details: Mapping[str, Any] | None = None) -> Event:
-    """End a run from outside, for good: a person (``fsmtrain stop``) or a study's scheduler (``kind="pruned"``).
-
-    Records who, when and why (a ``stopped`` or ``pruned`` event, with ``details`` such as
-    a scheduler's rung and value).  No worker continues the run afterwards; a process
-    driving it stops at its next commit (that step is not recorded).  A run that has
-    already ended is refused, and nothing is written.
-    """
-    if kind not in STOP_KINDS:
-        raise InvalidInput(f"kind must be one of {', '.join(STOP_KINDS)}, got {kind!r}")
-    if not isinstance(reason, str) or not reason.strip():
-        raise InvalidInput("give a reason for stopping the run (it is recorded)")
-    info = log.run(run_id)
-    if info.status in ENDED:
-        raise RunNotRunnable(f"run {run_id} is {info.status} already; there is nothing to stop")
-    log.check_run(run_id)
-    last = log.last_event(run_id)
-    note = _note(by, reason, "reason")
-    if details:
-        note.update({k: v for k, v in details.items() if k not in note})
-    return log.append(run_id, last.seq, kind=kind, step=last.step, action=info.next, info=note)
-
-
-def _note(by: str | None, text: str | None, key: str) -> dict[str, Any]:
-    """Who and when (and a comment or reason) for an event recording something from outside."""
-    if text is not None and not isinstance(text, str):
-        raise InvalidInput(f"{key} must be a str, got {type(text).__name__}")
-    note: dict[str, Any] = {"by": _who(by), "at": time.time()}
-    if text:
-        note[key] = _utf8(text, key)
-    return note
-
-
-def _utf8(text: str, what: str) -> str:
-    """``text`` if it can be stored (UTF-8 without lone surrogates), else a clear InvalidInput."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InvalidInput(f"{what} holds bytes that are not valid UTF-8 (at character {e.start}); give plain "
-                           "UTF-8 text") from None
-    return text
-
-
-def give_text_input(log: EventLog, run_id: int, texts: Mapping[str, str], *, by: str | None = None,
-                    comment: str | None = None, blank_is_absent: bool = False) -> Event:
-    """:func:`give_input` from text (a command line, a web form): each value is read as the type its gate
-    declares (``Input.parse``), then validated as usual.  ``blank_is_absent`` leaves out an empty optional
-    field (a form sends every field).  Nothing is written unless everything is valid."""
-    info = log.run(run_id)
-    last = log.last_event(run_id)
-    specs = {d["name"]: Input.from_json(d) for d in (last.info or {}).get("needs", [])} \
-        if info.status == "waiting" else {}
-    values: dict[str, Any] = {}
-    for key, text in texts.items():
-        spec = specs.get(key)
-        if blank_is_absent and text == "" and spec is not None and not spec.required:
-            continue
-        if spec is None and info.status == "waiting":
-            raise InvalidInput(f"`{last.action}` of run {run_id} has no input named {key!r} "
-                               f"(its inputs: {', '.join(specs) or 'none'})")
-        values[key] = spec.parse(text, last.action or "?") if spec is not None else text
-    return give_input(log, run_id, values, by=by, comment=comment)
-
-
-APPROVE = ("go", "approve", "approved", "yes", "accept", "ok")
-REJECT = ("no-go", "nogo", "reject", "rejected", "no", "deny")
-
-
-def decide(log: EventLog, run_id: int, approve: bool, *, comment: str | None = None, by: str | None = None,
-           inputs: Mapping[str, Any] | None = None) -> Event:
-    """Approve or reject a run waiting at a gate with a ``decision`` input: ``fsmtrain approve`` / ``reject``.
-
-    The value given is the gate's own word for it (``go``/``no-go``, ``approve``/
-    ``reject``, ``yes``/``no``, or True/False for a bool).  ``comment`` is also
-    given as the gate's ``comment`` input when it declares one.
-    """
-    info = log.run(run_id)
-    last = log.last_event(run_id)
-    if info.status != "waiting":
-        return give_input(log, run_id, {}, by=by)  # raises, naming the first answer if there was one
-    specs = {d["name"]: Input.from_json(d) for d in last.info["needs"]}
-    gate = specs.get("decision")
-    if gate is None:
-        raise InvalidInput(f"run {run_id} waits at `{last.action}`, which has no `decision` input (its inputs: "
-                           f"{', '.join(specs) or 'none'}); give them with `fsmtrain input LOG {run_id} key=value`")
-    words = APPROVE if approve else REJECT
-    if gate.type == "bool":
-        value: Any = approve
-    elif gate.choices is None:
-        value = words[0]
-    else:
-        value = next((c for c in gate.choices if isinstance(c, str) and c.lower() in words), None)
-        if value is None:
-            raise InvalidInput(f"`{last.action}` takes decision in {list(gate.choices)}, none of which means "
-                               f"{'approve' if approve else 'reject'}; give it with "
-                               f"`fsmtrain input LOG {run_id} decision=...`")
-    values = {**(inputs or {}), "decision": value}
-    if comment and "comment" in specs:
-        values["comment"] = comment
-    return give_input(log, run_id, values, by=by, comment=comment)
-
-
-def _answer(log: EventLog, run_id: int) -> str | None:
-    """How the run's last gate was answered: the first input after its last ``waiting`` event."""
-    row = log.conn.execute("SELECT max(seq) FROM events WHERE run_id = ? AND kind = 'waiting'", (run_id,)).fetchone()
-    if row is None or row[0] is None:
-        return None
-    for ev in log.events(run_id, start=row[0] + 1):
-        if ev.inputs:
-            who = ev.info.get("by") if ev.kind == "input" and isinstance(ev.info, dict) else None
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.time))
-            given = ", ".join(f"{k}={v!r}" for k, v in sorted(ev.inputs.items()))
-            return f"its gate `{ev.action}` was answered with {given}" + (f" by {who}" if who else "") + \
-                f" at {when} (event {ev.seq})"
-    return None
-
-
-def summary(state: State) -> dict[str, Any]:
-    """What a person deciding at a gate wants to see: the epoch and each metric's count, last, min and max."""
-    out: dict[str, Any] = {}
-    for k in ("epoch", "steps"):
-        if isinstance(state.get(k), int):
-            out[k] = state[k]
-    metrics: dict[str, Any] = {}
-    for k in sorted(state):
-        v = state[k]
-        if isinstance(v, Sequence) and not isinstance(v, str) and v and len(metrics) < 20 \
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-            finite = [x for x in v if math.isfinite(x)]
-            metrics[k] = {"n": len(v), "last": v[-1], "min": min(finite, default=None), "max": max(finite, default=None)}
-    out["metrics"] = metrics
-    return out
-
-
-def _who(by: str | None) -> str:
-    if by is not None and not isinstance(by, str):
-        raise InvalidInput(f"by must be a str naming who gives the input, got {type(by).__name__}")
-    who = by or os.environ.get("FSMTRAIN_USER") or _user()
-    return _utf8(who, "the user name (by, $FSMTRAIN_USER)")
 
 
 def _changes(log: EventLog, run_id: int, recorded: str, machine: Machine) -> dict[str, Any]:
@@ -873,10 +484,3 @@ def _changes(log: EventLog, run_id: int, recorded: str, machine: Machine) -> dic
 
 def _clip(text: str, width: int = 200) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"

@@ -33,7 +33,8 @@ from .errors import EventNotFound, FsmtrainError, LogBusy, RunNotFound
 from .log import MAX_ID, EventLog
 from .logview import clip
 from .markup import Markup, h
-from .pages import ID, Csv, Pages, Request
+from .pages import Csv, Pages, Request
+from .pages.layout import ID
 from .plot import graph_svg
 from .state import dumps
 
@@ -288,7 +289,7 @@ class UI:
 
     # -- the one write ----------------------------------------------------------------------------------------
     def _post_input(self, req: BaseHTTPRequestHandler, run_id: int) -> Response:
-        from .runner import give_text_input
+        from .answers import give_text_input
 
         text = (req.headers.get("Content-Length") or "0").strip()
         if not re.fullmatch(r"[0-9]{1,9}", text):
