@@ -21,7 +21,11 @@ from .log import ENDED, Event, EventLog
 from .machine import Machine
 from .state import Encoded, State, dumps
 
-__all__ = ["Halt", "RunCore"]
+__all__ = ["EVENT_WEIGHT", "Halt", "RunCore"]
+
+EVENT_WEIGHT = 100
+"""What one event weighs, in characters, beside its updates, when a runner decides whether a snapshot is due: a
+snapshot is written once the events since the last one (their updates' JSON plus this much each) outweigh it."""
 
 
 @attrs.frozen
@@ -71,6 +75,8 @@ class RunCore:
         self._resume_info: dict[str, Any] | None = None
         self._halt: Halt | None = None
         self._decisions: dict[tuple[str, str | None], Encoded] = {}
+        self._snapshot_size = 0  # characters of the run's newest snapshot
+        self._since_snapshot = 0  # weight of the events after it (see EVENT_WEIGHT)
         # Active time (see replay.active_time): the sum of the durations of step, error and
         # failed events, each measured from the event before it.  _t is the last event's time.
         self._t = time.time()

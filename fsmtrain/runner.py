@@ -36,8 +36,8 @@ from .lockstep import Sync, step_digest
 from .log import ENDED, Event, EventLog
 from .machine import Machine
 from .replay import active_time, decode_updates, encode_updates, position, state_at
-from .runcore import Halt, RunCore
-from .state import State, dumps
+from .runcore import EVENT_WEIGHT, Halt, RunCore
+from .state import Encoded, State, dumps
 
 __all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "Sync", "decide", "give_input", "give_text_input", "retry",
            "stop", "summary"]
@@ -104,7 +104,9 @@ class Runner(RunCore):
                     raise run_lock.busy("the run was not created")
                 r._lock = run_lock
 
-            ev = log.create_run(machine.name, machine.fingerprint, snapshot=initial._data,
+            snapshot = Encoded(dumps(initial._data))
+            r._snapshot_size = len(snapshot)
+            ev = log.create_run(machine.name, machine.fingerprint, snapshot=snapshot,
                                 next_action=machine.entry, tags=tags, info={"machine": machine.describe()},
                                 on_id=take if lock else None)
             r.run_id, r._seq, r._hash, r._t = ev.run_id, ev.seq, ev.hash, ev.time
@@ -182,6 +184,7 @@ class Runner(RunCore):
         r._seq, r._step, r._status = pos.seq, pos.step, pos.status
         r._pending, r._attempts, r._interrupted = dict(pos.pending_inputs), pos.attempts, pos.interrupted
         r._active, r._t = active_time(log, run_id)
+        r._snapshot_size, r._since_snapshot = log.snapshot_weight(run_id, EVENT_WEIGHT)
         r._state = pos.state.with_elapsed(r._active)
         r._restore_due = restore is not None and pos.status in ("running", "waiting")
         if pos.status == "running":
@@ -338,18 +341,28 @@ class Runner(RunCore):
             self._digest = step_digest(self._digest, step, name, target, cond, reason, updates)
         if self.log is not None:  # the commit (the hot path: one call, no **fields)
             assert self.run_id is not None
+            logged = encode_updates(updates)
+            text = None if logged is None else Encoded(dumps(logged))
+            # A snapshot at most every `snapshot_every` steps (and at the end), and only once the events since the
+            # last one outweigh it: snapshots then cost O(1) per step amortised, whatever the state holds, and a
+            # resume folds at most about one snapshot's worth of events.
+            self._since_snapshot += EVENT_WEIGHT + (len(text) if text is not None else 0)
+            snapshot = None
+            if (target is None or step % self.snapshot_every == 0) and self._since_snapshot >= self._snapshot_size:
+                snapshot = Encoded(dumps(new_state._data))
             try:
                 ev = self.log.append(
                     self.run_id, self._seq, kind="step", step=step, action=name, attempt=attempt,
-                    inputs=values or None, updates=encode_updates(updates), next_action=target,
+                    inputs=values or None, updates=text, next_action=target,
                     info=None if cond is None else self._decision(cond, reason), prev_hash=self._hash,
-                    snapshot=new_state._data if (target is None or step % self.snapshot_every == 0) else None,
-                    time=now, barrier=act.barrier)
+                    snapshot=snapshot, time=now, barrier=act.barrier)
             except WriteConflict:
                 if self._ended_from_outside():
                     return None
                 raise
             self._seq, self._hash = ev.seq, ev.hash
+            if snapshot is not None:
+                self._snapshot_size, self._since_snapshot = len(snapshot), 0
         self._active, self._t = elapsed, now
         self._state, self._next, self._step = new_state, target, step
         self._pending, self._attempts = {}, 0

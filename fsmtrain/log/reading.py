@@ -102,3 +102,15 @@ class _Reading(_Opening):
             params.append(_clamp(upto))
         for (text,) in self.conn.execute(sql + " ORDER BY seq", params):
             yield text
+
+    def snapshot_weight(self, run_id: int, per_event: int) -> tuple[int, int]:
+        """The length of the run's newest snapshot (characters of its JSON) and the weight of the events after
+        it: the characters of their updates plus ``per_event`` for each (what a runner weighs snapshots by)."""
+        _check_id(run_id, self.path)
+        row = self.conn.execute("SELECT seq, length(snapshot) FROM events WHERE run_id = ? AND snapshot IS NOT NULL "
+                                "ORDER BY seq DESC LIMIT 1", (run_id,)).fetchone()
+        if row is None:
+            return 0, 0
+        n, chars = self.conn.execute("SELECT count(*), coalesce(sum(length(updates)), 0) FROM events "
+                                     "WHERE run_id = ? AND seq > ?", (run_id, row[0])).fetchone()
+        return int(row[1] or 0), int(chars) + per_event * int(n)

@@ -21,7 +21,7 @@ from ..errors import (
     WriteConflict,
     environmental,
 )
-from ..state import dumps
+from ..state import Encoded, dumps
 from .files import _rollback, _sidecar
 from .hashing import _chain_key, event_hash, run_hash
 from .opening import _Opening
@@ -177,7 +177,7 @@ class _Writing(_Opening):
             raise err from e
         self._committed(c, full)
 
-    def create_run(self, machine: str, fingerprint: str, *, snapshot: Mapping[str, Any], next_action: str,
+    def create_run(self, machine: str, fingerprint: str, *, snapshot: Mapping[str, Any] | Encoded, next_action: str,
                    tags: Mapping[str, Any] | None = None, parent: tuple[int, int] | None = None,
                    info: Mapping[str, Any] | None = None, run_id: int | None = None,
                    created: float | None = None, on_id: Any = None, barrier: bool | None = None) -> Event:
@@ -226,7 +226,7 @@ class _Writing(_Opening):
 
     def append(self, run_id: int, expected_seq: int, *, kind: str, step: int, action: str | None = None,
                attempt: int | None = None, inputs: Mapping[str, Any] | None = None, updates: Any = None,
-               next_action: str | None = None, info: Any = None, snapshot: Mapping[str, Any] | None = None,
+               next_action: str | None = None, info: Any = None, snapshot: Mapping[str, Any] | Encoded | None = None,
                error: str | None = None, prev_hash: str | None = None, time: float | None = None,
                barrier: bool | None = None) -> Event:
         """Append one event as one transaction.
