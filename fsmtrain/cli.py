@@ -1149,7 +1149,7 @@ def doctor(log_path: Path | None) -> None:
     import platform
     from importlib import metadata
 
-    from . import __version__
+    from ._version import __version__
     from .log import _filesystem_of
 
     def version(pkg: str) -> str:
