@@ -24,6 +24,8 @@ from .errors import CorruptLog, FsmtrainError, InvalidDefinition, RunNotRunnable
 from .log import ENDED, MAX_ID, Event, EventLog, RunInfo
 from .replay import state_at
 from .state import dumps, thaw
+from .table import safe
+from .table import table as _table
 
 RUN_ID = click.IntRange(1, MAX_ID)
 """A run id on the command line: a whole number SQLite can hold (larger ones are refused cleanly)."""
@@ -136,31 +138,11 @@ def _short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7f, 0xa0)) if c not in (0x09, 0x0A)}
-
-
-def safe(text: str) -> str:
-    """Text from a log as a terminal may show it: control characters (escape sequences that would
-    retitle the terminal, move the cursor or hide text) are written as ``\\xNN``; lone surrogates
-    (bytes that were not UTF-8) as ``\\udcNN``."""
-    out = text.translate(_CONTROL)
-    try:
-        out.encode("utf-8")
-    except UnicodeEncodeError:
-        out = out.encode("utf-8", "backslashreplace").decode("utf-8")
-    return out
 
 
 def echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
     """``click.echo`` for anything that may hold text from a log (see :func:`safe`)."""
     click.echo(safe(text), err=err, nl=nl)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[safe(str(c)).replace("\n", "\\n") for c in headers]] + \
-        [[("" if c is None else safe(str(c)).replace("\n", "\\n")) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
 def _run_json(r: RunInfo) -> dict[str, Any]:
