@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from ._interrupt import early
 from .errors import CorruptLog, FsmtrainError, InvalidDefinition, RunNotRunnable
 from .log import ENDED, MAX_ID, Event, EventLog, RunInfo
 from .replay import state_at
@@ -57,12 +58,6 @@ FINITE_POSITIVE = Finite(0, low_open=True)
 _KEPT = "fsmtrain.kept"
 
 
-def _early_interrupt() -> Any:
-    from ._entry import _early
-
-    return _early
-
-
 def kept(what: str) -> None:
     """Say what a command has committed so far: an interrupt (Ctrl-C) then reports it instead of 'nothing'."""
     ctx = click.get_current_context(silent=True)
@@ -73,7 +68,7 @@ def kept(what: str) -> None:
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            if signal.getsignal(signal.SIGINT) is _early_interrupt():
+            if signal.getsignal(signal.SIGINT) is early:
                 signal.signal(signal.SIGINT, signal.default_int_handler)  # the command answers Ctrl-C from here
         except ValueError:  # not the main thread
             pass
