@@ -9,7 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE_MODULES = sorted(f"fsmtrain.{p.stem}" for p in (ROOT / "fsmtrain").glob("*.py")
-                        if p.stem not in ("__init__", "__main__")) + ["fsmtrain"]
+                        if p.stem not in ("__init__", "__main__")) + ["fsmtrain"] \
+    + sorted(f"fsmtrain.cli.{p.stem}" for p in (ROOT / "fsmtrain" / "cli").glob("*.py")
+             if p.stem not in ("__init__", "__main__")) + ["fsmtrain.cli"]
 
 
 @pytest.mark.parametrize("module", ENGINE_MODULES)
