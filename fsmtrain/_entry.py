@@ -7,20 +7,14 @@ written, and that is what an interrupt says.
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 
-
-def _early(signum: int, frame: object) -> None:
-    sys.stderr.write("\ninterrupted: nothing was written\n")
-    sys.stderr.flush()
-    os._exit(130)
+from ._interrupt import early
 
 
 def main() -> None:
     try:
-        signal.signal(signal.SIGINT, _early)
+        signal.signal(signal.SIGINT, early)
     except ValueError:  # not the main thread
         pass
     from .cli import main as cli

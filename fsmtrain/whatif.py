@@ -25,6 +25,7 @@ from .errors import InvalidInput, MetricNotRecorded, RunNotFound
 from .log import EventLog
 from .state import Seq, State, freeze, loads, loads_plain
 from .stopping import MetricCondition, _better
+from .table import table
 
 __all__ = ["Outcome", "RunRecord", "WhatIf", "epoch_states", "whatif"]
 
@@ -118,8 +119,6 @@ class WhatIf:
 
     def to_text(self, *, rows: bool = True) -> str:
         """Side-by-side tables: per run (unless ``rows=False``), then a summary when several runs are compared."""
-        from .cli import _table
-
         out: list[str] = []
         by_run: dict[int, list[Outcome]] = {}
         for r in self.rows:
@@ -132,7 +131,7 @@ class WhatIf:
                     stop = f"stopped by {run.reason}" if run.reason else f"{run.status}, no stop decision recorded"
                 out.append(f"run {run.run_id} ({run.machine}): {run.epochs} {self.counter}s, {stop}; "
                            f"best {self.metric} {_v(run.best)} at {self.counter} {run.best_epoch}")
-                out.append(_indent(_table(
+                out.append(_indent(table(
                     ["condition", f"stops at {self.counter}", f"best {self.metric} by then", "saved", "reason"],
                     [[o.condition, "-" if o.stopped_at is None else o.stopped_at,
                       f"{_v(o.best_by_then)} ({self.counter} {o.best_epoch_by_then})"
@@ -141,7 +140,7 @@ class WhatIf:
                 out.append("")
         if len(self.runs) > 1 or not rows:
             out.append(f"summary over {len(self.runs)} run(s), {self.metric} ({self.mode}):")
-            out.append(_indent(_table(
+            out.append(_indent(table(
                 ["condition", "fired in", f"{self.counter}s saved", "best kept in", f"mean gap to best {self.metric}"],
                 [[s.condition, f"{s.fired}/{s.runs}",
                   f"{s.epochs_saved}/{s.epochs_run} ({100 * s.epochs_saved / max(1, s.epochs_run):.0f}%)",
