@@ -29,6 +29,9 @@ from .records import _INSERT, BARRIER_KINDS, CHECKPOINT_EVERY, EVENT_KINDS, MAC,
 from .witness import Witness
 
 _now = time.time  # (append's `time` argument shadows the module)
+time_ = time  # (the module, where append's `time` argument shadows it)
+_new_event = tuple.__new__  # (an Event from a tuple without the namedtuple's Python-level __new__)
+_UNKNOWN = object()
 
 
 class _Writing(_Opening):
@@ -249,15 +252,24 @@ class _Writing(_Opening):
             self._writable()
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
-        texts = (None if inputs is None else dumps(inputs), None if updates is None else dumps(updates),
-                 None if info is None else dumps(info), None if snapshot is None else dumps(snapshot))
-        full = self._full(kind, next_action, barrier)
-        mac = self._run_key(run_id)
+        # (the hot path of every step: what a runner passes pre-encoded is taken as it is)
+        inputs_text = None if inputs is None else dumps(inputs)
+        updates_text = None if updates is None else updates if type(updates) is Encoded else dumps(updates)
+        info_text = None if info is None else info if type(info) is Encoded else dumps(info)
+        snapshot_text = None if snapshot is None else snapshot if type(snapshot) is Encoded else dumps(snapshot)
+        durability = self.durability
+        if durability == "barrier":  # (see _full)
+            full = bool(barrier or kind in BARRIER_KINDS or (kind == "step" and next_action is None)
+                        or self.commits - self.synced >= self.barrier_every - 1
+                        or time_.monotonic() - self._last_barrier >= self.barrier_seconds)
+        else:
+            full = durability == "step"
+        mac = None if self._keyed.get(run_id, _UNKNOWN) is None else self._run_key(run_id)
         c = self._rw
         one = prev_hash is not None and c is not None and self.schema_version == SCHEMA_VERSION
         if one:  # the hot path: a single INSERT is its own (atomic) transaction
             assert c is not None
-            if full and self.durability == "barrier":
+            if full and durability == "barrier":
                 try:
                     c.execute("PRAGMA synchronous=FULL")
                 except sqlite3.OperationalError as e:
@@ -275,11 +287,11 @@ class _Writing(_Opening):
                 prev_hash = row[1]
             t = _now() if time is None else time
             seq = expected_seq + 1
-            h = event_hash(prev_hash, run_id, seq, step, t, kind, action, attempt, texts[0], texts[1],
-                           next_action, texts[2], texts[3], error, mac)
+            h = event_hash(prev_hash, run_id, seq, step, t, kind, action, attempt, inputs_text, updates_text,
+                           next_action, info_text, snapshot_text, error, mac)
             try:
-                c.execute(_INSERT, (run_id, seq, step, t, kind, action, attempt, texts[0], texts[1], next_action,
-                                    texts[2], texts[3], error, prev_hash, h))
+                c.execute(_INSERT, (run_id, seq, step, t, kind, action, attempt, inputs_text, updates_text, next_action,
+                                    info_text, snapshot_text, error, prev_hash, h))
             except sqlite3.IntegrityError as e:
                 if "gapless" in str(e) or "UNIQUE" in str(e):
                     raise self._conflict(run_id, expected_seq) from None
@@ -294,12 +306,17 @@ class _Writing(_Opening):
                 raise
             raise err from e
         self._heads[run_id] = (seq, h)
-        if full and (kind in BARRIER_KINDS or next_action is None):
-            self._witness_due = True
-            self._witness_sync = self._witness_sync or kind in BARRIER_KINDS
-        self._committed(c, full)
-        return Event(run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info, snapshot,
-                     error, prev_hash, h)
+        self.commits += 1
+        if full:
+            if kind in BARRIER_KINDS or next_action is None:
+                self._witness_due = True
+                self._witness_sync = self._witness_sync or kind in BARRIER_KINDS
+            self._settle(c, full)
+            self._synced(c)
+        elif durability == "none":  # (see _committed)
+            self._synced(c)
+        return _new_event(Event, (run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info,
+                                  snapshot, error, prev_hash, h))
 
     def _run_key(self, run_id: int) -> bytes | None:
         """The key the run's chain is hashed with (``None``: plain SHA-256); refuses a keyed run without its key."""
