@@ -144,6 +144,28 @@ def fsm_run(data, batch: int, epochs: int, log: Path, checkpoint: bool, durabili
     return elapsed / epochs, sha
 
 
+def overhead_split(data, epochs: int, rounds: int, tmp: Path) -> tuple[float, float, dict[int, float]]:
+    """fsmtrain's time over the raw loop's, split into a part per epoch and a part per batch: both are run at two
+    batch sizes (so with two numbers of batches per epoch) and the overhead fitted as ``a + b * batches``.
+    Returns (ms per epoch, us per batch, {batch size: overhead ratio})."""
+    sizes = (256, 64)
+    over: dict[int, list[float]] = {b: [] for b in sizes}
+    ratio: dict[int, list[float]] = {b: [] for b in sizes}
+    for i in range(rounds):
+        for b in sizes:
+            raw_s, sha = raw_run(data, b, epochs, None)
+            fsm_s, fsha = fsm_run(data, b, epochs, tmp / f"split{b}-{i}.db", checkpoint=False)
+            assert sha == fsha
+            over[b].append(fsm_s - raw_s)
+            ratio[b].append(fsm_s / raw_s)
+    n = len(data[0])
+    batches = {b: -(-n // b) for b in sizes}
+    o = {b: statistics.median(v) for b, v in over.items()}
+    per_batch = (o[sizes[1]] - o[sizes[0]]) / (batches[sizes[1]] - batches[sizes[0]])
+    per_epoch = o[sizes[0]] - per_batch * batches[sizes[0]]
+    return per_epoch * 1e3, per_batch * 1e6, {b: statistics.median(v) for b, v in ratio.items()}
+
+
 def raw_chunked(data, batch: int, epochs: int, every: int, ckpt_dir: Path | None) -> tuple[float, str]:
     """The raw loop, saving an atomic checkpoint every ``every`` optimizer steps and at each epoch's end."""
     x, y, xv, yv = data
@@ -277,6 +299,7 @@ def main() -> None:
                                      durability="barrier" if "default" in name else "step", hooks=name.endswith("hooks"))
                 assert sha == sha_raw, f"{name} and the raw loop did different work"
                 times[name].append(s)
+        split_epoch_ms, split_batch_us, split_ratios = overhead_split(data, epochs, max(1, rounds), tmp)
         io_raw, io_raw_nodir, io_fsm = checkpoint_io_ms(tmp, data, batch, 5 if args.quick else 100)
         # below the epoch: chunks of ~10 ms and ~50 ms of compute
         big = make_data(n * 5)
@@ -311,6 +334,8 @@ def main() -> None:
     print(f"{n}x64 data, 64-32-10 MLP, batch {batch}, Adam, {epochs} epochs, 1 thread, median of {rounds} rounds")
     line("fsmtrain (default durability policy) vs raw loop", med["fsm_default"], med["raw"], 1.03)
     line("  same, durability=step (an fsync per commit)", med["fsm"], med["raw"], 1.03)
+    print(f"  the overhead over the raw loop, fitted at batch 256 ({split_ratios[256]:.3f}x) and 64 "
+          f"({split_ratios[64]:.3f}x): {split_epoch_ms:.3f} ms per epoch + {split_batch_us:.2f} us per batch")
     line("  + Progress, JSONL and CSV hooks vs none", med["fsm_default_hooks"], med["fsm_default"], 1.01)
     line("fsmtrain + checkpoint each epoch vs raw + save", med["fsm_default_ckpt"], med["raw_ckpt"], 1.03)
     line("  same, durability=step", med["fsm_ckpt"], med["raw_ckpt"], 1.03)
@@ -330,6 +355,7 @@ def main() -> None:
                "fsm_default_ckpt_epoch_s": med["fsm_default_ckpt"],
                "fsm_default_hooks_epoch_s": med["fsm_default_hooks"],
                "hooks_ratio": med["fsm_default_hooks"] / med["fsm_default"], "raw_ckpt_io_ms": io_raw,
+               "overhead_per_epoch_ms": split_epoch_ms, "overhead_per_batch_us": split_batch_us,
                "raw_ckpt_io_nodirsync_ms": io_raw_nodir,
                "fsm_ckpt_io_ms": io_fsm, "fsm_ratio": med["fsm"] / med["raw"],
                "fsm_ckpt_ratio": med["fsm_ckpt"] / med["raw_ckpt"], "ckpt_io_ratio": io_fsm / io_raw,
