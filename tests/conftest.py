@@ -24,6 +24,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Without ``--run-slow`` the tests marked ``slow`` are deselected (``python -m pytest`` is the quick suite)."""
+    for item in items:  # the browser tests (headless Chromium) are a long battery too
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     if config.getoption("--run-slow"):
         return
     slow = [item for item in items if item.get_closest_marker("slow") is not None]

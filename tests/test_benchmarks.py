@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # (a long battery: run with --run-slow)
+
 FIGURES = {
     "engine.py": ("memory_us", "full_us", "default_us", "floor_full_us", "floor_normal_us", "fold_1m_s", "list_10k_s",
                   "append_10_us", "append_10k_us", "floor_full_busy_us"),

@@ -184,6 +184,7 @@ class TestPerSampleRandomness:
 
 @pytest.mark.parametrize("mode", [["--chunk", "3"], ["--chunk", "2", "--precision", "bf16"],
                                   ["--chunk", "4", "--accumulate", "2"]])
+@pytest.mark.slow
 def test_the_demo_survives_random_kills_mid_epoch_bit_identically(tmp_path, mode):
     """Random SIGKILLs (after observed progress) in chunked, bf16 and accumulating runs: same result; the cursor
     never goes back in the committed history; work redone after a kill never exceeds one chunk."""

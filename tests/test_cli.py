@@ -206,6 +206,7 @@ def test_doctor_reports_versions_and_the_log(counter_log):
     assert "sqlite       " in r.output and "schema v2, journal wal, 1 run(s)" in r.output
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_demo_says_how_to_resume(tmp_path):
     """SIGINT mid-run: exit 130, a one-line hint, no traceback; the same command then resumes."""
     import signal

@@ -21,7 +21,8 @@ from tests.test_crash import events_in, kill_until_done
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
-              pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]
+              pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL"),
+              pytest.mark.slow]  # (several processes each: a long battery)
 
 DEMO = [sys.executable, "-m", "fsmtrain", "demo", "--nproc", "2", "--epochs", "3", "--patience", "100", "--chunk", "4",
         "--json"]

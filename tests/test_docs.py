@@ -25,6 +25,7 @@ def test_readme_python_blocks_run(tmp_path, code):
         assert p.stdout.splitlines()[1].startswith("finished 0.333")
 
 
+@pytest.mark.slow
 def test_readme_commands_run_in_order(tmp_path):
     """The demo, then every `fsmtrain ...` line of the README's bash blocks, exit 0."""
     commands = [line.split("#")[0].strip() for block in blocks("bash") for line in block.splitlines()]

@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from fsmtrain import EventLog
 from tests.conftest import ROOT
 
@@ -26,6 +28,7 @@ def test_gated_counter_waits_then_takes_a_decision(tmp_path):
         assert lg.verify() == [] and [r.status for r in lg.runs()] == ["finished"]
 
 
+@pytest.mark.slow
 def test_train_classifier_trains_and_a_rerun_reports_the_same_run(tmp_path):
     script = ROOT / "examples" / "train_classifier.py"
     args = [sys.executable, str(script), "max_epochs=3", f"log={tmp_path / 't.db'}"]
@@ -60,6 +63,7 @@ def test_custom_condition_example_tests_pass_and_whatif_can_use_the_condition(tm
     assert row["stopped_at"] == 10 and row["condition"] == "relative_plateau(val_loss, window=3, fraction=0.01)"
 
 
+@pytest.mark.slow
 def test_gated_training_retrains_with_the_reviewers_learning_rate_then_a_worker_exports(tmp_path):
     """The commands of the script's header, as written, from a copy of the repository's root."""
     shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__", "*.db*"))

@@ -64,6 +64,7 @@ DEMO = [sys.executable, "-m", "fsmtrain", "demo", "--epochs", "3", "--patience",
 
 
 class TestKilledIsNotFailed:
+    @pytest.mark.slow
     def test_killed_right_after_every_resume_the_demo_still_finishes_identically(self, tmp_path):
         """Five SIGKILLs inside the same step (each just after its process resumed) do not fail the run."""
         ref = subprocess.run(DEMO + ["--log", str(tmp_path / "ref.db")], cwd=ROOT, capture_output=True, text=True,

@@ -92,6 +92,7 @@ class TestHostileArguments:
         err = clean(fsm("plot", tmp_path / "c.db", "--run", "1", "--metric", "history", "-o", "/missing/dir/x.svg"), 2)
         assert "folder /missing/dir does not exist" in err
 
+    @pytest.mark.slow
     def test_a_target_is_checked_before_anything_is_called(self, tmp_path):
         """`os:system`-like targets are refused unrun, and a function taking a log gets a throwaway one."""
         (tmp_path / "targets.py").write_text(
@@ -154,6 +155,7 @@ class TestForgedLogs:
         assert {k: v for k, v in digests(tmp_path).items() if not k.startswith("out")} == before
 
 
+@pytest.mark.slow
 class TestInterrupts:
     def test_ctrl_c_during_approve_says_truthfully_what_was_kept(self, tmp_path):
         """SIGINT at random moments: never a traceback; the message and the log agree on whether it was recorded."""

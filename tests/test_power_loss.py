@@ -26,6 +26,8 @@ from tests.conftest import ROOT
 from tests.machines.powerloss import MACHINE, copy_log, summary
 from tests.machines.training import tiny_build
 
+pytestmark = pytest.mark.slow  # (a long battery: run with --run-slow)
+
 
 def canonical(value) -> str:
     return json.dumps(value, default=str, sort_keys=True)

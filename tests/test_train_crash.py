@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 from tests.machines.train_kill import CONFIG
 from tests.test_crash import history, kill_until_done
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+pytestmark = [pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL"), pytest.mark.slow]
 
 STEPS = CONFIG["max_epochs"] * 3 + 1  # train_steps (a whole epoch), evaluate, checkpoint per epoch, then finish
 POINTS = [("before", n) for n in range(1, STEPS + 1)] + [("after", n) for n in range(1, STEPS)] + \

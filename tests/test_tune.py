@@ -200,6 +200,7 @@ class TestStudies:
         assert [(r["params"], r["best"], r["epochs"]) for r in detached] == \
             [(r["params"], r["best"], r["epochs"]) for r in attached]
 
+    @pytest.mark.slow
     def test_the_same_study_on_dask_gives_the_same_result(self, tmp_path):
         distributed = pytest.importorskip("distributed", reason="dask.distributed is the optional `tune` extra")
         settings = dict(n_trials=4, max_concurrent=2, seed=3, config={"max_epochs": 2})
@@ -228,6 +229,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_a_study_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path):
     script = tmp_path / "study.py"
     script.write_text(STUDY_SCRIPT)

@@ -833,6 +833,7 @@ def test_start_up_errors_are_clear(tmp_path, log_file):
     assert p.returncode == 2 and f"port {busy} on 127.0.0.1 is in use" in p.stderr
 
 
+@pytest.mark.slow
 def test_the_benchmark_prints_its_figures():
     """`benchmarks/ui.py --quick` runs and ends with one JSON line of positive figures (timings are not asserted)."""
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ui.py"), "--quick"], capture_output=True, text=True,

@@ -117,6 +117,7 @@ class TestOnePass:
                 parse_duration(bad)
 
 
+@pytest.mark.slow
 class TestRealProcesses:
     def test_demo_gate_approve_worker_exports_the_best_model(self, tmp_path):
         """train -> waiting -> process exits -> approve (another process) -> worker --once -> finished, exported."""
