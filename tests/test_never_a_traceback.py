@@ -165,10 +165,15 @@ class TestInterrupts:
             path = tmp_path / f"w{i}.db"
             with EventLog(path) as log:
                 Runner.start(gated(), log=log).run()
-            p = subprocess.Popen([sys.executable, "-m", "fsmtrain", "approve", str(path), "1"], cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
-            time.sleep(rng.uniform(0.05, 0.6))
+            # The command as its entry point runs it, once the interpreter is up and the entry's Ctrl-C handler is
+            # in place (a SIGINT inside Python's own start-up is Python's, not ours): then at a random moment.
+            code = ("import signal, sys; from fsmtrain._interrupt import early; signal.signal(signal.SIGINT, early); "
+                    "print('ready', flush=True); from fsmtrain._entry import main; "
+                    f"sys.argv = ['fsmtrain', 'approve', {str(path)!r}, '1']; main()")
+            p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.0, 0.5))
             p.send_signal(signal.SIGINT)
             out, err = p.communicate(timeout=60)
             assert "Traceback" not in err + out, err
