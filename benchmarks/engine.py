@@ -149,6 +149,42 @@ def durable_us(tmp: Path, steps: int, durability: str, chunks: int = 20, busy_us
     return ours_s / n * 1e6, floor_s / n * 1e6, busy_s / n * 1e6
 
 
+def row_us(tmp: Path, steps: int, chunks: int = 20) -> tuple[float, float]:
+    """What SQLite alone charges: the floor (BEGIN/INSERT/COMMIT of a 300-byte row into a 3-column table) and one
+    committed INSERT of a step-shaped row into a real log's events table (its triggers and indexes in place,
+    ``synchronous=NORMAL``, no Python of fsmtrain's), in alternating chunks."""
+    from fsmtrain.log.records import _INSERT
+
+    conn = sqlite3.connect(tmp / "rowfloor.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE t (run_id INTEGER, seq INTEGER, payload TEXT, PRIMARY KEY (run_id, seq))")
+    log = EventLog(tmp / "rowours.db", durability="none")
+    ev = log.create_run("bench", "f" * 64, snapshot={"n": 0}, next_action="inc")
+    c = log._rw
+    assert c is not None
+    c.execute("PRAGMA synchronous=NORMAL")
+    h = "ab" * 32
+    info = '{"condition":"default","reason":"n>=limit is false"}'
+    per, seq, floor_s, ours_s = steps // chunks, ev.seq, 0.0, 0.0
+    for _ in range(chunks):
+        t = time.perf_counter()
+        for i in range(seq, seq + per):
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO t VALUES (1, ?, ?)", (i, "x" * 300))
+            conn.execute("COMMIT")
+        floor_s += time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(seq + 1, seq + per + 1):
+            c.execute(_INSERT, (ev.run_id, i, i, 1.5, "step", "inc", 1, None, '{"set":{"n":1}}', "check", info, None,
+                                None, h, h))
+        ours_s += time.perf_counter() - t
+        seq += per
+    conn.close()
+    log.close()
+    return floor_s / (per * chunks) * 1e6, ours_s / (per * chunks) * 1e6
+
+
 def build_long_run(path: Path, events: int) -> int:
     """One run of ``events`` step events (no snapshots after the start), written in one transaction."""
     with EventLog(path, durability="none") as log:
@@ -222,6 +258,12 @@ def main() -> None:
             figures[floor_key] = floor
             if durability == "barrier":
                 python_us = max(ours - floor, 0.0)
+                floor2, row = row_us(tmp, durable_steps)
+                print(f"  where the gap goes: the engine's row alone (SQLite, no Python) {row:6.2f} us against this "
+                      f"floor's {floor2:6.2f} us ({row / floor2:4.2f}x); the in-memory step {memory:5.2f} us; so the "
+                      f"least a step can cost is {(row + memory) / floor2:4.2f}x the floor, and the log's own Python is "
+                      f"about {max(ours / floor * floor2 - row - memory, 0.0):5.2f} us")
+                figures.update(row_floor_us=floor2, row_us=row)
                 print(f"  against a peer's SQLite persister (956 us/step, measured by the issue's author on this VM, "
                       f"not re-run here): {956 / ours:5.1f}x faster (target >= 3)")
             else:
@@ -236,9 +278,10 @@ def main() -> None:
                 base_us, base_bytes = us, nbytes
                 verdict = "(the baseline)"
             else:
-                ok = us <= 1.5 * base_us and nbytes <= 2 * base_bytes and resume_s <= 2.0
-                verdict = (f"{us / base_us:4.2f}x the time, {nbytes / base_bytes:4.2f}x the bytes of {appending_sizes[0]:,} "
-                           f"steps; target <= 1.5x, <= 2x, resume <= 2 s: {'met' if ok else 'NOT met'}")
+                verdict = f"{us / base_us:4.2f}x the time, {nbytes / base_bytes:4.2f}x the bytes of {appending_sizes[0]:,} steps"
+                if n == 100_000:
+                    ok = us <= 1.5 * base_us and nbytes <= 2 * base_bytes and resume_s <= 2.0
+                    verdict += f"; target <= 1.5x, <= 2x, resume <= 2 s: {'met' if ok else 'NOT met'}"
             print(f"appending {n:>9,} steps: {us:7.2f} us/step {nbytes:8.1f} B/step, resume {resume_s:6.3f} s, "
                   f"{snaps} snapshot(s)   {verdict}")
             figures[f"append_{n}_us"] = us
