@@ -182,6 +182,14 @@ class StorageError(FsmtrainError, OSError):
     exit_code = 1
 
 
+class PeerLost(FsmtrainError, RuntimeError):
+    """Another process of a distributed run died or hung (a collective failed or timed out): an interruption, like
+    a killed process, never a failed attempt.  Nothing of the step was committed; this process exits non-zero so
+    that ``torchrun`` restarts the group, which resumes the run."""
+
+    exit_code = 1
+
+
 # --- telling the environment's failures from the action's ----------------------------
 
 _ENV_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",

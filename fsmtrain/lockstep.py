@@ -21,7 +21,8 @@ class Sync(Protocol):
     ``agree(value)`` gives every process the writer's value; ``tick(now, digest)`` is called once
     per step by every process, gives every process the writer's clock, and checks that every
     process's digest of the previous step (its updates and decision) is the same, raising when
-    one diverged.  ``fsmtrain.train.distributed`` implements it on ``torch.distributed``.
+    one diverged.  ``lost(error)`` tells an error caused by another process's death (a collective
+    that failed or timed out) from one the action raised.  ``fsmtrain.train.distributed`` implements it on ``torch.distributed``.
     """
 
     @property
@@ -30,6 +31,10 @@ class Sync(Protocol):
     def agree(self, value: Any) -> Any: ...
 
     def tick(self, now: float, digest: str) -> float: ...
+
+    def lost(self, error: BaseException) -> str | None:
+        """Why ``error`` means that another process died or hung (then the step is an interruption, not a failed
+        attempt), or None when it is the action's own."""
 
 
 def step_digest(digest: str, step: int, name: str, target: str | None, cond: str | None, reason: str | None,

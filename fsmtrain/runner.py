@@ -24,6 +24,7 @@ from .errors import (
     FsmtrainError,
     InvalidInput,
     MachineMismatch,
+    PeerLost,
     RestoreFailed,
     RunNotRunnable,
     StorageError,
@@ -323,6 +324,11 @@ class Runner(RunCore):
                     raise StorageError(f"run {self.run_id} stopped while `{name}` ran: {env}. Nothing of this step "
                                        "was committed and the run stays resumable: fix the cause and run it again "
                                        "(the same command continues it)") from e
+                lost = self.sync.lost(e) if self.sync is not None else None
+                if lost:  # another process died or hung: an interruption, like a kill, never a failed attempt
+                    raise PeerLost(f"run {self.run_id} stopped while `{name}` ran: {lost}. Nothing of this step was "
+                                   "committed and it is not counted as a failed attempt; torchrun restarts the group, "
+                                   "which resumes the run (or run the same command again)") from e
                 self._attempts = attempt
                 final = attempt >= self.max_attempts
                 err = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-8000:]

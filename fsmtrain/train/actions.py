@@ -225,7 +225,8 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
         rank, world = r.shard()  # each rank evaluates its share; the sums are added over the ranks
         with torch.no_grad():
             for *inputs, targets in batches(shard(r.val_data, rank, world), r.batch_size * 4, device=r.device,
-                                            num_workers=r.num_workers, collate_fn=r.collate_fn):
+                                            num_workers=r.num_workers, collate_fn=r.collate_fn,
+                                            worker_init_fn=r.worker_init_fn):
                 with r.autocast():
                     out = model(*inputs)
                     batch_loss = loss_fn(out, targets)

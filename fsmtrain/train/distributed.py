@@ -24,6 +24,7 @@ import ctypes
 import datetime
 import io
 import os
+import pickle
 import signal
 import socket
 import struct
@@ -35,25 +36,13 @@ import torch.distributed as dist
 
 from ..errors import FsmtrainError, ResourceError
 from ..launch import launch_command
+from .lifetime import die_with_parent
 
-__all__ = ["Distributed", "RankDiverged", "launch_command"]
+__all__ = ["Distributed", "RankDiverged", "launch_command", "peer_lost"]
 
 
 class RankDiverged(FsmtrainError, RuntimeError):
     """The processes of one run no longer agree on its state: training stopped before anything diverged was written."""
-
-
-def _exit_with_parent() -> None:
-    """torchrun's worker dies with torchrun (its own session would otherwise outlive a killed launcher)."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the launcher was gone before the call took effect
-        os._exit(1)
 
 
 class Distributed:
@@ -75,7 +64,7 @@ class Distributed:
                                 "start the script with `torchrun --nproc-per-node N script.py` (or "
                                 "`python -m torch.distributed.run ...`)")
         if not dist.is_initialized():
-            _exit_with_parent()
+            die_with_parent()  # torchrun's worker dies with torchrun (its own session would outlive it)
             backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
             if backend == "nccl":
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -116,14 +105,13 @@ class Distributed:
 
     # -- collectives ------------------------------------------------------------------------
     def agree(self, value: Any) -> Any:
-        """The writer's ``value``, on every rank."""
-        box = [value if self.writer else None]
-        dist.broadcast_object_list(box, src=self.writer_rank)
-        return box[0]
+        """The writer's ``value``, on every rank (pickled bytes in a uint8 tensor: no NumPy needed)."""
+        data = self.broadcast_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) if self.writer else None)
+        return value if self.writer else pickle.loads(data)
 
     def all_gather_ints(self, values: list[int]) -> list[list[int]]:
-        t = torch.tensor(values, dtype=torch.int64)
-        out = torch.empty(self.world * len(values), dtype=torch.int64)
+        t = torch.tensor(values, dtype=torch.int64, device=self.device)
+        out = torch.empty(self.world * len(values), dtype=torch.int64, device=self.device)
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # (renamed in torch 2.13)
         gather(out, t)
         return out.view(self.world, len(values)).tolist()
@@ -143,27 +131,44 @@ class Distributed:
         self.stopping = any(row[1] for row in rows)
         return float(struct.unpack("<d", struct.pack("<q", rows[self.writer_rank][0]))[0])
 
+    def lost(self, error: BaseException) -> str | None:
+        """Why ``error`` comes from another rank's death or hang (a collective that failed, was reset or timed out),
+        or None when the action raised it on a healthy group (see :func:`peer_lost`)."""
+        return peer_lost(error)
+
     def all_sum(self, values: list[float]) -> list[float]:
         """Sums over the ranks, in float64: the same bits on every rank."""
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return [float(v) for v in t.tolist()]
 
     def gather(self, obj: Any) -> list[Any] | None:
-        """Every rank's ``obj`` on the writer (in rank order); None elsewhere."""
-        out: list[Any] | None = [None] * self.world if self.writer else None
-        dist.gather_object(obj, out, dst=self.writer_rank)
-        return out
+        """Every rank's ``obj`` on the writer (in rank order); None elsewhere (pickled bytes in uint8 tensors, padded
+        to the longest: no NumPy needed)."""
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        sizes = [row[0] for row in self.all_gather_ints([len(data)])]
+        buf = torch.zeros(max(sizes), dtype=torch.uint8)
+        buf[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        buf = buf.to(self.device)
+        out = [torch.empty_like(buf) for _ in range(self.world)] if self.writer else None
+        dist.gather(buf, out, dst=self.writer_rank)
+        if out is None:
+            return None
+        return [pickle.loads(_bytes_of(t.cpu(), n)) for t, n in zip(out, sizes, strict=True)]
 
     def broadcast_bytes(self, data: bytes | None) -> bytes:
-        """The writer's bytes on every rank (a checkpoint file: other nodes need no shared disk)."""
-        size = torch.tensor([len(data) if self.writer and data is not None else 0], dtype=torch.int64)
+        """The writer's bytes on every rank (a checkpoint file: other nodes need no shared disk): a length, then a
+        uint8 tensor (no NumPy needed)."""
+        size = torch.tensor([len(data) if self.writer and data is not None else 0], dtype=torch.int64, device=self.device)
         dist.broadcast(size, src=self.writer_rank)
-        buf = torch.empty(int(size.item()), dtype=torch.uint8)
+        n = int(size.item())
         if self.writer and data is not None:
-            buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if n else torch.empty(0, dtype=torch.uint8)
+            buf = buf.to(self.device)
+        else:
+            buf = torch.empty(n, dtype=torch.uint8, device=self.device)
         dist.broadcast(buf, src=self.writer_rank)
-        return bytes(buf.numpy().tobytes()) if not self.writer or data is None else data
+        return data if self.writer and data is not None else _bytes_of(buf.cpu(), n)
 
     def barrier(self) -> None:
         dist.barrier()
@@ -174,6 +179,42 @@ class Distributed:
 
         ids = [self.local_rank] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
+
+
+_PEER_SIGNS = ("connection reset by peer", "connection closed by peer", "connection refused", "broken pipe",
+               "connectfullmesh", "timed out", "timeout", "socket closed", "no route to host",
+               "nccl communicator was aborted", "nccl error", "watchdog", "process group", "unhandled system error")
+
+
+def peer_lost(error: BaseException) -> str | None:
+    """Why ``error`` (or what caused it) is another rank's death or hang, or None.
+
+    torch raises ``DistError`` and its subclasses (``DistBackendError``, ``DistNetworkError``, ``DistStoreError``)
+    for a failed collective, a broken connection and a timeout on every backend; gloo's own errors are plain
+    ``RuntimeError``s whose text names the broken connection (``Connection reset by peer``, ``connectFullMesh``,
+    a timeout).  Both are interruptions: the process exits for torchrun to restart the group.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = error
+    kinds = tuple(k for k in (getattr(dist, "DistError", None), getattr(dist, "DistBackendError", None),
+                              getattr(dist, "DistNetworkError", None), getattr(dist, "DistStoreError", None))
+                  if isinstance(k, type))
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        if kinds and isinstance(e, kinds):
+            return f"another process of the run died or hung ({type(e).__name__}: {text})"
+        if isinstance(e, RuntimeError) and any(s in str(e).lower() for s in _PEER_SIGNS) \
+                and dist.is_available() and dist.is_initialized():
+            return f"another process of the run died or hung ({text})"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _bytes_of(t: torch.Tensor, n: int) -> bytes:
+    """The first ``n`` bytes of a contiguous CPU uint8 tensor, read in one call (no NumPy)."""
+    t = t.contiguous()
+    return ctypes.string_at(t.data_ptr(), n) if n else b""
 
 
 def load_bytes(data: bytes, map_location: Any = None) -> Any:

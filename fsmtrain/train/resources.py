@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..errors import ResourceError
 from .checkpoints import seed_everything
+from .lifetime import loader_worker_init
 
 __all__ = ["PRECISIONS", "Resources", "batches", "epoch_order", "epoch_seed", "sample_seed"]
 
@@ -69,7 +70,8 @@ class Resources:
     ``train_data``/``val_data`` are a tuple of tensors ``(inputs, targets)``, a
     ``TensorDataset`` (both batched by index, fast), or any map-style
     ``Dataset`` (batched by a ``DataLoader`` that fsmtrain makes, with
-    ``num_workers`` and ``collate_fn``).  Not a ``DataLoader``: it would choose the
+    ``num_workers``, ``collate_fn`` and ``worker_init_fn``; its workers die with the
+    training process, then run ``worker_init_fn``).  Not a ``DataLoader``: it would choose the
     data order itself; here the order of epoch ``e`` comes from a generator seeded
     with ``epoch_seed(seed, e)``, never from the global RNG, which is what lets a
     resumed run continue exactly where it stopped.  ``loss_fn(outputs, targets)``
@@ -97,6 +99,7 @@ class Resources:
     grad_clip: float | None = None
     num_workers: int = 0
     collate_fn: Callable[[list[Any]], Any] | None = None
+    worker_init_fn: Callable[[int], None] | None = None
     scheduler_metric: str | None = None
     scheduler_interval: str = "epoch"
     precision: str = attrs.field(default="32", converter=str)
@@ -148,6 +151,8 @@ class Resources:
             out.append(f"loss_fn must be callable, got {type(self.loss_fn).__name__}")
         if self.collate_fn is not None and not callable(self.collate_fn):
             out.append(f"collate_fn must be callable, got {type(self.collate_fn).__name__}")
+        if self.worker_init_fn is not None and not callable(self.worker_init_fn):
+            out.append(f"worker_init_fn must be callable, got {type(self.worker_init_fn).__name__}")
         if self.scheduler_metric is not None and not isinstance(self.scheduler_metric, str):
             out.append(f"scheduler_metric must be a metric's state key, got {self.scheduler_metric!r}")
         if self.scheduler_interval not in ("epoch", "step"):
@@ -202,16 +207,19 @@ def _length(data: Any) -> int:
 
 
 def batches(data: Any, batch_size: int, *, generator: torch.Generator | None = None, device: torch.device | None = None,
-            num_workers: int = 0, collate_fn: Callable[[list[Any]], Any] | None = None) -> Iterator[tuple[Any, ...]]:
-    """Batches of ``data``, shuffled by ``generator`` when one is given, in order otherwise."""
-    host = _host_batches(data, batch_size, generator, num_workers, collate_fn)
+            num_workers: int = 0, collate_fn: Callable[[list[Any]], Any] | None = None,
+            worker_init_fn: Callable[[int], None] | None = None) -> Iterator[tuple[Any, ...]]:
+    """Batches of ``data``, shuffled by ``generator`` when one is given, in order otherwise (a DataLoader's workers
+    die with this process, then run ``worker_init_fn``)."""
+    host = _host_batches(data, batch_size, generator, num_workers, collate_fn, worker_init_fn)
     if device is None or device.type == "cpu":
         return host
     return (tuple(t.to(device, non_blocking=True) for t in batch) for batch in host)
 
 
 def _host_batches(data: Any, batch_size: int, generator: torch.Generator | None,
-                  num_workers: int, collate_fn: Callable[[list[Any]], Any] | None = None) -> Iterator[tuple[Any, ...]]:
+                  num_workers: int, collate_fn: Callable[[list[Any]], Any] | None = None,
+                  worker_init_fn: Callable[[int], None] | None = None) -> Iterator[tuple[Any, ...]]:
     ts = _tensors(data)
     if ts is not None:
         n = len(ts[0])
@@ -228,7 +236,8 @@ def _host_batches(data: Any, batch_size: int, generator: torch.Generator | None,
     # that iterating never consumes the global RNG.
     loader = DataLoader(data, batch_size=batch_size, shuffle=generator is not None,
                         generator=generator if generator is not None else torch.Generator().manual_seed(0),
-                        num_workers=num_workers, collate_fn=collate_fn)
+                        num_workers=num_workers, collate_fn=collate_fn,
+                        worker_init_fn=loader_worker_init(worker_init_fn) if num_workers else None)
     for batch in loader:
         yield tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
@@ -308,7 +317,8 @@ class Feed:
             source = _SeededSamples(data, seed, epoch) if r.seed_samples else data
             g = torch.Generator().manual_seed(epoch_seed(seed, epoch) ^ offset)  # the workers' base seed
             loader = DataLoader(source, batch_size=bs, sampler=mine.tolist(), num_workers=r.num_workers,
-                                collate_fn=r.collate_fn, generator=g)
+                                collate_fn=r.collate_fn, generator=g,
+                                worker_init_fn=loader_worker_init(r.worker_init_fn) if r.num_workers else None)
             self._it = (tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in loader)
         self.device = r.device
 
