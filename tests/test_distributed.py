@@ -164,3 +164,91 @@ def test_a_gate_waits_and_the_worker_continues_the_two_process_run(tmp_path, tag
     with EventLog(tmp_path / "g.db", readonly=True) as log:
         s = state_at(log, 1)
         assert s["decision"] == "go" and s["exported"] is not None and log.verify() == []
+
+
+def _kinds(log) -> dict[str, int]:
+    """How many events of each kind the log holds (0 before it exists)."""
+    if not log.exists() or log.stat().st_size == 0:
+        return {}
+    try:
+        with EventLog(log, readonly=True) as lg:
+            return dict(lg.conn.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
+    except Exception:  # (a log being created)
+        return {}
+
+
+def _rank_pids(tag: str, rank: str, old: set[int]) -> list[int]:
+    return [pid for pid in tagged(tag) if _env_of(pid).get("RANK") == rank and pid not in old
+            and "torch.distributed.run" not in " ".join(_cmdline(pid))]
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [x.decode(errors="replace") for x in f.read().split(b"\0") if x]
+    except OSError:
+        return []
+
+
+# (kills, rank to kill: "0" the writer, "1", or "any", kills inside one step)
+BATTERY = [(1, "1", False), (2, "1", False), (3, "1", False), (1, "0", False), (2, "any", False),
+           (3, "any", False), (3, "1", True), (2, "0", True)]
+
+
+@pytest.mark.parametrize("case", range(len(BATTERY)))
+def test_rank_kills_are_interruptions_and_the_run_ends_identically(tmp_path, tag, case):
+    """SIGKILL one rank 1-3 times at observed progress (or 2-3 times inside one step, each after the restarted
+    group wrote its `resume` event): torchrun restarts the group (the same command is run again if it ran out of
+    restarts), the run ends bit-identical, no kill became an `error` or `failed` event, and `verify` is clean."""
+    kills, which, same_step = BATTERY[case]
+    rng = random.Random(case)
+    ref = tmp_path / "ref.db"
+    want_p = subprocess.run(DEMO + ["--log", str(ref)], cwd=ROOT, capture_output=True, text=True, env=env(tag),
+                            timeout=600)
+    assert want_p.returncode == 0, want_p.stderr[-3000:]
+    want = json.loads(want_p.stdout.splitlines()[-1])
+    log = tmp_path / "k.db"
+    cmd = DEMO + ["--log", str(log), "--delay", "0.2" if same_step else "0.05"]
+    done, killed, seen = None, 0, set()
+    for _attempt in range(8):  # the same command again, as a person or Slurm would, until the run is done
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tag),
+                             start_new_session=True)
+        try:
+            while killed < kills and p.poll() is None:
+                before = _kinds(log)
+                deadline = time.monotonic() + 300
+                if same_step and killed:  # the restarted group is back inside the same step: its resume event
+                    while p.poll() is None and _kinds(log).get("resume", 0) <= before.get("resume", 0):
+                        assert time.monotonic() < deadline, "no resume in 300 s"
+                        time.sleep(0.01)
+                else:  # a new step committed, then a random moment
+                    while p.poll() is None and _kinds(log).get("step", 0) <= before.get("step", 0):
+                        assert time.monotonic() < deadline, "no progress in 300 s"
+                        time.sleep(0.01)
+                    time.sleep(rng.uniform(0, 0.3))
+                rank = which if which != "any" else rng.choice("01")
+                pids = []
+                while p.poll() is None and not pids and time.monotonic() < deadline:
+                    pids = _rank_pids(tag, rank, seen)
+                    time.sleep(0.01)
+                if p.poll() is not None:
+                    break
+                seen.update(pids)
+                os.kill(pids[0], signal.SIGKILL)
+                killed += 1
+            out, err = p.communicate(timeout=600)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.communicate()
+        if p.returncode == 0:
+            done = out
+            break
+    assert done is not None, err[-3000:]
+    assert killed == kills
+    assert json.loads(done.splitlines()[-1]) == want
+    counts = _kinds(log)
+    assert counts.get("error", 0) == 0 and counts.get("failed", 0) == 0, counts
+    with EventLog(log, readonly=True) as lg, EventLog(ref, readonly=True) as rf:
+        assert lg.verify() == []
+        assert state_at(lg, 1).to_json() == state_at(rf, 1).to_json()
