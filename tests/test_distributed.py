@@ -252,3 +252,39 @@ def test_rank_kills_are_interruptions_and_the_run_ends_identically(tmp_path, tag
     with EventLog(log, readonly=True) as lg, EventLog(ref, readonly=True) as rf:
         assert lg.verify() == []
         assert state_at(lg, 1).to_json() == state_at(rf, 1).to_json()
+
+
+def test_a_rank_stopped_while_connecting_makes_the_other_exit_within_the_timeout(tmp_path, tag):
+    """SIGSTOP rank 1 as it starts: rank 0 gives up joining after FSMTRAIN_DIST_TIMEOUT with one line naming it
+    (never hanging), torchrun restarts the group, and the run ends as an uninterrupted one."""
+    want = json.loads(subprocess.run(DEMO + ["--log", str(tmp_path / "ref.db")], cwd=ROOT, capture_output=True,
+                                     text=True, env=env(tag), timeout=600).stdout.splitlines()[-1])
+    log = tmp_path / "hang.db"
+    p = subprocess.Popen(DEMO + ["--log", str(log)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**env(tag), "FSMTRAIN_DIST_TIMEOUT": "6"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        stopped: list[int] = []
+        while not stopped:
+            assert p.poll() is None and time.monotonic() < deadline, "rank 1 never started"
+            stopped = _rank_pids(tag, "1", set())
+            time.sleep(0.005)
+        os.kill(stopped[0], signal.SIGSTOP)
+        rank0 = []
+        while not rank0 and time.monotonic() < deadline:
+            rank0 = _rank_pids(tag, "0", set())
+            time.sleep(0.005)
+        while rank0[0] in tagged(tag):  # rank 0 gives up on its own (its timeout), while rank 1 is still stopped
+            assert time.monotonic() < deadline and p.poll() is None, "rank 0 hung"
+            time.sleep(0.05)
+        assert stopped[0] in tagged(tag) or p.poll() is None
+        out, err = p.communicate(timeout=600)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert "did not all connect within 6 s" in err, err[-3000:]
+    assert p.returncode == 0, err[-3000:]  # torchrun restarted the group, which finished the run
+    assert json.loads(out.splitlines()[-1]) == want
+    with EventLog(log, readonly=True) as lg:
+        assert lg.verify() == []

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import FsmtrainError, ResourceError
+from ..errors import FsmtrainError, PeerLost, ResourceError
 from ..launch import launch_command
 from .lifetime import die_with_parent
 
@@ -50,12 +50,14 @@ class Distributed:
 
     Made from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...);
     joins the default process group if it is not joined yet (``gloo`` on the CPU, ``nccl`` with
-    CUDA), with ``timeout`` seconds for any collective.  The writer is the rank that holds the log:
+    CUDA), with ``timeout`` seconds (default ``$FSMTRAIN_DIST_TIMEOUT``, else 120) for joining it — the store, the
+    connections and a first barrier; a group that does not connect in time raises :class:`~fsmtrain.errors.PeerLost`
+    — and for any collective.  The writer is the rank that holds the log:
     ``writer`` (a rank) if given, else ``$FSMTRAIN_LOG_RANK``, else the lowest rank on the host
     named by ``$FSMTRAIN_LOG_HOST`` (the node that started the job), else rank 0.
     """
 
-    def __init__(self, *, backend: str | None = None, timeout: float = 120.0, writer: int | None = None) -> None:
+    def __init__(self, *, backend: str | None = None, timeout: float | None = None, writer: int | None = None) -> None:
         if not dist.is_available():
             raise ResourceError("torch.distributed is not available in this torch build")
         missing = [k for k in ("RANK", "WORLD_SIZE") if k not in os.environ] if not dist.is_initialized() else []
@@ -63,12 +65,20 @@ class Distributed:
             raise ResourceError(f"distributed=True needs the environment torchrun sets ({', '.join(missing)} missing): "
                                 "start the script with `torchrun --nproc-per-node N script.py` (or "
                                 "`python -m torch.distributed.run ...`)")
+        self.timeout = _timeout(timeout)
         if not dist.is_initialized():
             die_with_parent()  # torchrun's worker dies with torchrun (its own session would outlive it)
             backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
             if backend == "nccl":
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+            try:  # every phase of joining is bounded: the store, the group's connections, a first barrier
+                dist.init_process_group(backend, timeout=datetime.timedelta(seconds=self.timeout))
+                dist.barrier()
+            except Exception as e:
+                raise PeerLost(f"rank {os.environ.get('RANK', '?')}: the {os.environ.get('WORLD_SIZE', '?')} processes "
+                               f"of this run did not all connect within {self.timeout:g} s ({_first_line(e)}); this "
+                               "process stops so that torchrun restarts the group, and the run stays resumable "
+                               "(FSMTRAIN_DIST_TIMEOUT sets the limit)") from None
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -209,6 +219,24 @@ def peer_lost(error: BaseException) -> str | None:
             return f"another process of the run died or hung ({text})"
         e = e.__cause__ or e.__context__
     return None
+
+
+def _timeout(timeout: float | None) -> float:
+    """Seconds any collective, and joining the group, may take: given, else ``$FSMTRAIN_DIST_TIMEOUT``, else 120."""
+    if timeout is None:
+        text = os.environ.get("FSMTRAIN_DIST_TIMEOUT", "").strip()
+        try:
+            timeout = float(text) if text else 120.0
+        except ValueError:
+            raise ResourceError(f"FSMTRAIN_DIST_TIMEOUT must be a number of seconds, got {text!r}") from None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ResourceError(f"the distributed timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 def _bytes_of(t: torch.Tensor, n: int) -> bytes:
