@@ -154,3 +154,62 @@ def test_the_two_process_demo_runs_where_numpy_cannot_be_imported(tmp_path):
     assert subprocess.run([sys.executable, "-m", "fsmtrain", "verify", str(log)], env=env, capture_output=True,
                           cwd=tmp_path).returncode == 0
     assert file_digest(log) == before
+
+
+_PARENT = r"""
+import os, sys, time
+import torch
+from torch.utils.data import Dataset
+from fsmtrain.train.resources import batches
+
+class Slow(Dataset):
+    def __len__(self):
+        return 10_000
+    def __getitem__(self, i):
+        with open(sys.argv[1], "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(600)  # blocked inside a fetch, where DataLoader's own watchdog does not look
+        return torch.tensor([float(i)]), torch.tensor(0)
+
+def mine(worker_id):  # the caller's own worker_init_fn still runs
+    with open(sys.argv[2], "w") as f:
+        f.write(f"worker {worker_id}\n")
+
+for batch in batches(Slow(), 2, num_workers=1, worker_init_fn=mine):
+    pass
+"""
+
+
+def test_a_dataloader_worker_dies_with_its_sigkilled_parent(tmp_path):
+    """The training process is SIGKILLed while its DataLoader worker runs: the worker does not outlive it (it would
+    hold the log, the lock and the witness open); the user's own worker_init_fn ran first."""
+    import os
+    import time
+
+    pids, init = tmp_path / "pids", tmp_path / "init"
+    p = subprocess.Popen([sys.executable, "-c", _PARENT, str(pids), str(init)], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 120
+        while not (pids.exists() and pids.read_text().strip()):  # observed progress: the worker loads samples
+            assert p.poll() is None and time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.01)
+        worker = int(pids.read_text().split()[0])
+        assert worker != p.pid and init.read_text() == "worker 0\n"
+        p.kill()
+        p.wait()
+        while os.path.exists(f"/proc/{worker}") and _state(worker) not in ("Z", None):
+            assert time.monotonic() < deadline, f"DataLoader worker {worker} outlived its parent"
+            time.sleep(0.01)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
