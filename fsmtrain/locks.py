@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -69,7 +70,10 @@ class RunLock:
             self.held = True
             return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # (a lock file is never a symlink, a FIFO or a device)
+            os.close(fd)
+            raise OSError(f"{self.path} is not a regular file; remove it")
         deadline = time.monotonic() + wait
         while True:
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import warnings
 from pathlib import Path
 
@@ -56,7 +57,13 @@ def _inspect(path: Path, *, readonly: bool, create: bool) -> bool:
             raise NotALog(f"cannot create {path}: folder {path.parent} does not exist")
         return True
     try:
-        size = path.stat().st_size
+        st = path.stat()
+    except OSError as e:
+        raise NotALog(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the open, a device would read forever
+        raise NotALog(f"{path} is {_kind_of(st.st_mode)}, not a regular file: not an fsmtrain log; nothing was read")
+    try:
+        size = st.st_size
         with path.open("rb") as f:
             head = f.read(100)
     except OSError as e:
@@ -78,6 +85,33 @@ def _inspect(path: Path, *, readonly: bool, create: bool) -> bool:
         raise NotALog(f"{path} is truncated or damaged: {size} bytes is not a whole number of "
                       f"{page}-byte pages; restore it from a copy")
     return False
+
+
+def _kind_of(mode: int) -> str:
+    """What a file that is not a regular one is, for a message."""
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return what
+    return "a special file"
+
+
+def read_small_regular(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of ``path`` if it is a regular file (or a symlink to one) of at most ``limit`` bytes; OSError or
+    ValueError naming ``what`` otherwise.  Never blocks on a FIFO, never reads a device without end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{what} {path} is {_kind_of(st.st_mode)}, not a regular file")
+        if st.st_size > limit:
+            raise ValueError(f"{what} {path} is {st.st_size} bytes long, more than the {limit} bytes it may hold")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"{what} {path} holds more than the {limit} bytes it may hold")
+    return data
 
 
 def _check_writable(path: Path, new: bool) -> None:

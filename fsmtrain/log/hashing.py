@@ -14,7 +14,11 @@ from typing import Any
 from ..errors import (
     LogKeyError,
 )
+from .files import read_small_regular
 from .records import MAC
+
+KEY_FILE_LIMIT = 4096
+"""The most bytes a key file may hold (a secret is a few dozen)."""
 
 __all__ = ["event_hash", "key_id", "run_hash"]
 
@@ -53,10 +57,12 @@ def _log_key(key: bytes | str | None) -> bytes | None:
         elif os.environ.get("FSMTRAIN_LOG_KEY_FILE"):
             name = os.environ["FSMTRAIN_LOG_KEY_FILE"]
             try:
-                key = Path(name).read_bytes().rstrip(b"\r\n")
+                key = read_small_regular(Path(name), KEY_FILE_LIMIT, "the key file").rstrip(b"\r\n")
             except OSError as e:
                 raise LogKeyError(f"FSMTRAIN_LOG_KEY_FILE names {name!r}, which cannot be read: "
                                  f"{e.strerror or e}") from None
+            except ValueError as e:
+                raise LogKeyError(f"FSMTRAIN_LOG_KEY_FILE: {e}; give a regular file holding the secret") from None
             where = f"the key file {name}"
         else:
             return None

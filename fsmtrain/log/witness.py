@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["NAME", "Witness"]
 
 NAME = "witness.jsonl"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # (the witness is never a symlink to elsewhere)
 
 
 class Witness:
@@ -49,7 +51,12 @@ class Witness:
                 made = not self.path.exists()
                 if made:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | _NOFOLLOW | os.O_NONBLOCK,
+                             0o644)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):  # (never a FIFO, a device, or a symlink's target)
+                    os.close(fd)
+                    raise OSError(f"{self.path} is not a regular file")
+                self._fd = fd
             data = text.encode()
             os.write(self._fd, data)
             self.unsynced = True
@@ -85,7 +92,10 @@ class Witness:
         """Every ``(run, seq, hash)`` the file holds about this log, in order (none when there is no file or it
         cannot be read; lines that are not whole records are skipped: a crash can cut the last one short)."""
         try:
-            data = self.path.read_bytes()
+            if not stat.S_ISREG(os.lstat(self.path).st_mode):
+                return
+            with os.fdopen(os.open(self.path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+                data = f.read()
         except OSError:
             return
         for log, run, seq, h in _parse(data):
@@ -97,14 +107,16 @@ class Witness:
         what was read before is kept and only the lines added since are read (all of it again when the file
         was replaced or shortened)."""
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except OSError:
+            return {}
+        if not stat.S_ISREG(st.st_mode):  # a symlink, a FIFO...: not a witness this library wrote
             return {}
         cached = _CACHE.get(str(self.path))
         if cached is not None and cached[0] == st.st_ino and cached[1] == st.st_size:  # (nothing new)
             return dict(cached[2].get(self.log, {}))
         try:
-            with open(self.path, "rb") as f:
+            with os.fdopen(os.open(self.path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
                 ino = os.fstat(f.fileno()).st_ino
                 cached = _CACHE.get(str(self.path))
                 if cached is None or cached[0] != ino:
