@@ -146,6 +146,8 @@ BAD_CASES = [
     (["replay", "{good}", "--run", "1", "--at", "99"], "run 1 has no event 99 (its events are 1..3)"),
     (["replay", "{good}", "--at", "2"], "--at needs --run"),
     (["replay", "{good}", "--run", "abc"], "'abc' is not a valid integer"),
+    (["replay", "{good}", "--run", "\u0661"], "is not a whole number written with the digits 0-9"),  # (Arabic-Indic 1)
+    (["approve", "{good}", "\uff11"], "is not a whole number written with the digits 0-9"),  # (full-width 1)
 ]
 
 

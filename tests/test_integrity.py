@@ -295,3 +295,15 @@ def test_the_witness_reads_only_what_was_added_and_sees_every_writer(tmp_path):
     one.path.unlink()  # replaced: read afresh
     Witness(tmp_path, "L").record([(3, 1, "c")], sync=True)
     assert Witness(tmp_path, "L").heads() == {3: (1, "c")}
+
+
+def test_a_json_object_with_a_key_twice_is_reported(log_path):
+    """An event whose updates hold one key twice (readers would keep the last; no writer makes it), with the chain
+    recomputed so that every hash matches: verify reports it under code `json`, naming the key."""
+    with EventLog(log_path) as log:
+        Runner.start(counter(3), log=log).run()
+    forge(log_path, 1, 2, "updates", '{"set":{"n":1,"n":5}}')
+    with EventLog(log_path, readonly=True) as log:
+        problems = [(p.code, p.run, p.seq) for p in log.check()]
+        assert ("json", 1, 2) in problems
+        assert any("holds the key 'n' twice" in m for m in log.verify())

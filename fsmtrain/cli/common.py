@@ -24,9 +24,19 @@ __all__ = ["FINITE_POSITIVE", "RUN_ID", "SEQ", "Finite", "_Group", "_existing_lo
            "echo", "kept"]
 
 
-RUN_ID = click.IntRange(1, MAX_ID)
+class _Id(click.IntRange):
+    """A whole number written in ASCII digits (Python's int() also reads other scripts' digits, as in `--run ١`;
+    the page accepts only ASCII, and so does the command line)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.isascii():
+            self.fail(f"{value!r} is not a whole number written with the digits 0-9", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+RUN_ID = _Id(1, MAX_ID)
 """A run id on the command line: a whole number SQLite can hold (larger ones are refused cleanly)."""
-SEQ = click.IntRange(1, MAX_ID)
+SEQ = _Id(1, MAX_ID)
 
 
 class Finite(click.ParamType):  # type: ignore[type-arg]  # (generic only since click 8.2)

@@ -3,6 +3,7 @@ JSON columns, and what the witness saw; ``check_run`` before a writer writes (sp
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -229,6 +230,9 @@ def _json_problem(text: Any, where: str, problems: list[Problem], column: str, r
     except CorruptLog as e:
         problems.append(Problem("json", str(e).replace("; the log was edited outside fsmtrain", ""), run, seq))
         return
+    duplicated = _duplicate_key(text)
+    if duplicated is not None:  # (a reader keeps the last; which one a writer meant is unknown: no writer makes it)
+        problems.append(Problem("json", f"{where} holds the key {duplicated!r} twice in one object", run, seq))
     if not isinstance(value, dict):
         problems.append(Problem("json", f"{where} holds a JSON {type(value).__name__}, not an object", run, seq))
     elif column == "updates":
@@ -237,3 +241,31 @@ def _json_problem(text: Any, where: str, problems: list[Problem], column: str, r
                 or not all(isinstance(v, list) for v in value.get("append", {}).values()):
             problems.append(Problem("json", f'{where} is not of the form {{"set": {{...}}, "append": {{key: '
                                             '[...]}}}}', run, seq))
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Duplicate(k)
+            seen.add(k)
+    return out
+
+
+def _duplicate_key(text: str) -> str | None:
+    """A key that one JSON object of ``text`` holds twice (the first found), or None."""
+    if not isinstance(text, str) or text.count('"') < 4:
+        return None
+    try:
+        json.loads(text, object_pairs_hook=_pairs)
+    except _Duplicate as e:
+        return str(e.args[0])
+    except (ValueError, RecursionError):
+        return None  # (reported as malformed by decode)
+    return None
