@@ -203,6 +203,9 @@ class UI:
         return f"fsmtrain_ui_{self.port}"
 
     def _respond(self, req: BaseHTTPRequestHandler, method: str) -> Response:
+        hosts = req.headers.get_all("Host") or []
+        if len(hosts) > 1:  # (which one a proxy or a browser acted on is unknown: refuse, never pick one)
+            return self._message(400, "Bad request", f"The request names {len(hosts)} Host headers; send one.")
         if not self._host_ok(req.headers.get("Host")):
             return self._message(421, "Wrong host", f"This fsmtrain ui answers only to this machine's loopback "
                                  f"names (http://127.0.0.1:{self.port}/); Host {clip(req.headers.get('Host'), 80)!r} "

@@ -685,6 +685,15 @@ class TestHostsAndTokens:
         code, _, _ = request(s.port, "/", host="", cookie=s.cookie)
         assert code == 421
 
+    def test_two_host_headers_are_refused_even_when_the_first_is_loopback(self, log_file, serve):
+        """A second, foreign Host header after a loopback one: 400, never a page (which one a proxy used is unknown)."""
+        s = serve(log_file)
+        data = (f"GET /?token={s.app.token} HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nHost: evil.example\r\n"
+                "Connection: close\r\n\r\n").encode()
+        assert raw_request(s.port, data) == 400
+        one = f"GET /?token={s.app.token} HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nConnection: close\r\n\r\n"
+        assert raw_request(s.port, one.encode()) in (200, 303)
+
     def test_loopback_host_names_are_served(self, log_file, serve):
         """127.0.0.1, localhost and [::1], with or without the port, are this machine."""
         s = serve(log_file)
