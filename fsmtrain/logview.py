@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -150,7 +151,8 @@ def csv_cell(v: Any) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         return str(v)
     text = clip(v, 10_000)
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    # (a spreadsheet skips leading spaces and reads full-width ＝＋－＠ as their ASCII forms)
+    if text[:1] in ("\t", "\r") or unicodedata.normalize("NFKC", text.lstrip()[:1]) in ("=", "+", "-", "@"):
         text = "'" + text
     if any(c in text for c in ',"\n\r'):
         text = '"' + text.replace('"', '""') + '"'
