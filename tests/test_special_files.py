@@ -32,9 +32,11 @@ class TestAFifoAsTheLog:
                 EventLog(fifo, **kwargs)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["f.db"]
 
-    @pytest.mark.parametrize("args", [["replay", "{log}"], ["verify", "{log}"], ["approve", "{log}", "1"],
-                                      ["worker", "{log}", "--machine", "fsmtrain.train.demo:trainer", "--once"], ["whatif", "{log}", "-c", "max_epochs(3)"],
-                                      ["stop", "{log}", "1", "--reason", "x"]])
+    @pytest.mark.parametrize("args", [
+        ["replay", "{log}"], ["verify", "{log}"], ["approve", "{log}", "1"], ["stop", "{log}", "1", "--reason", "x"],
+        ["worker", "{log}", "--machine", "fsmtrain.train.demo:trainer", "--once"],
+        ["whatif", "{log}", "-c", "max_epochs(3)"],
+    ])
     def test_commands_exit_with_one_line_and_create_nothing(self, tmp_path, args):
         fifo = tmp_path / "f.db"
         os.mkfifo(fifo)
