@@ -156,6 +156,34 @@ def in_chromium(token_url: str, page_url: str) -> dict[str, float]:
     return {"chromium_run_page_s": min(times), "run_page_height_px": height}
 
 
+def concurrent(base: str, cookie: str, paths: list[str], n: int) -> dict[str, float | int]:
+    """``n`` requests at once (one connection each, cycling through ``paths``): how many got an answer, how many a
+    server error, and the p50/p99/max seconds to the whole response."""
+    import concurrent.futures
+    import urllib.error
+    import urllib.request
+
+    def one(i: int) -> tuple[int, float]:
+        req = urllib.request.Request(base + paths[i % len(paths)], headers={"Cookie": cookie})
+        t = time.perf_counter()
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                r.read()
+                status = r.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        except OSError:
+            status = 0  # no answer (refused, reset, timed out)
+        return status, time.perf_counter() - t
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        got = list(pool.map(one, range(n)))
+    times = sorted(s for _, s in got)
+    return {"answered": sum(1 for st, _ in got if st), "server_errors": sum(1 for st, _ in got if st >= 500),
+            "p50_s": times[len(times) // 2], "p99_s": times[min(len(times) - 1, int(len(times) * 0.99))],
+            "max_s": times[-1]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
@@ -197,6 +225,14 @@ def main() -> None:
                     figures[f"{name}_s"], figures[f"{name}_kb"] = s, size / 1000
                 if path == one:
                     figures.update(in_chromium(app.url, f"{base}/run/{rid}"))
+                else:  # the heaviest page (the list of every run) among light ones, 200 at once
+                    import multiprocessing
+
+                    with multiprocessing.get_context("fork").Pool(1) as clients:  # (clients outside the server's GIL)
+                        load = clients.apply(concurrent, (base, cookie, ["/", "/favicon.ico", "/static/ui.css",
+                                                                         f"/run/{n_runs}", "/api/live/runs?since=0"],
+                                                          200))
+                    figures.update({f"load200_{k}": v for k, v in load.items()})
             finally:
                 server.shutdown()
                 server.server_close()
@@ -209,6 +245,13 @@ def main() -> None:
               f"{figures['run_page_height_px']:,} px tall")
     for name in ("run_at_page", "run_oldest_page", "run_smooth_log_page", "run_live_poll", "compare_page"):
         print(f"  {name:22s} {figures[name + '_s'] * 1000:6.1f} ms, {figures[name + '_kb']:6.1f} KB")
+    load_ok = figures["load200_answered"] == 200 and not figures["load200_server_errors"] \
+        and figures["load200_p99_s"] <= 10
+    print(f"200 requests at once on the {n_runs:,}-run log (list, favicon, style, a run, live poll): "
+          f"{figures['load200_answered']} answered, "
+          f"{figures['load200_server_errors']} 5xx, p50 {figures['load200_p50_s']:.2f} s, p99 "
+          f"{figures['load200_p99_s']:.2f} s, max {figures['load200_max_s']:.2f} s  (target: all answered, none 5xx, "
+          f"p99 <= 10 s: {'met' if load_ok else 'NOT met'})")
     print(f"{n_runs:,} runs, first page:        {figures['runs_page_s'] * 1000:6.1f} ms, "
           f"{figures['runs_page_kb']:6.1f} KB  (target <= 200 ms; "
           f"{figures['runs_page_s'] / figures['list_runs_s']:.1f}x EventLog.runs(): {figures['list_runs_s'] * 1000:.1f} ms)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import queue
 import re
 import secrets
 import socket
@@ -39,6 +40,11 @@ from .plot import graph_svg
 from .state import dumps
 
 __all__ = ["UI", "graph_svg", "is_loopback"]
+
+LISTEN_BACKLOG = 512
+"""Connections the kernel queues before the server accepts them."""
+POOL_THREADS = 16
+"""Requests served at once (each waits at most ``Handler.timeout`` for a slow client)."""
 
 MAX_FORM = 100_000
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -119,7 +125,31 @@ class UI:
                 ui._handle(self, "POST")
 
         class Server(ThreadingHTTPServer):
+            """Connections wait in a deep listen queue and are served by a bounded pool of threads (the standard
+            library's backlog of 5 drops connections under load, and its one thread per connection has no bound)."""
+
             address_family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+            request_queue_size = LISTEN_BACKLOG
+
+            def server_activate(self) -> None:
+                super().server_activate()
+                self._jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+                for i in range(POOL_THREADS):
+                    threading.Thread(target=self._serve_jobs, name=f"fsmtrain-ui-{i}", daemon=True).start()
+
+            def _serve_jobs(self) -> None:
+                while (job := self._jobs.get()) is not None:
+                    self.process_request_thread(*job)  # (handles errors, closes the socket)
+
+            def server_close(self) -> None:
+                super().server_close()
+                jobs = getattr(self, "_jobs", None)  # (none when binding failed)
+                if jobs is not None:
+                    for _ in range(POOL_THREADS):  # the pool ends with the server
+                        jobs.put(None)
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                self._jobs.put((request, client_address))
 
             def handle_error(self, request: Any, client_address: Any) -> None:
                 pass  # a client that vanished mid-request: no traceback on the terminal that runs the server
