@@ -19,4 +19,12 @@ def main() -> None:
         pass
     from .cli import main as cli
 
-    cli()
+    try:
+        cli()
+    finally:
+        # What the command did is said by now; a Ctrl-C during the interpreter's shutdown (when Python has put the
+        # default handler back) would kill the process silently, so from here on it is ignored.
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            pass

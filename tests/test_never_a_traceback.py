@@ -277,3 +277,19 @@ class TestReadersLeaveNothingBehind:
         junk.write_bytes(b"SQLite format 3\x00" + b"\x00" * 34)
         clean(fsm("replay", junk), 1)
         assert not (tmp_path / "junk.db-wal").exists() and not (tmp_path / "junk.db-shm").exists()
+
+
+def test_ctrl_c_after_the_command_said_what_it_did_is_ignored_not_a_silent_death():
+    """Once a command has returned (its line printed), Ctrl-C is ignored: during the interpreter's shutdown Python's
+    default handler would kill the process with no message (`input` died so, exit -2, after its answer was saved)."""
+    code = ("import signal, sys\n"
+            "from fsmtrain._entry import main\n"
+            "sys.argv = ['fsmtrain', '--version']\n"
+            "try:\n"
+            "    main()\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "True", p.stderr
