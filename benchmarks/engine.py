@@ -199,7 +199,26 @@ def build_long_run(path: Path, events: int) -> int:
         with log.transaction() as conn:
             conn.executemany("INSERT INTO events (run_id, seq, step, time, kind, action, attempt, updates, next, "
                              "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # (as barriers keep a real log's WAL small)
         return ev.run_id
+
+
+def replay_cli(path: Path, run_id: int) -> tuple[float, float]:
+    """Seconds and peak resident MB of `fsmtrain replay LOG --run N` (its first page) in a fresh process."""
+    import subprocess
+
+    code = ("import resource, runpy, sys; sys.argv = ['fsmtrain', 'replay', sys.argv[1], '--run', sys.argv[2]]\n"
+            "try:\n    runpy.run_module('fsmtrain', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"  # (ru_maxrss survives exec)
+            "print('PEAK', hwm[0].split()[1] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+            " file=sys.stderr)")
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", code, str(path), str(run_id)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    elapsed = time.perf_counter() - t
+    assert p.returncode == 0 and "next page" in p.stdout, p.stderr[-2000:]
+    peak_kb = int(p.stderr.split("PEAK")[-1].split()[0])
+    return elapsed, peak_kb / 1024
 
 
 def build_many_runs(path: Path, runs: int) -> None:
@@ -295,6 +314,10 @@ def main() -> None:
             fold_s = time.perf_counter() - t
         assert final["n"] == fold_n and len(final["h"]) == fold_n
         print(f"fold {fold_n:,} events:   {fold_s:8.3f} s        (target <= 3 for 1,000,000)")
+        replay_s, replay_mb = replay_cli(tmp / "long.db", run_id)
+        print(f"`fsmtrain replay LOG --run N` on {fold_n:,} events: {replay_s:6.2f} s, peak {replay_mb:6.0f} MB "
+              f"(target <= 10 s, <= 300 MB for 1,000,000: {'met' if replay_s <= 10 and replay_mb <= 300 else 'NOT met'})")
+        figures.update(replay_cli_s=replay_s, replay_cli_mb=replay_mb)
 
         build_many_runs(tmp / "many.db", runs_n)
         with EventLog(tmp / "many.db", readonly=True) as log:

@@ -240,3 +240,27 @@ def test_ctrl_c_in_the_demo_says_how_to_resume(tmp_path):
     assert "run the same command again to resume run 1" in err and "Traceback" not in err
     again = subprocess.run(cmd[:-2], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout.startswith("run 1: resuming at")
+
+
+class TestALongTimeline:
+    def test_the_text_timeline_is_shown_a_page_at_a_time_and_says_how_to_see_the_rest(self, tmp_path):
+        """A run of 2,502 events: the first 1,000 by default with the total and the next command; --from and
+        --limit page through it; --limit 0 shows every event; --json gives every event unless limited."""
+        from tests.machines import counter
+
+        path = tmp_path / "long.db"
+        with EventLog(path, durability="none") as log:
+            Runner.start(counter(2500), log=log).run()
+        first = invoke("replay", path, "--run", 1).output
+        assert "(events 1–1,000 of 2,502; the next page: fsmtrain replay" in first and "--from 1001" in first
+        seqs = [int(line.split()[0]) for line in first.splitlines() if line.split() and line.split()[0].isdigit()]
+        assert seqs == list(range(1, 1001))
+        last = invoke("replay", path, "--run", 1, "--from", 2001, "--limit", 600).output
+        seqs = [int(line.split()[0]) for line in last.splitlines() if line.split() and line.split()[0].isdigit()]
+        assert seqs == list(range(2001, 2503)) and "of 2,502" not in last
+        everything = invoke("replay", path, "--run", 1, "--limit", 0).output
+        assert "2502" in everything and "next page" not in everything
+        assert len(json.loads(invoke("replay", path, "--run", 1, "--json").output)["events"]) == 2502
+        page = json.loads(invoke("replay", path, "--run", 1, "--json", "--from", 10, "--limit", 5).output)
+        assert [e["seq"] for e in page["events"]] == [10, 11, 12, 13, 14]
+        assert "past its end" in invoke("replay", path, "--run", 1, "--from", 9999).output

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..errors import CorruptLog, RunNotRunnable
-from ..log import ENDED, Event, EventLog, RunInfo
+from ..log import ENDED, MAX_ID, Event, EventLog, RunInfo
 from ..replay import state_at
 from ..table import table as _table
 from .common import RUN_ID, SEQ, Finite, _print_json, _short, _when, echo
@@ -46,6 +46,10 @@ def _reading(ev: Event) -> Iterator[None]:
                          f"({type(e).__name__}: {_short(str(e), 80)}); check it with `fsmtrain verify`") from None
 
 
+PAGE = 1000
+"""Events a text timeline shows unless told otherwise (a run can hold millions)."""
+
+
 def _need(spec: Any) -> str:
     return str(spec["name"]) + (f" ({' | '.join(map(str, spec['choices']))})" if spec.get("choices") else "")
 
@@ -55,16 +59,24 @@ def _need(spec: Any) -> str:
 @click.option("--run", "run_id", type=RUN_ID, help="Show this run's timeline.")
 @click.option("--at", "at_seq", type=SEQ, help="With --run: the full state after this event.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool) -> None:
+@click.option("--from", "from_seq", type=SEQ, default=1, show_default=True,
+              help="With --run: the timeline from this event on.")
+@click.option("--limit", type=click.IntRange(0, MAX_ID), default=None,
+              help=f"With --run: at most this many events (0: all). Default: {PAGE} for the text timeline, all for "
+                   "--json.")
+def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool, from_seq: int,
+           limit: int | None) -> None:
     """Inspect a log: its runs, one run's timeline, or a run's state at any event.
 
     Opens LOG read-only; never runs or imports code. JSON output writes
-    non-finite floats as NaN / Infinity / -Infinity.
+    non-finite floats as NaN / Infinity / -Infinity. A long timeline is shown a
+    page at a time (--from, --limit), read as it is printed.
 
     \b
     Examples:
         fsmtrain replay runs.db
         fsmtrain replay runs.db --run 1
+        fsmtrain replay runs.db --run 1 --from 1001 --limit 500
         fsmtrain replay runs.db --run 1 --at 5 --json
     """
     if at_seq is not None and run_id is None:
@@ -93,19 +105,29 @@ def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool) -> 
             for k in sorted(state):
                 echo(f"  {k} = {_short(state[k], 200)}")
             return
-        events = list(lg.events(run_id))
+        if limit is None:
+            limit = 0 if as_json else PAGE
+        end = None if limit == 0 else min(from_seq + limit - 1, MAX_ID)
         if as_json:
-            _print_json({"run": _run_json(info), "events": [_event_json(e) for e in events]})
+            _print_json({"run": _run_json(info), "events": [_event_json(e) for e in lg.events(run_id, start=from_seq,
+                                                                                             end=end)]})
             return
-        resumes = sum(e.kind == "resume" for e in events)
+        (resumes,) = lg.conn.execute("SELECT count(*) FROM events WHERE run_id = ? AND kind = 'resume'",
+                                     (run_id,)).fetchone()
         echo(f"run {info.id} · machine {info.machine} · {info.status} · {info.steps} steps"
              + (f" · forked from run {info.parent_id} at event {info.parent_seq}" if info.parent_id else "")
              + (f" · resumed after {resumes} interruption{'s' if resumes != 1 else ''}" if resumes else ""))
         rows = []
-        for e in events:
+        for e in lg.events(run_id, start=from_seq, end=end):  # (streamed: one page of events in memory)
             with _reading(e):
                 rows.append(_timeline_row(e))
         echo(_table(["seq", "time", "kind", "action", "next", "details"], rows))
+        last = info.last_seq
+        if end is not None and end < last:
+            echo(f"(events {from_seq:,}–{end:,} of {last:,}; the next page: fsmtrain replay {log} --run {run_id} "
+                 f"--from {end + 1}; all of them: --limit 0)")
+        elif from_seq > last:
+            echo(f"(run {run_id} has {last:,} events; --from {from_seq:,} is past its end)")
 
 
 def _timeline_row(e: Event) -> list[Any]:
