@@ -26,6 +26,7 @@ MARKERS = ["circle", "square", "triangle", "diamond"]
 GREY = "#a3a3a3"  # background series (lines only; their text is drawn in TEXT_GREY)
 TEXT_GREY = "#666666"
 COLORS = PALETTE  # (the name before 0.2)
+MAX_TITLED = 2000  # a series drawn with every point titled (``point_titles=None``) up to this long
 POINT_TITLES = 150  # series up to this long get a hover title per point; longer ones sparse markers only
 
 
@@ -83,6 +84,35 @@ def _style(style: int) -> tuple[str, str, str]:
     if style < 0:
         return GREY, "", "circle"
     return PALETTE[style % len(PALETTE)], DASHES[style % len(DASHES)], MARKERS[style % len(MARKERS)]
+
+
+def _envelope(pts: list[tuple[int, float]], columns: float) -> list[tuple[int, float]]:
+    """``pts`` (in index order) thinned to what ``columns`` pixel columns can show: for each column, its first,
+    lowest, highest and last point, in order; the whole list when it is short enough already."""
+    n_cols = max(1, int(columns))
+    if len(pts) <= 4 * n_cols:
+        return pts
+    first, last = pts[0][0], pts[-1][0]
+    span = max(1, last - first)
+    out: list[tuple[int, float]] = []
+    bucket: list[tuple[int, float]] = []
+    col = 0
+    for p in pts:
+        c = min(n_cols - 1, (p[0] - first) * n_cols // span)
+        if c != col and bucket:
+            out.extend(_corners(bucket))
+            bucket = []
+        col = c
+        bucket.append(p)
+    if bucket:
+        out.extend(_corners(bucket))
+    return out
+
+
+def _corners(bucket: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    lo = min(bucket, key=lambda p: p[1])
+    hi = max(bucket, key=lambda p: p[1])
+    return sorted({bucket[0], lo, hi, bucket[-1]})
 
 
 def chart(series: Sequence[Series], *, title: str = "", ylabel: str = "", xlabel: str = "evaluation",
@@ -164,7 +194,8 @@ def chart(series: Sequence[Series], *, title: str = "", ylabel: str = "", xlabel
                          text_anchor="start" if mx + 80 < left + pw else "end", fill="#92400e"))
     order = sorted(range(len(series)), key=lambda k: (series[k].style >= 0, not series[k].faint))  # grey first
     for k in order:
-        s, pts = series[k], placed[k]
+        s, every_pt = series[k], placed[k]
+        pts = _envelope(every_pt, pw)  # (what a pixel column can show: a million points draw as a few thousand)
         color, dash, marker = _style(s.style)
         if s.faint:
             color, dash = "#c4c4c4" if s.style < 0 else color, ""
@@ -175,14 +206,15 @@ def chart(series: Sequence[Series], *, title: str = "", ylabel: str = "", xlabel
                          points=" ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts), data_series=s.label))
         if s.faint:
             continue
-        if point_titles is None or len(pts) <= point_titles:
+        if (point_titles is None and len(pts) == len(every_pt) <= MAX_TITLED) or \
+                (point_titles is not None and len(pts) <= point_titles):
             out.extend(_marker(marker, x(i), y(v), color, 2.5 if s.style >= 0 else 1.5, f"{s.label} {i}: {v!r}")
                        for i, v in pts)
         else:
             every = max(1, len(pts) // 12)
             out.extend(_marker(marker, x(i), y(v), color) for i, v in pts[::every])
-        if best in ("min", "max") and pts and s.style >= 0:
-            bi, bv = (min if best == "min" else max)(pts, key=lambda p: p[1])
+        if best in ("min", "max") and every_pt and s.style >= 0:
+            bi, bv = (min if best == "min" else max)(every_pt, key=lambda p: p[1])
             out.append(h("g", _marker(marker, x(bi), y(bv), color, 6.0, f"best of {s.label}: {bv!r} at {bi}",
                                       hollow=True), class_="best", data_index=bi, data_value=repr(bv)))
     if shown:  # below the axes: it never hides a point
