@@ -91,3 +91,31 @@ def test_the_witness_is_never_written_through_a_symlink(tmp_path):
     with pytest.warns(UserWarning, match="cannot write the witness"), EventLog(log_path) as log:
         give_input(log, 1, {"decision": "go"})
     assert file_digest(outside) == before and witness.is_symlink()
+
+
+@pytest.mark.parametrize("wal", ["random", "foreign"])
+def test_a_refused_command_beside_a_stray_wal_leaves_no_shm(tmp_path, wal):
+    """A -wal beside the log that no writer of it made (random bytes, or another database's WAL): a command that
+    refuses (a run that does not exist) exits 1 and leaves the folder exactly as it found it, no -shm added."""
+    log_path = tmp_path / "x.db"
+    with EventLog(log_path) as log:
+        Runner.start(gated(), log=log).run()
+    if wal == "random":
+        (tmp_path / "x.db-wal").write_bytes(os.urandom(4096))
+    else:
+        other = tmp_path / "other" / "o.db"
+        other.parent.mkdir()
+        import sqlite3
+
+        c = sqlite3.connect(other)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA wal_autocheckpoint=0")
+        c.execute("CREATE TABLE t (x)")
+        c.execute("INSERT INTO t VALUES (1)")
+        c.commit()
+        (tmp_path / "x.db-wal").write_bytes((other.parent / "o.db-wal").read_bytes())
+        c.close()
+    before = {p.name: file_digest(p) for p in tmp_path.iterdir() if p.is_file()}
+    p = fsmtrain("approve", str(log_path), "2")
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert {q.name: file_digest(q) for q in tmp_path.iterdir() if q.is_file()} == before

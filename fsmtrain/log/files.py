@@ -132,16 +132,22 @@ def _remove_own_sidecars(path: Path, before: set[str]) -> None:
     """Remove the ``-wal``/``-shm`` files a reader made beside a log, once nobody has the log open.
 
     A read-only connection to a WAL log creates them and cannot delete them.  They are removed only
-    when they did not exist before this object opened the log, the WAL holds nothing, and an
-    exclusive lock on the shared-memory file's "dead man switch" byte (what SQLite itself takes
-    before it deletes them) shows that no other connection is open.
+    when they did not exist before this object opened the log and an exclusive lock on the shared-memory
+    file's "dead man switch" byte (what SQLite itself takes before it deletes them) shows that no other
+    connection is open; a ``-wal`` only when it holds nothing.  A ``-shm`` made beside a ``-wal`` that was
+    there before (one that holds commits, or a stray one) goes too: it is only an index of the WAL, which
+    SQLite rebuilds at the next open.
     """
     made = [s for s in ("-wal", "-shm") if s not in before and _sidecar(path, s).exists()]
     if not made:
         return
     wal, shm = _sidecar(path, "-wal"), _sidecar(path, "-shm")
+
+    def wal_holds_data() -> bool:
+        return wal.exists() and wal.stat().st_size > 0
+
     try:
-        if wal.exists() and wal.stat().st_size > 0:
+        if "-wal" in made and wal_holds_data():
             return  # someone wrote meanwhile: theirs to clean up
         if not shm.exists():
             if "-wal" in made:
@@ -149,13 +155,13 @@ def _remove_own_sidecars(path: Path, before: set[str]) -> None:
             return
         import fcntl
 
-        fd = os.open(shm, os.O_RDWR)
+        fd = os.open(shm, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
         try:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128, 0)  # SQLite's DMS byte of the -shm
             except OSError:
                 return  # another connection is open
-            if wal.exists() and wal.stat().st_size > 0:
+            if "-wal" in made and wal_holds_data():
                 return
             for s in made:
                 _sidecar(path, s).unlink(missing_ok=True)
