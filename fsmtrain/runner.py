@@ -139,6 +139,7 @@ class Runner(RunCore):
         """
         run_lock = None
         if lock and log.run(run_id).status not in ENDED:
+            log.check_run(run_id)  # (a damaged run is refused before its lock file is touched; again under the lock)
             run_lock = RunLock(log.artifacts, run_id)
             if not run_lock.acquire(lock_wait):
                 raise run_lock.busy()

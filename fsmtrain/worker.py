@@ -156,6 +156,10 @@ class Worker:
         world = self.log.run(run_id).tags.get("world_size")
         if isinstance(world, int) and not isinstance(world, bool) and world > 1:
             return self._run_distributed(run_id, world)
+        try:  # a damaged run is refused before its lock file is touched (a refusal changes no file)
+            self.log.check_run(run_id)
+        except FsmtrainError as e:
+            return Report(run_id, "error", 0, None, f"{type(e).__name__}: {e}")
         with run_lock(self.log, run_id) as mine:
             if not mine:
                 return Report(run_id, "busy", detail="another worker is running it")

@@ -119,3 +119,28 @@ def test_a_refused_command_beside_a_stray_wal_leaves_no_shm(tmp_path, wal):
     p = fsmtrain("approve", str(log_path), "2")
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
     assert {q.name: file_digest(q) for q in tmp_path.iterdir() if q.is_file()} == before
+
+
+def test_a_worker_refusing_a_damaged_run_leaves_its_lock_file_as_it_was(tmp_path):
+    """A run whose chain was edited outside fsmtrain: the worker reports it and changes no file, the run's lock
+    file included (it used to write its holder record before it checked)."""
+    from tests.conftest import tamper
+
+    log_path = tmp_path / "x.db"
+    with EventLog(log_path) as log:
+        r = Runner.start(counter_slow(), log=log)
+        r.run(max_steps=2)
+        r.close()
+    tamper(log_path, "DROP TRIGGER events_no_update", "UPDATE events SET step = 99 WHERE run_id = 1 AND seq = 2")
+    folder = log_path.with_name("x.db.artifacts")
+    before = {str(p): (file_digest(p), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    assert any("lock" in k for k in before)
+    p = fsmtrain("worker", str(log_path), "--machine", "tests.machines:counter", "--once", cwd=ROOT)
+    assert "CorruptLog" in p.stdout + p.stderr and "Traceback" not in p.stderr, p.stdout + p.stderr
+    assert {str(q): (file_digest(q), q.stat().st_mtime_ns) for q in folder.rglob("*") if q.is_file()} == before
+
+
+def counter_slow():
+    from tests.machines import counter
+
+    return counter(10)
