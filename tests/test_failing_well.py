@@ -256,3 +256,31 @@ class TestOneRunnerPerRun:
             first.kill()
             first.communicate()
         assert demo_module.trainer(log).fit(on_interrupt="raise").status == "finished"  # the lock died with it
+
+
+def test_on_a_full_disk_readers_read_and_writers_say_the_disk_is_full_leaving_nothing(tmp_path, small_disk):
+    """A log copied onto a full disk: replay and verify read it (they write nothing, so a full disk is no reason
+    to fail); approve says the disk is full; demo with a new log says so too; none leaves a file behind."""
+    import shutil
+
+    from tests.machines import gated
+
+    src = tmp_path / "g.db"
+    with EventLog(src) as log:
+        Runner.start(gated(), log=log).run()
+    disk = small_disk("4m")
+    shutil.copy(src, disk / "g.db")
+    fill(disk)
+    before = {p.name: file_digest(p) for p in disk.iterdir() if p.is_file() and p.name != "filler"}
+
+    def fsm(*args):
+        return subprocess.run([sys.executable, "-m", "fsmtrain", *args], cwd=disk, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+
+    for args in (["replay", "g.db"], ["replay", "g.db", "--run", "1"], ["verify", "g.db"]):
+        p = fsm(*args)
+        assert p.returncode == 0, (args, p.stderr)
+    for args in (["approve", "g.db", "1"], ["demo", "--log", "new.db", "--epochs", "1"]):
+        p = fsm(*args)
+        assert p.returncode == 1 and "the disk is full" in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+    assert {p.name: file_digest(p) for p in disk.iterdir() if p.is_file() and p.name != "filler"} == before

@@ -114,6 +114,19 @@ def read_small_regular(path: Path, limit: int, what: str) -> bytes:
     return data
 
 
+def _why_storage(env: str, path: Path) -> str:
+    """``env`` (what :func:`~fsmtrain.errors.environmental` found), said as "the disk is full" when SQLite reported
+    an I/O error on a disk that has no room left (it says "disk I/O error" when a full disk stops a WAL)."""
+    if "I/O error" in env:
+        try:
+            st = os.statvfs(path.parent if str(path.parent) else ".")
+            if st.f_bavail * st.f_frsize < 64 * 1024:
+                return f"the disk is full ({env})"
+        except OSError:
+            pass
+    return env
+
+
 def _check_writable(path: Path, new: bool) -> None:
     """Refuse to write, before any work, where the file or its folder cannot be written."""
     folder = path.parent if str(path.parent) else Path(".")

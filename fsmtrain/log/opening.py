@@ -23,7 +23,7 @@ from ..errors import (
     StorageError,
     environmental,
 )
-from .files import _OPEN, _check_writable, _inspect, _remove_own_sidecars, _rollback, _sidecar, _warn_if_network_fs
+from .files import _OPEN, _check_writable, _inspect, _remove_own_sidecars, _rollback, _sidecar, _warn_if_network_fs, _why_storage
 from .hashing import _log_key, key_id
 from .records import BARRIER_EVERY, BARRIER_SECONDS, DURABILITY, SCHEMA_VERSION
 from .schema import _TABLES, _Fresh, create_schema, schema_version, upgrade
@@ -78,6 +78,7 @@ class _Opening:
         self._sidecars: set[str] = set()
         self._create = create and not readonly
         new = _inspect(self.path, readonly=readonly, create=create)
+        self._made = new  # this object makes the file at its first write (and takes it back if that fails)
         self._inherited = not new and not readonly and self.durability == "barrier"
         self._key = str(self.path.resolve())
         if not readonly:
@@ -111,13 +112,15 @@ class _Opening:
             self._ro = conn
             self._probe(conn)
         except (sqlite3.OperationalError, LogBusy) as e:
-            # Read-only storage where the WAL's shared-memory file cannot be created: with no WAL
-            # left behind, the database file alone is the whole log, and can be read as immutable.
+            # Read-only storage, or a full disk, where the WAL's shared-memory file cannot be created: with no
+            # WAL left behind, the database file alone is the whole log, and can be read as immutable.
             if self._ro is not None:
                 self._ro.close()
                 self._ro = None
+            _remove_own_sidecars(self.path, self._sidecars)  # (what the failed open made, e.g. on a full disk)
+            text = str(e).lower()
             if isinstance(e, LogBusy) or _sidecar(self.path, "-wal").exists() or \
-                    ("unable to open" not in str(e) and "readonly" not in str(e)):
+                    not any(s in text for s in ("unable to open", "readonly", "disk i/o error", "disk is full")):
                 raise self._open_error(e) from None
             conn = self._connect(base + "?immutable=1")
             self._ro = conn
@@ -211,16 +214,33 @@ class _Opening:
                 self._probe(conn)
         except sqlite3.DatabaseError as e:
             conn.close()
+            self._unmake()
             env = environmental(e)
             if env:
-                raise StorageError(f"cannot write to {self.path}: {env}") from None
+                raise StorageError(f"cannot write to {self.path}: {_why_storage(env, self.path)}") from None
             raise self._open_error(e) from None
         except BaseException:
             conn.close()
+            self._unmake()
             raise
         self._rw = self.conn = conn
         self._check_version(conn)
         return conn
+
+    def _unmake(self) -> None:
+        """After a failed first write to a log this object was to make: take back the empty file (and the
+        sidecars it made) so that a refused command leaves nothing behind; a file someone filled stays."""
+        if not self._made:
+            return
+        try:
+            if self.path.exists() and self.path.stat().st_size == 0:
+                for s in ("-wal", "-shm"):
+                    side = _sidecar(self.path, s)
+                    if s not in self._sidecars and side.exists() and (s == "-shm" or side.stat().st_size == 0):
+                        side.unlink()
+                self.path.unlink()
+        except OSError:
+            pass
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         create_schema(self.db, conn)

@@ -22,7 +22,7 @@ from ..errors import (
     environmental,
 )
 from ..state import Encoded, dumps
-from .files import _rollback, _sidecar
+from .files import _rollback, _sidecar, _why_storage
 from .hashing import _chain_key, event_hash, run_hash
 from .opening import _Opening
 from .records import _INSERT, BARRIER_KINDS, CHECKPOINT_EVERY, EVENT_KINDS, MAC, SCHEMA_VERSION, WITNESS_SECONDS, Event
@@ -152,8 +152,9 @@ class _Writing(_Opening):
                                        f"UTF-8 ({e.reason} at position {e.start}); give plain UTF-8 text")
         env = environmental(e) if isinstance(e, (sqlite3.Error, OSError)) else None
         if env:
-            return StorageError(f"cannot write to {self.path}: {env}; nothing of this write was committed, "
-                                "and the log is as it was before it. Fix the cause and run again to continue")
+            return StorageError(f"cannot write to {self.path}: {_why_storage(env, self.path)}; nothing of this write "
+                                "was committed, and the log is as it was before it. Fix the cause and run again to "
+                                "continue")
         if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
             return LogBusy(f"{self.path} stayed locked by another process for {self.timeout:.0f} s; nothing was "
                            "written. Try again once it has finished")
