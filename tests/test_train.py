@@ -587,3 +587,50 @@ class TestWhatTrainingRecords:
         with pytest.raises(ResourceError, match=r"train_data is a DataLoader.*pass its dataset "
                                                 r"\(train_data=loader.dataset\)"):
             Trainer(tiny_machine(2), build, log=tmp_path / "d.db").fit({"lr": 0.05})
+
+
+class TestSequenceOutputs:
+    """The default accuracy follows cross_entropy's conventions; other shapes leave it out with one warning."""
+
+    def _resources(self, model, loss_fn):
+        import torch
+
+        from fsmtrain.train import Resources
+
+        x = torch.randint(0, 12, (40, 6))
+        return Resources(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_data=(x, x),
+                         val_data=(x, x), loss_fn=loss_fn, batch_size=8)
+
+    def test_sequence_logits_skip_the_default_accuracy_with_one_warning_and_the_run_goes_on(self):
+        import warnings
+
+        import torch
+        import torch.nn.functional as F
+
+        from fsmtrain.state import State
+        from fsmtrain.train import evaluate
+
+        model = torch.nn.Sequential(torch.nn.Embedding(12, 8), torch.nn.Linear(8, 12))  # (B, T) -> (B, T, V)
+        r = self._resources(model, lambda out, y: F.cross_entropy(out.transpose(1, 2), y))
+        act = evaluate(name="evaluate_seq")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            updates = act.fn(State({}), r)
+            act.fn(State({}), r)
+        assert "val_loss" in updates and "val_acc" not in updates
+        said = [str(w.message) for w in caught if "default accuracy is skipped" in str(w.message)]
+        assert len(said) == 1 and ", 6, 12) and targets of shape (" in said[0]
+
+    def test_accuracy_over_positions_follows_cross_entropy(self):
+        """(N, C, T) logits against (N, T) class indices: the mean over every position."""
+        import torch
+
+        from fsmtrain.train.actions import accuracy, fits_a_classifier
+
+        targets = torch.tensor([[0, 1, 2], [2, 2, 0]])
+        logits = torch.nn.functional.one_hot(torch.tensor([[0, 1, 1], [2, 2, 0]]), 3).float().transpose(1, 2)
+        assert float(accuracy(logits, targets)) == pytest.approx(5 / 6)
+        assert fits_a_classifier(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))
+        assert not fits_a_classifier(torch.zeros(4, 6, 3), torch.zeros(4, 6, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"shape \(4, 6, 3\) and targets of shape \(4, 6\)"):
+            accuracy(torch.zeros(4, 6, 3), torch.zeros(4, 6, dtype=torch.long))

@@ -22,15 +22,31 @@ from ..state import Ref, State, append
 from .checkpoints import FORMAT, capture_rng, load_checkpoint, save_checkpoint, weights_sha256
 from .resources import Resources, batches, feed, shard, stateful
 
-__all__ = ["accuracy", "artifact_refs", "checkpoint", "evaluate", "export_best", "finish", "run_folder", "train_epoch",
-           "train_steps"]
+__all__ = ["accuracy", "artifact_refs", "checkpoint", "evaluate", "export_best", "finish", "fits_a_classifier",
+           "run_folder", "train_epoch", "train_steps"]
 
 Metric = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | float"]
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Fraction of rows whose highest output is the target class."""
+    """Fraction of rows whose highest output is the target class, with ``cross_entropy``'s conventions: logits
+    ``(N, C)`` against class indices ``(N,)``, or ``(N, C, d1, ...)`` against ``(N, d1, ...)`` (the mean over every
+    position).  Other shapes raise ``ValueError`` naming them (see :func:`fits_a_classifier`)."""
+    if not fits_a_classifier(outputs, targets):
+        raise ValueError(f"accuracy needs logits (N, C, ...) and class indices (N, ...), got outputs of shape "
+                         f"{tuple(outputs.shape)} and targets of shape {tuple(targets.shape)}")
     return (outputs.argmax(dim=1) == targets).float().mean()
+
+
+def fits_a_classifier(outputs: Any, targets: Any) -> bool:
+    """Whether ``outputs`` are logits ``(N, C, d1, ...)`` for class-index ``targets`` ``(N, d1, ...)``, the shapes
+    ``cross_entropy`` takes: what the default accuracy needs.  (A sequence model's ``(B, T, V)`` logits against
+    ``(B, T)`` targets do not fit: ``cross_entropy`` wants them as ``(B, V, T)``.)"""
+    if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)) or outputs.dim() < 2:
+        return False
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        return False
+    return tuple(targets.shape) == (outputs.shape[0], *outputs.shape[2:])
 
 
 def _resources(resources: Any, name: str) -> Resources:
@@ -208,6 +224,7 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
     with the autocast of ``Resources.precision``.  ``at`` (optional) names a state key
     set to the step count when it runs (a schedule "every N steps" reads it).
     """
+    default = {"acc"} if metrics is None else set()
     metrics = {"acc": accuracy} if metrics is None else dict(metrics)
     keys = {m: prefix + m for m in metrics}
     writes = [prefix + "loss", *keys.values()] + ([at] if at else [])
@@ -223,6 +240,7 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
         sums = dict.fromkeys(["loss", *metrics], 0.0)
         n = 0
         rank, world = r.shard()  # each rank evaluates its share; the sums are added over the ranks
+        skipped: set[str] = set()
         with torch.no_grad():
             for *inputs, targets in batches(shard(r.val_data, rank, world), r.batch_size * 4, device=r.device,
                                             num_workers=r.num_workers, collate_fn=r.collate_fn,
@@ -233,14 +251,19 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
                 k = len(targets)
                 sums["loss"] += float(batch_loss) * k
                 for m, f in metrics.items():
+                    if f is accuracy and m in default and not fits_a_classifier(out, targets):
+                        skipped.add(m)  # the default accuracy where the shapes are not a classifier's: left out
+                        continue
                     sums[m] += float(f(out, targets)) * k
                 n += k
+        if skipped:
+            _warn_skipped(name, out, targets)
         if r.dist is not None:
             got = r.dist.all_sum([*sums.values(), float(n)])
             sums, n = dict(zip(sums, got[:-1], strict=True)), int(got[-1])
         if n == 0:
             raise ResourceError(f"action `{name}`: val_data is empty")
-        means = {prefix + "loss": sums["loss"] / n, **{keys[m]: sums[m] / n for m in metrics}}
+        means = {prefix + "loss": sums["loss"] / n, **{keys[m]: sums[m] / n for m in metrics if m not in skipped}}
         if _plateau(r.scheduler):  # ReduceLROnPlateau steps with the metric it watches, once per evaluation
             key = r.scheduler_metric or prefix + "loss"
             if key not in means:
@@ -253,6 +276,22 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
         return updates
 
     return Action(fn, name=name, reads=["steps"] if at else [], writes=writes)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_skipped(action: str, outputs: Any, targets: Any) -> None:
+    """Say once per process that the default accuracy is left out, and why."""
+    if action in _WARNED:
+        return
+    _WARNED.add(action)
+    import warnings
+
+    warnings.warn(f"`{action}`: the default accuracy is skipped: outputs of shape {tuple(outputs.shape)} and targets "
+                  f"of shape {tuple(targets.shape)} are not a classifier's logits (N, C, ...) and class indices "
+                  "(N, ...); the loss is still recorded. Pass evaluate(metrics={...}) with your own metric, or "
+                  "metrics={} to say none", stacklevel=2)
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
