@@ -12,7 +12,7 @@ import pytest
 from fsmtrain import EventLog, Runner, give_input
 from fsmtrain.errors import LogKeyError, NotALog
 from tests.conftest import ROOT, file_digest
-from tests.machines import gated
+from tests.machines import counter, gated
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 
@@ -128,7 +128,7 @@ def test_a_worker_refusing_a_damaged_run_leaves_its_lock_file_as_it_was(tmp_path
 
     log_path = tmp_path / "x.db"
     with EventLog(log_path) as log:
-        r = Runner.start(counter_slow(), log=log)
+        r = Runner.start(counter(10), log=log)
         r.run(max_steps=2)
         r.close()
     tamper(log_path, "DROP TRIGGER events_no_update", "UPDATE events SET step = 99 WHERE run_id = 1 AND seq = 2")
@@ -138,9 +138,3 @@ def test_a_worker_refusing_a_damaged_run_leaves_its_lock_file_as_it_was(tmp_path
     p = fsmtrain("worker", str(log_path), "--machine", "tests.machines:counter", "--once", cwd=ROOT)
     assert "CorruptLog" in p.stdout + p.stderr and "Traceback" not in p.stderr, p.stdout + p.stderr
     assert {str(q): (file_digest(q), q.stat().st_mtime_ns) for q in folder.rglob("*") if q.is_file()} == before
-
-
-def counter_slow():
-    from tests.machines import counter
-
-    return counter(10)

@@ -18,16 +18,36 @@ from __future__ import annotations
 from ..errors import (  # (the errors the log raises, importable from here as before the split)
     CorruptLog as CorruptLog,
 )
-from ..errors import EventNotFound as EventNotFound
-from ..errors import LogBusy as LogBusy
-from ..errors import LogError as LogError
-from ..errors import LogKeyError as LogKeyError
-from ..errors import NotALog as NotALog
-from ..errors import ReadOnlyLog as ReadOnlyLog
-from ..errors import RunNotFound as RunNotFound
-from ..errors import SchemaVersionError as SchemaVersionError
-from ..errors import StorageError as StorageError
-from ..errors import WriteConflict as WriteConflict
+from ..errors import (
+    EventNotFound as EventNotFound,
+)
+from ..errors import (
+    LogBusy as LogBusy,
+)
+from ..errors import (
+    LogError as LogError,
+)
+from ..errors import (
+    LogKeyError as LogKeyError,
+)
+from ..errors import (
+    NotALog as NotALog,
+)
+from ..errors import (
+    ReadOnlyLog as ReadOnlyLog,
+)
+from ..errors import (
+    RunNotFound as RunNotFound,
+)
+from ..errors import (
+    SchemaVersionError as SchemaVersionError,
+)
+from ..errors import (
+    StorageError as StorageError,
+)
+from ..errors import (
+    WriteConflict as WriteConflict,
+)
 from .eventlog import EventLog
 from .files import _OPEN as _OPEN
 from .files import _filesystem_of as _filesystem_of

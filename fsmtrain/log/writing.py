@@ -145,6 +145,16 @@ class _Writing(_Opening):
                 os.close(fd)
         self._synced(self._rw)
 
+    def _abandoned(self, c: sqlite3.Connection, full: bool, e: BaseException) -> BaseException:
+        """Roll back a write that failed with ``e`` and return what to raise: the real cause (:meth:`_write_error`),
+        chained to ``e`` when it is another error, as ``raise err from e`` would."""
+        _rollback(c)
+        self._settle(c, full)
+        err = self._write_error(e)
+        if err is not e:
+            err.__cause__ = e
+        return err
+
     def _write_error(self, e: BaseException) -> BaseException:
         """What a failed write raises: the real cause, never a ROLLBACK's complaint."""
         if isinstance(e, UnicodeEncodeError):
@@ -173,12 +183,7 @@ class _Writing(_Opening):
             yield c
             c.execute("COMMIT")
         except BaseException as e:
-            _rollback(c)
-            self._settle(c, full)
-            err = self._write_error(e)
-            if err is e:
-                raise
-            raise err from e
+            raise self._abandoned(c, full, e)  # noqa: B904  (it chains the real cause itself)
         self._committed(c, full)
 
     def create_run(self, machine: str, fingerprint: str, *, snapshot: Mapping[str, Any] | Encoded, next_action: str,
@@ -216,12 +221,7 @@ class _Writing(_Opening):
                               self._mac)
             c.execute("COMMIT")
         except BaseException as e:
-            _rollback(c)
-            self._settle(c, full)
-            err = self._write_error(e)
-            if err is e:
-                raise
-            raise err from e
+            raise self._abandoned(c, full, e)  # noqa: B904  (it chains the real cause itself)
         self._keyed[run_id] = self.key_id
         self._heads[run_id] = (1, ev.hash)
         self._witness_due = self._witness_due or full
@@ -300,12 +300,7 @@ class _Writing(_Opening):
             if not one:
                 c.execute("COMMIT")
         except BaseException as e:
-            _rollback(c)
-            self._settle(c, full)
-            err = self._write_error(e)
-            if err is e:
-                raise
-            raise err from e
+            raise self._abandoned(c, full, e)  # noqa: B904  (it chains the real cause itself)
         self._heads[run_id] = (seq, h)
         self.commits += 1
         if full:

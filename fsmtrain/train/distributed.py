@@ -211,12 +211,9 @@ def peer_lost(error: BaseException) -> str | None:
                   if isinstance(k, type))
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        if kinds and isinstance(e, kinds):
-            return f"another process of the run died or hung ({type(e).__name__}: {text})"
-        if isinstance(e, RuntimeError) and any(s in str(e).lower() for s in _PEER_SIGNS) \
-                and dist.is_available() and dist.is_initialized():
-            return f"another process of the run died or hung ({text})"
+        if (kinds and isinstance(e, kinds)) or (isinstance(e, RuntimeError) and dist.is_initialized()
+                                                and any(s in str(e).lower() for s in _PEER_SIGNS)):
+            return f"another process of the run died or hung ({_first_line(e)})"
         e = e.__cause__ or e.__context__
     return None
 
