@@ -17,7 +17,8 @@ from .errors import InvalidInput, RunNotRunnable
 from .log import ENDED, Event, EventLog
 from .state import State
 
-__all__ = ["APPROVE", "REJECT", "STOP_KINDS", "decide", "give_input", "give_text_input", "retry", "stop", "summary"]
+__all__ = ["APPROVE", "REJECT", "STOP_KINDS", "accept_loss", "decide", "give_input", "give_text_input", "retry", "stop",
+           "summary"]
 
 
 def give_input(log: EventLog, run_id: int, values: Mapping[str, Any], *, by: str | None = None,
@@ -88,6 +89,32 @@ def stop(log: EventLog, run_id: int, *, reason: str, by: str | None = None, kind
     if details:
         note.update({k: v for k, v in details.items() if k not in note})
     return log.append(run_id, last.seq, kind=kind, step=last.step, action=info.next, info=note)
+
+
+def accept_loss(log: EventLog, run_id: int, *, by: str | None = None, comment: str | None = None) -> Event | None:
+    """Record that a person accepts that ``run_id`` lost what the log's witness saw beyond the log's last event
+    (an older copy restored, a deleted ``-wal`` file), so that the run continues from what the log holds and
+    redoes the rest (``fsmtrain recover --accept-loss``).
+
+    Written to the run as a ``resume`` event whose ``info.accepted_loss`` says who, when, which events and
+    why, then to the witness (synced), whose head for the run becomes that event.  Returns the event (``None``
+    for a run the log lacks entirely: only the witness records it).  Refuses a run that lost nothing.
+    """
+    lost = log.lost_tails().get(run_id)
+    if lost is None:
+        log.run(run_id)
+        raise RunNotRunnable(f"run {run_id} in {log.path} lost nothing its witness saw; there is no loss to accept")
+    have, saw = lost
+    note = {**_note(by, comment, "comment"), "lost": {"from": have + 1, "to": saw}}
+    if have == 0:
+        log._accept(run_id, 0, "", note)
+        return None
+    last = log.last_event(run_id)
+    action = last.next if last.kind in ("start", "step") else last.action
+    ev = log.append(run_id, last.seq, kind="resume", step=last.step, action=action, info={"accepted_loss": note},
+                    barrier=True)
+    log._accept(run_id, ev.seq, ev.hash, note)
+    return ev
 
 
 def _note(by: str | None, text: str | None, key: str) -> dict[str, Any]:

@@ -165,6 +165,13 @@ class CorruptLog(LogError, RuntimeError):
     """The log fails verification (integrity, sequence gaps or hash chain), or holds data no writer makes."""
 
 
+class LostTail(CorruptLog):
+    """The log holds less of a run than its witness (or its home) saw: an older copy, a deleted ``-wal`` file.
+    ``fsmtrain recover`` pulls the lost events from a home, or records a person's acceptance of the loss."""
+
+    exit_code = 3
+
+
 class LogKeyError(LogError, PermissionError):
     """A run's chain is keyed (HMAC) and the key to write to it is missing or another one."""
 
@@ -180,6 +187,23 @@ class StorageError(FsmtrainError, OSError):
     """
 
     exit_code = 1
+
+
+class HomeError(FsmtrainError, RuntimeError):
+    """A home (the shared directory or object-store URL a log ships to) is unusable as given."""
+
+
+class HomeConflict(HomeError):
+    """Another process writes the same run to the same home: this one stops and writes nothing more there."""
+
+    exit_code = 4
+
+
+class HomeBehind(HomeError):
+    """The run is complete in the local log, but the home could not be brought up to date in the time allowed
+    (``fsmtrain sync LOG`` pushes the rest)."""
+
+    exit_code = 75  # EX_TEMPFAIL: the work is done; try the upload again
 
 
 class PeerLost(FsmtrainError, RuntimeError):

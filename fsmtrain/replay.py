@@ -121,8 +121,8 @@ def position(log: EventLog, run_id: int) -> Position:
         if ev.kind == "error":  # the action ran and raised: a failed attempt, and the process lived on
             attempts = max(attempts, ev.attempt or 0)
             interrupted = 0
-        elif ev.kind == "resume":
-            interrupted += 1
+        elif ev.kind == "resume" and not (isinstance(ev.info, dict) and "accepted_loss" in ev.info):
+            interrupted += 1  # (a recorded acceptance of a lost tail is no process that went away)
         elif ev.kind == "waiting":
             waiting = ev.info.get("needs") if isinstance(ev.info, dict) else None
             pending = {}

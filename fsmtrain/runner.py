@@ -144,6 +144,8 @@ class Runner(RunCore):
             if not run_lock.acquire(lock_wait):
                 raise run_lock.busy()
         try:
+            if run_lock is not None:
+                log.take(run_id)  # (a log with a home: claim the run there, and pull what the home holds beyond it)
             return cls._resume(machine, log, run_id, hooks=hooks, resources=resources, restore=restore,
                                allow_changed_machine=allow_changed_machine, max_attempts=max_attempts,
                                snapshot_every=snapshot_every, max_interruptions=max_interruptions, run_lock=run_lock,

@@ -83,8 +83,9 @@ class UI:
     ``url`` carries the token.  A host that is not loopback is refused unless ``allow_remote``."""
 
     def __init__(self, log_path: str | os.PathLike[str], *, token: str | None = None, allow_remote: bool = False,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, home: str | os.PathLike[str] | None = None) -> None:
         self.log_path = Path(log_path)
+        self.home = home  # (where the answers it records are shipped, as every writer's)
         self.readonly = readonly  # never answer a gate (also when the log cannot be written)
         with EventLog(self.log_path, readonly=True):  # a clear error now if it is not a log
             pass
@@ -343,7 +344,7 @@ class UI:
             return self._message(403, "Forbidden", "This request has no valid token: open the page from the URL the "
                                                    "server printed. Nothing was written.")
         try:
-            with EventLog(self.log_path) as log:
+            with EventLog(self.log_path, home=self.home) as log:
                 give_text_input(log, run_id, form, by="web", blank_is_absent=True)
         except (TypeError, ValueError, KeyError, AttributeError) as e:
             if isinstance(e, FsmtrainError):

@@ -88,7 +88,8 @@ class TestWitness:
             give_input(log, rid, {"decision": "no-go"}, by="mallory")
         assert digests(path) == before
         p = cli("approve", path, rid)
-        assert p.returncode == 1 and "witness saw" in p.stderr and "Traceback" not in p.stderr
+        assert p.returncode == 3 and "witness saw" in p.stderr and "fsmtrain recover" in p.stderr \
+            and "Traceback" not in p.stderr
         p = cli("verify", path)
         assert p.returncode == 1 and "witness saw" in p.stderr
         assert digests(path) == before

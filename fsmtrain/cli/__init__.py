@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from . import about, demo, gates, runs, ui, worker
+from . import about, demo, gates, home, runs, ui, worker
 from .common import _Group
 
 __all__ = ["main"]
@@ -31,11 +31,14 @@ def main() -> None:
              in a state to do that, a failed run, a log that is not a log or
              fails verification, storage that is full or read-only
         2    a usage error or invalid input (nothing was written)
+        3    a log that lost what its witness saw: `fsmtrain recover` continues
+        4    another writer holds the run in its home (nothing more was sent)
+        75   the run is done locally, but its home lacks the tail: `fsmtrain sync`
         130  interrupted (Ctrl-C); the message says what was kept
     """
 
 
 for _command in (runs.replay, runs.verify, runs.whatif, runs.study, runs.watch, runs.plot, ui.ui, gates.input_,
                  gates.retry_, gates.stop_, gates.approve, gates.reject, worker.worker, about.graph, demo.demo,
-                 about.doctor):
+                 about.doctor, home.recover, home.pull, home.sync):
     main.add_command(_command)

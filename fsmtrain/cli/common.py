@@ -21,7 +21,7 @@ from ..state import dumps, thaw
 from ..table import safe
 
 __all__ = ["FINITE_POSITIVE", "RUN_ID", "SEQ", "Finite", "_Group", "_existing_log", "_print_json", "_short", "_when",
-           "echo", "kept"]
+           "echo", "home_option", "kept"]
 
 
 class _Id(click.IntRange):
@@ -132,9 +132,27 @@ def _print_json(obj: Any) -> None:
                           allow_nan=True, ensure_ascii=False))
 
 
-def _existing_log(path: Path) -> EventLog:
+def _existing_log(path: Path, home: str | None = None) -> EventLog:
     """Open an existing log to write to; a missing or empty file is an error, never a new empty log, and
-    nothing is written to it (not even its journal mode) unless the command does write."""
-    if not os.path.lexists(path):
+    nothing is written to it (not even its journal mode) unless the command does write.  With a ``home``, a
+    log this machine lacks is first pulled from it (a new machine)."""
+    if not os.path.lexists(path) and home is None:
         raise click.BadParameter(f"{path} does not exist", param_hint="LOG")
-    return EventLog(path, create=False)
+    return EventLog(path, create=False, home=home)
+
+
+def _export_home(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--home``: also given to the processes this command starts (torchrun's ranks, a study's workers)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty: give a directory or a URL such as s3://bucket/prefix")
+    if value:
+        os.environ["FSMTRAIN_HOME"] = value
+    return value or None
+
+
+home_option = click.option(
+    "--home", envvar="FSMTRAIN_HOME", metavar="DIR|URL", callback=_export_home,
+    help="The run's home: a shared directory (NFS, Lustre, a mounted volume) or a URL (s3://bucket/prefix, through "
+         "fsspec) that receives the log's events and checkpoints at each barrier; the same command on another "
+         "machine continues from it. Default: $FSMTRAIN_HOME.")
+"""The ``--home`` option of every command that writes."""

@@ -13,7 +13,7 @@ import click
 from ..errors import RunNotRunnable
 from ..log import EventLog
 from ..replay import state_at
-from .common import FINITE_POSITIVE, Finite, _print_json, echo
+from .common import FINITE_POSITIVE, Finite, _print_json, echo, home_option
 
 __all__ = ["demo"]
 
@@ -43,9 +43,10 @@ __all__ = ["demo"]
 @click.option("--distributed", is_flag=True, hidden=True, help="(set by --nproc on each torchrun process)")
 @click.option("--gate", is_flag=True,
               help="After training, wait at a go/no-go review gate; go exports the best model (see fsmtrain approve).")
+@home_option
 def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data: str | None, new: bool,
          as_json: bool, delay: float, chunk: int | None, accumulate: int, precision: str, nproc: int,
-         distributed: bool, gate: bool) -> None:
+         distributed: bool, gate: bool, home: str | None) -> None:
     """Train a small digits classifier, one epoch per step (or --chunk N optimizer steps), with checkpoints and
     early stopping.
 
@@ -64,6 +65,7 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
         fsmtrain demo --log runs.db
         fsmtrain demo --log gate.db --gate && fsmtrain approve gate.db 1
         fsmtrain demo --log ddp.db --nproc 2 --json
+        fsmtrain demo --log /tmp/runs.db --home /shared/runs   # a requeued job continues on any node
     """
     import signal
 
@@ -114,7 +116,7 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
             **d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data,
             "chunk": chunk, "accumulate": accumulate, "precision": precision})
         return
-    with EventLog(log_path) as lg:
+    with EventLog(log_path, home=home) as lg:
         trainer = (d.gated_trainer if gate else d.trainer)(lg, hooks=[Progress()])
         runs = [] if new else trainer.runs()
         unfinished = [r for r in runs if r.status in ("running", "waiting")]

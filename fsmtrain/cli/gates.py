@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..log import Event, EventLog
-from .common import RUN_ID, _existing_log, echo, kept
+from .common import RUN_ID, _existing_log, echo, home_option, kept
 
 __all__ = ["approve", "input_", "reject", "retry_", "stop_"]
 
@@ -54,7 +54,8 @@ def _suggested_worker(lg: EventLog, run_id: int) -> None:
 @click.argument("run_id", type=RUN_ID)
 @click.argument("values", nargs=-1, required=True, metavar="KEY=VALUE...")
 @click.option("--comment", help="A note recorded with the input.")
-def input_(log: Path, run_id: int, values: tuple[str, ...], comment: str | None) -> None:
+@home_option
+def input_(log: Path, run_id: int, values: tuple[str, ...], comment: str | None, home: str | None) -> None:
     """Give input to a run waiting at a gate: KEY=VALUE for each input it declares.
 
     Values are read as the gate declares them (str, int, float, bool) and
@@ -76,7 +77,7 @@ def input_(log: Path, run_id: int, values: tuple[str, ...], comment: str | None)
         if key in texts:
             raise click.BadParameter(f"{key} is given twice", param_hint="KEY=VALUE")
         texts[key] = text
-    with _existing_log(log) as lg:
+    with _existing_log(log, home) as lg:
         with _uninterrupted():
             ev = give_text_input(lg, run_id, texts, comment=comment)
             kept(f"the input was recorded (run {run_id}, event {ev.seq})")
@@ -92,10 +93,11 @@ def _decision_command(name: str, approve: bool, example: str) -> click.Command:
     @click.argument("run_id", type=RUN_ID)
     @click.option("--comment", help="Why; recorded with the decision (and given as the gate's `comment` input "
                                     "if it has one).")
-    def command(log: Path, run_id: int, comment: str | None) -> None:
+    @home_option
+    def command(log: Path, run_id: int, comment: str | None, home: str | None) -> None:
         from ..runner import decide
 
-        with _existing_log(log) as lg:
+        with _existing_log(log, home) as lg:
             with _uninterrupted():
                 ev = decide(lg, run_id, approve, comment=comment)
                 kept(f"the decision was recorded (run {run_id}, event {ev.seq})")
@@ -108,7 +110,8 @@ def _decision_command(name: str, approve: bool, example: str) -> click.Command:
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("run_id", type=RUN_ID)
 @click.option("--comment", help="Why; recorded with the retry.")
-def retry_(log: Path, run_id: int, comment: str | None) -> None:
+@home_option
+def retry_(log: Path, run_id: int, comment: str | None, home: str | None) -> None:
     """Continue a failed run deliberately, from its last committed step.
 
     Records who retried it ($FSMTRAIN_USER, else the login name), when and why;
@@ -121,7 +124,7 @@ def retry_(log: Path, run_id: int, comment: str | None) -> None:
     """
     from ..runner import retry
 
-    with _existing_log(log) as lg:
+    with _existing_log(log, home) as lg:
         with _uninterrupted():
             ev = retry(lg, run_id, comment=comment)
             kept(f"the retry was recorded (run {run_id}, event {ev.seq})")
@@ -135,7 +138,8 @@ def retry_(log: Path, run_id: int, comment: str | None) -> None:
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("run_id", type=RUN_ID)
 @click.option("--reason", required=True, help="Why it is stopped; recorded with who and when.")
-def stop_(log: Path, run_id: int, reason: str) -> None:
+@home_option
+def stop_(log: Path, run_id: int, reason: str, home: str | None) -> None:
     """End a run for good: no worker continues it, a process driving it stops at its next step.
 
     Records who stopped it ($FSMTRAIN_USER, else the login name), when and why.
@@ -147,7 +151,7 @@ def stop_(log: Path, run_id: int, reason: str) -> None:
     """
     from ..runner import stop
 
-    with _existing_log(log) as lg:
+    with _existing_log(log, home) as lg:
         with _uninterrupted():
             ev = stop(lg, run_id, reason=reason)
             kept(f"the stop was recorded (run {run_id}, event {ev.seq})")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import echo
+from .common import echo, home_option
 
 __all__ = ["ui"]
 
@@ -18,7 +18,8 @@ __all__ = ["ui"]
 @click.option("--allow-remote", is_flag=True, help="Allow a --host other machines can reach (plain HTTP: anyone with "
                                                    "the URL reads the log and answers gates).")
 @click.option("--read-only", "read_only", is_flag=True, help="Never write: gate forms are shown disabled.")
-def ui(log: Path, port: int, host: str, allow_remote: bool, read_only: bool) -> None:
+@home_option
+def ui(log: Path, port: int, host: str, allow_remote: bool, read_only: bool, home: str | None) -> None:
     """Serve a local web page over LOG: runs, curves, the graph, the timeline, the state, gates.
 
     Pages read the log read-only and follow running runs.  Every page needs the
@@ -37,7 +38,7 @@ def ui(log: Path, port: int, host: str, allow_remote: bool, read_only: bool) -> 
     if not is_loopback(host) and not allow_remote:
         raise click.UsageError(f"--host {host} would serve the log to other machines; the page is meant for this one. "
                                "Pass --allow-remote to do so deliberately")
-    app = UI(log, allow_remote=allow_remote, readonly=read_only)
+    app = UI(log, allow_remote=allow_remote, readonly=read_only, home=home)
     try:
         server = app.bind(host, port)
     except OSError as e:

@@ -11,7 +11,7 @@ import click
 
 from ..errors import InvalidDefinition
 from ..log import MAX_ID
-from .common import _existing_log, echo
+from .common import _existing_log, echo, home_option
 from .targets import _calling, import_target
 
 __all__ = ["worker"]
@@ -26,8 +26,9 @@ __all__ = ["worker"]
 @click.option("--max-runs", type=click.IntRange(1, MAX_ID), help="Continue at most N runs per pass.")
 @click.option("--hook", "hook_targets", multiple=True, metavar="MODULE:ATTR",
               help="A hook object (or a function returning one) to attach, e.g. to notify on waiting (repeatable).")
+@home_option
 def worker(log: Path, target: str, once: bool, every: str | None, max_runs: int | None,
-           hook_targets: tuple[str, ...]) -> None:
+           hook_targets: tuple[str, ...], home: str | None) -> None:
     """Continue every run that can make progress until its next halt.
 
     Finds the runs of the machine that are not finished, not failed and not
@@ -55,7 +56,7 @@ def worker(log: Path, target: str, once: bool, every: str | None, max_runs: int 
         hooks.append(_hook(h))
     if max_runs is not None and max_runs < 1:
         raise click.BadParameter("must be >= 1", param_hint="--max-runs")
-    with _existing_log(log) as lg:
+    with _existing_log(log, home) as lg:
         with _calling(target):
             w = Worker(lg, obj, hooks=hooks, max_runs=max_runs, echo=echo, target_name=target)
 

@@ -48,5 +48,3 @@ class EventLog(_Checking, _Reading):
     def __enter__(self) -> EventLog:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -13,10 +13,12 @@ from pathlib import Path
 from ..errors import (
     NotALog,
     ReadOnlyLog,
+    StorageError,
 )
 
 _HEADER = b"SQLite format 3\x00"
-_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "lustre", "glusterfs", "ceph", "fuse.s3fs"}
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "lustre", "glusterfs", "ceph", "fuse.s3fs",
+               "gpfs", "beegfs", "fuse.gcsfuse", "fuse.glusterfs", "fuse.cephfs", "davfs", "fuse.rclone"}
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -200,8 +202,17 @@ def _filesystem_of(path: Path) -> str | None:
         return None
 
 
-def _warn_if_network_fs(path: Path) -> None:
+def _refuse_network_fs(path: Path) -> None:
+    """A writer refuses a log on a network filesystem, where SQLite's WAL (shared memory, POSIX locks) can
+    corrupt it, unless ``$FSMTRAIN_ALLOW_NETWORK_FS=1`` (then it warns)."""
     fstype = _filesystem_of(path)
-    if fstype in _NETWORK_FS:
-        warnings.warn(f"{path} is on a network filesystem ({fstype}); SQLite's WAL mode does not work "
-                      "reliably there. Keep the log on a local disk.", stacklevel=4)
+    if fstype not in _NETWORK_FS:
+        return
+    if os.environ.get("FSMTRAIN_ALLOW_NETWORK_FS", "").strip() in ("1", "true", "yes"):
+        warnings.warn(f"{path} is on a network filesystem ({fstype}): SQLite's WAL mode can corrupt the log there "
+                      "(FSMTRAIN_ALLOW_NETWORK_FS is set, so it is written anyway)", stacklevel=4)
+        return
+    raise StorageError(f"{path} is on a network filesystem ({fstype}), where SQLite can corrupt the log (\"database "
+                       "disk image is malformed\"); nothing was written. Keep the log on a local disk and give that "
+                       "shared path as its home (--home, or $FSMTRAIN_HOME): the run then continues on any machine "
+                       "that reaches it. FSMTRAIN_ALLOW_NETWORK_FS=1 writes there anyway, at that risk")

@@ -10,15 +10,16 @@ from typing import Any
 
 from ..errors import (
     CorruptLog,
+    LostTail,
     RunNotFound,
 )
 from .hashing import _chain_key, _row_hash, run_hash
+from .homed import _Homing
 from .records import _EVENT_COLS, _SELECT_EVENT, EVENT_KINDS, SCHEMA_VERSION, Problem, _first_line, decode
 from .schema import _TABLE_SHAPES, _TRIGGER_SQL
-from .writing import _Writing
 
 
-class _Checking(_Writing):
+class _Checking(_Homing):
     """Verification (a layer of :class:`~fsmtrain.log.EventLog`)."""
 
     def verify(self) -> list[str]:
@@ -165,6 +166,16 @@ class _Checking(_Writing):
                                                   "history was rewritten)", rid, seq))
         return out
 
+    def lost_tails(self) -> dict[int, tuple[int, int]]:
+        """The runs that lost what the witness saw of them: ``{run: (the last event the log holds (0: the run is
+        missing), the event the witness saw)}`` (``fsmtrain recover`` takes them back, or records their loss)."""
+        out = {}
+        for p in self._check_witness():
+            if p.run is not None and p.seq is not None and "lost" in p.message:
+                (last,) = self.conn.execute("SELECT max(seq) FROM events WHERE run_id = ?", (p.run,)).fetchone()
+                out[p.run] = (last or 0, p.seq)
+        return out
+
     def check_run(self, run_id: int) -> None:
         """Refuse (:class:`~fsmtrain.errors.CorruptLog`) to write to a run whose log is damaged: the
         triggers or tables changed, the run's chain broken since its newest snapshot, or less than the
@@ -198,6 +209,11 @@ class _Checking(_Writing):
                                             (run_id, start - 1)).fetchone() or (None,)
             for _ in self._chain(run_id, start, prev, mac, problems):
                 pass
+        lost = [p for p in problems if p.code == "witness" and p.seq is not None and "lost" in p.message]
+        if lost and len(lost) == len(problems):
+            raise LostTail(f"{self.path}: refusing to write to run {run_id}: {lost[0].message}; nothing was written. "
+                           f"`fsmtrain recover {self.path}` takes the lost events back from the run's home (--home), "
+                           "or records that you accept losing them (--accept-loss) so the run redoes them")
         if problems:
             raise CorruptLog(f"{self.path}: refusing to write to run {run_id}, its log is damaged: "
                              + "; ".join(p.message for p in problems[:3])

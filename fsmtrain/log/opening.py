@@ -23,7 +23,7 @@ from ..errors import (
     StorageError,
     environmental,
 )
-from .files import _OPEN, _check_writable, _inspect, _remove_own_sidecars, _rollback, _sidecar, _warn_if_network_fs, _why_storage
+from .files import _OPEN, _check_writable, _inspect, _refuse_network_fs, _remove_own_sidecars, _rollback, _sidecar, _why_storage
 from .hashing import _log_key, key_id
 from .records import BARRIER_EVERY, BARRIER_SECONDS, DURABILITY, SCHEMA_VERSION
 from .schema import _TABLES, _Fresh, create_schema, schema_version, upgrade
@@ -83,6 +83,7 @@ class _Opening:
         self._key = str(self.path.resolve())
         if not readonly:
             _check_writable(self.path, new)
+            _refuse_network_fs(self.path)
         try:
             if not new:
                 try:
@@ -198,7 +199,6 @@ class _Opening:
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             if self.durability == "barrier":
                 conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run at barriers, off the step path
-            _warn_if_network_fs(self.path)
             self.db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
             tables = {t for t in self.db.table_names() if not t.startswith("sqlite_")}
             if not tables:

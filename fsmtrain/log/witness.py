@@ -19,6 +19,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["NAME", "Witness"]
 
@@ -40,11 +41,15 @@ class Witness:
         self.unsynced = False
         """Lines were written since the file was last synced."""
 
-    def record(self, heads: Iterable[tuple[int, int, str]], *, sync: bool) -> None:
+    def record(self, heads: Iterable[tuple[int, int, str]], *, sync: bool,
+               accepted: dict[str, Any] | None = None) -> None:
         """Append these heads (one line each, one write); ``sync``: fsync the file (and, when this made it, its
-        folder).  Raises OSError as the file system does."""
-        text = "".join(json.dumps({"log": self.log, "run": r, "seq": s, "hash": h}, separators=(",", ":")) + "\n"
-                       for r, s, h in heads)
+        folder).  ``accepted``: the heads are where a person accepted that the log lost what the witness saw
+        beyond them (who, when, which events): they replace the heads seen before instead of adding to them.
+        Raises OSError as the file system does."""
+        extra = {} if accepted is None else {"accepted": accepted}
+        text = "".join(json.dumps({"log": self.log, "run": r, "seq": s, "hash": h, **extra}, separators=(",", ":"))
+                       + "\n" for r, s, h in heads)
         if text:
             made = False
             if self._fd is None:
@@ -98,7 +103,7 @@ class Witness:
                 data = f.read()
         except OSError:
             return
-        for log, run, seq, h in _parse(data):
+        for log, run, seq, h, _ in _parse(data):
             if log == self.log:
                 yield run, seq, h
 
@@ -135,14 +140,16 @@ class Witness:
         return dict(logs.get(self.log, {}))
 
 
-def _merge(logs: dict[str, dict[int, tuple[int, str]]], lines: Iterable[tuple[str, int, int, str]]) -> None:
-    for log, run, seq, h in lines:
+def _merge(logs: dict[str, dict[int, tuple[int, str]]], lines: Iterable[tuple[str, int, int, str, bool]]) -> None:
+    for log, run, seq, h, accepted in lines:
         heads = logs.setdefault(log, {})
-        if run not in heads or seq >= heads[run][0]:
+        if accepted and seq == 0:  # (a whole run whose loss was accepted)
+            heads.pop(run, None)
+        elif accepted or run not in heads or seq >= heads[run][0]:
             heads[run] = (seq, h)
 
 
-def _parse(data: bytes) -> Iterator[tuple[str, int, int, str]]:
+def _parse(data: bytes) -> Iterator[tuple[str, int, int, str, bool]]:
     for line in data.split(b"\n"):
         if not line.strip():
             continue
@@ -152,7 +159,7 @@ def _parse(data: bytes) -> Iterator[tuple[str, int, int, str]]:
         except (ValueError, TypeError, KeyError, RecursionError):
             continue
         if isinstance(log, str) and type(run) is int and type(seq) is int and isinstance(h, str):
-            yield log, run, seq, h
+            yield log, run, seq, h, isinstance(d.get("accepted"), dict)
 
 
 _CACHE: dict[str, tuple[int, int, dict[str, dict[int, tuple[int, str]]]]] = {}

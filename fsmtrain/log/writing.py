@@ -37,6 +37,14 @@ _UNKNOWN = object()
 class _Writing(_Opening):
     """Transactions, durability and appends (a layer of :class:`~fsmtrain.log.EventLog`)."""
 
+    _ship: Any = None  # the home's shipper (fsmtrain.log.homed), woken at each barrier
+
+    def take(self, run_id: int) -> None:
+        """Before writing to a run: take it in the log's home (see :mod:`fsmtrain.log.homed`; nothing without one)."""
+
+    def _home_wait(self) -> None:
+        """Wait for the home where a person was told something (nothing without one)."""
+
     def close(self) -> None:
         """Close the log: a last barrier for what is not durable yet, the witness told, then the connections (a
         reader removes the WAL files it made beside a log nobody else has open)."""
@@ -111,6 +119,8 @@ class _Writing(_Opening):
         self._inherited = False
         self.barriers += 1
         self._last_barrier = time.monotonic()
+        if self._ship is not None and self._heads:
+            self._ship.wake(dict(self._heads))
         if self._heads and (self._witness_due or self._last_barrier - self._witnessed >= WITNESS_SECONDS):
             self._witness()
         if c is not None and self.durability == "barrier" and self.commits - self._checkpointed >= CHECKPOINT_EVERY:
@@ -226,6 +236,8 @@ class _Writing(_Opening):
         self._heads[run_id] = (1, ev.hash)
         self._witness_due = self._witness_due or full
         self._committed(c, full)
+        if self._ship is not None:
+            self.take(run_id)
         return ev
 
     def append(self, run_id: int, expected_seq: int, *, kind: str, step: int, action: str | None = None,
@@ -251,6 +263,11 @@ class _Writing(_Opening):
         """
         if self.readonly:
             self._writable()
+        ship = self._ship
+        if ship is not None:  # (a log with a home: another writer took the run, or this one has not yet)
+            if ship.lost is not None:
+                raise ship.lost
+            self.take(run_id)
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
         # (the hot path of every step: what a runner passes pre-encoded is taken as it is)
@@ -309,6 +326,8 @@ class _Writing(_Opening):
                 self._witness_sync = self._witness_sync or kind in BARRIER_KINDS
             self._settle(c, full)
             self._synced(c)
+            if ship is not None and (kind in BARRIER_KINDS or (kind == "step" and next_action is None)):
+                self._home_wait()
         elif durability == "none":  # (see _committed)
             self._synced(c)
         return _new_event(Event, (run_id, seq, step, t, kind, action, attempt, inputs, updates, next_action, info,
@@ -373,6 +392,17 @@ class _Writing(_Opening):
             warnings.warn(f"{self.path}: cannot write the witness file in {self.artifacts}: "
                           f"{environmental(e) or e}; verify will not notice if this log loses what it holds now",
                           stacklevel=3)
+
+    def _accept(self, run_id: int, seq: int, h: str, note: dict[str, Any]) -> None:
+        """Tell the witness (synced) that a person accepted the loss of what it saw of ``run_id`` beyond event
+        ``seq`` (``0``: the whole run): its head is ``(seq, h)`` from now on."""
+        if self._wit is None:
+            self._wit = Witness(self.artifacts, self._identity())
+        try:
+            self._wit.record([(run_id, seq, h)], sync=True, accepted=note)
+        except OSError as e:
+            raise StorageError(f"cannot write the witness file in {self.artifacts}: {environmental(e) or e}; "
+                               "the loss was not recorded there") from None
 
     def _identity(self) -> str:
         """What names this log file in its witness: the moment its schema was made (kept by its copies, new

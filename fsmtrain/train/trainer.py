@@ -110,11 +110,17 @@ class Trainer:
     ``Trainer(machine, build, log="runs.db").fit({"lr": 1e-3, "seed": 0})`` trains
     until the run halts, resuming the unfinished run with that config if there is
     one (see the README's "Train your own model").
+
+    ``home`` (default: ``$FSMTRAIN_HOME``): a directory on a shared filesystem, or an fsspec URL
+    (``s3://bucket/prefix``), that receives the log's events and checkpoints at each barrier, off the step's
+    path; the same command on another machine (a requeued job, a new spot instance) continues from it,
+    bit-identical (spec/home.md).  ``storage_options`` go to fsspec.
     """
 
     def __init__(self, machine: Machine, build: Factory, *, log: EventLog | str | os.PathLike[str],
                  hooks: Iterable[Any] = (), max_attempts: int = 3, max_interruptions: int | None = None,
-                 map_location: Any = None, distributed: Any = False) -> None:
+                 map_location: Any = None, distributed: Any = False, home: str | os.PathLike[str] | None = None,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
         if not isinstance(machine, Machine):
             raise TypeError(f"machine must be a Machine, got {type(machine).__name__}")
         if not callable(build):
@@ -128,8 +134,13 @@ class Trainer:
             self.dist = distributed if isinstance(distributed, Distributed) else Distributed()
         self._log_path = Path(log.path if isinstance(log, EventLog) else log)
         self._log: EventLog | None = None
+        if isinstance(log, EventLog) and home is not None:
+            raise ValueError("give the home to the EventLog (EventLog(path, home=...)) when you pass one, not to "
+                             "the Trainer")
+        if home is None and not isinstance(log, EventLog):
+            home = os.environ.get("FSMTRAIN_HOME") or None
         if self.dist is None or self.dist.writer:
-            self._log = log if isinstance(log, EventLog) else EventLog(log)
+            self._log = log if isinstance(log, EventLog) else EventLog(log, home=home, storage_options=storage_options)
         self.hooks = [_Retention(self), *hooks] if self._log is not None else []  # hooks run where the log is
         self.max_attempts = max_attempts
         self.max_interruptions = max_interruptions
@@ -304,7 +315,7 @@ class Trainer:
         if not isinstance(ref, Ref):
             raise CheckpointError(f"run {run_id} has no {which} checkpoint yet")
         resources = self._build(_start_state(self.log, run_id), run_id)
-        self._apply(resources, load_checkpoint(self.artifacts, ref, map_location=self.map_location))
+        self._apply(resources, load_checkpoint(self.artifacts, self._here(ref), map_location=self.map_location))
         return resources
 
     def sweep(self, run_id: int | None, state: Any) -> list[str]:
@@ -374,7 +385,7 @@ class Trainer:
         resources = self._build(_start_state(self.log, runner.run_id), runner.run_id)
         note: dict[str, Any] = {}
         ref, payload, after, skipped = self._choose(
-            runner, lambda r: load_checkpoint(self.artifacts, r, map_location=self.map_location))
+            runner, lambda r: load_checkpoint(self.artifacts, self._here(r), map_location=self.map_location))
         if ref is not None:
             self._apply(resources, payload)
             note["checkpoint"] = ref.path
@@ -445,7 +456,7 @@ class Trainer:
         if d.writer:
             try:
                 plan["start"] = _start_state(self.log, runner.run_id).to_json()
-                ref, blob, after, skipped = self._choose(runner, lambda r: read_verified(self.artifacts, r))
+                ref, blob, after, skipped = self._choose(runner, lambda r: read_verified(self.artifacts, self._here(r)))
                 if ref is not None:
                     plan["checkpoint"] = ref.path
                 plan.update(skipped=skipped, after=after, state=state_at(self.log, runner.run_id, after).to_json(),
@@ -474,6 +485,21 @@ class Trainer:
         if redo.mismatches:
             note["mismatches"] = redo.mismatches[:10]
         return note
+
+    def _here(self, ref: Ref) -> Ref:
+        """``ref``, its file fetched from the log's home when this machine lacks it (a new machine after a
+        preemption); a home that cannot give it is a :class:`CheckpointError` (the restore then falls back)."""
+        home = self._log.home if self._log is not None else None
+        if home is None or (self.artifacts / ref.path).exists():
+            return ref
+        try:
+            home.fetch(self.artifacts, ref.path, ref.sha256, ref.size)
+        except FsmtrainError as e:
+            raise CheckpointError(f"checkpoint {ref.path}: {e}") from None
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {ref.path} is not on this machine, and its home {home.url} cannot "
+                                  f"give it ({type(e).__name__}: {e})") from None
+        return ref
 
     def _written_at(self, run_id: int, ref: Ref) -> int:
         """The seq of the step that committed ``ref`` as the run's newest checkpoint."""

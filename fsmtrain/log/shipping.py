@@ -1,0 +1,218 @@
+"""Shipping a log to its home on a background thread, never on the step's critical path.
+
+A writer's barrier hands the shipper the heads it made durable (:meth:`Shipper.wake`: a dict copy and a
+notify).  The thread then, for each run: takes it in the home when this process has not (a claim), uploads the
+files its new events name, checks that no newer claim took the run, and creates the segment of those events.
+A home that cannot be reached is said once on stderr; training goes on, and the thread retries (backing off to
+10 s) until it catches up.  Another writer found in the home stops shipping for good (:attr:`Shipper.lost`, which
+the writer raises at its next append).  A gate's answer, a run's end and ``close`` wait for it
+(:meth:`Shipper.settle`), at most ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import FsmtrainError, HomeConflict, environmental
+from .home import Home, refs_in
+from .records import _EVENT_COLS
+from .segments import encode, segment_key
+
+__all__ = ["SEGMENT_EVENTS", "Shipper"]
+
+SEGMENT_EVENTS = 2000
+"""At most this many events per segment (a long backlog is shipped as several)."""
+_RUN_COLS = "id, machine, fingerprint, created, parent_id, parent_seq, tags"
+
+
+class Shipper:
+    """Ships the durable events of the log at ``path`` (files relative to ``artifacts``) to ``home``."""
+
+    def __init__(self, home: Home, path: Path, artifacts: Path, me: Callable[[], dict[str, Any]], *,
+                 quiet: bool = False) -> None:
+        self.home = home
+        self.me = me
+        self.path = path
+        self.artifacts = artifacts
+        self.quiet = quiet
+        self.lost: HomeConflict | None = None
+        """Another writer took a run in the home: shipping stopped; the log's writer raises this."""
+        self.failing: str | None = None
+        """Why the home cannot be reached right now (``None``: it can)."""
+        self.lags: list[float] = []
+        """Seconds from each barrier (:meth:`wake`) until the home held what it made durable."""
+        self.sent_bytes = 0
+        self.sent_seconds = 0.0
+        self._want: dict[int, tuple[int, str]] = {}
+        self._woken: dict[int, float] = {}  # run -> when the oldest unshipped barrier asked for it
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._conn: sqlite3.Connection | None = None
+        self._busy = False
+
+    # -- the writer's side --------------------------------------------------------
+    def wake(self, heads: dict[int, tuple[int, str]]) -> None:
+        """What a barrier made durable: ship it."""
+        if not heads or self.lost is not None:
+            return
+        now = time.monotonic()
+        with self._cv:
+            for run, head in heads.items():
+                if head[0] > self._want.get(run, (0, ""))[0]:
+                    self._want[run] = head
+                    self._woken.setdefault(run, now)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=f"fsmtrain-home {self.home.url}", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def behind(self) -> dict[int, tuple[int, int]]:
+        """Runs the home lacks durable events of: ``{run: (home's seq, local durable seq)}``."""
+        with self._cv:
+            return {r: (self.home.held.get(r, (0, None))[0], s) for r, (s, _) in self._want.items()
+                    if self.home.held.get(r, (0, None))[0] < s}
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until the home holds everything woken so far (at most ``timeout`` s); whether it does."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            self._cv.notify_all()
+            while self.lost is None and (self._pending() or self._busy):
+                left = end - time.monotonic()
+                if left <= 0 or self._thread is None:
+                    break
+                self._cv.wait(min(left, 0.5))
+            return self.lost is None and not self._pending()
+
+    def close(self, timeout: float) -> bool:
+        ok = self.settle(timeout)
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        return ok
+
+    def _pending(self) -> bool:
+        return any(self.home.held.get(r, (0, None))[0] < s for r, (s, _) in self._want.items())
+
+    # -- the thread ---------------------------------------------------------------
+    def _loop(self) -> None:
+        delay = 0.5
+        try:
+            while True:
+                with self._cv:
+                    while not self._stop and not self._pending():
+                        self._cv.wait()
+                    if self._stop and (self.failing is not None or not self._pending()):
+                        return
+                    work = dict(self._want)
+                    self._busy = True
+                try:
+                    for run, head in sorted(work.items()):
+                        self._ship(run, head)
+                except HomeConflict as e:
+                    self.lost = e
+                    self._say(f"fsmtrain: {e}")
+                    return
+                except Exception as e:  # unreachable, refused, timed out: say so once, go on, retry
+                    why = environmental(e) if isinstance(e, OSError) else None
+                    if self.failing is None:
+                        self._say(f"fsmtrain: the home {self.home.url} cannot be reached ({why or _line(e)}); training "
+                                  "goes on, and the home catches up when it is back")
+                    self.failing = why or _line(e)
+                    with self._cv:
+                        self._busy = False
+                        self._cv.notify_all()
+                        if not self._stop:
+                            self._cv.wait(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                if self.failing is not None:
+                    self.failing = None
+                    self._say(f"fsmtrain: the home {self.home.url} is back; it holds every durable event again")
+                delay = 0.5
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+        finally:
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _ship(self, run: int, head: tuple[int, str]) -> None:
+        home = self.home
+        if run not in home.claims:
+            home.claim(self.me(), run)
+            home.tip(run)
+        held, held_hash = home.held.get(run, (0, None))
+        if held == 0 and run not in home.held:
+            held, held_hash = home.tip(run)
+        while held < head[0]:
+            rows = self._rows(run, held, min(head[0], held + SEGMENT_EVENTS))
+            if not rows:
+                return
+            if held and rows[0][13] != held_hash:
+                raise home._diverged(_Named(self.path), run, held)
+            run_row = self._run_row(run) if rows[0][1] == 1 else None
+            start = time.monotonic()
+            for row in rows:
+                for ref in (*refs_in(row[8]), *refs_in(row[11])):
+                    self.sent_bytes += home.upload(self.artifacts, ref["path"])
+            home.check_claim(self.me(), run)
+            data = encode(run, rows, run_row, home.claims[run])
+            if not home.store.create(segment_key(run, rows[0][1]), data):
+                raise home._other(run, home._claims(run)[-1], "wrote its events since")
+            self.sent_bytes += len(data)
+            self.sent_seconds += time.monotonic() - start
+            held, held_hash = rows[-1][1], rows[-1][14]
+            with self._cv:
+                home.held[run] = (held, held_hash)
+                home._segments.setdefault(run, []).append(rows[0][1])
+                if held >= self._want.get(run, (0, ""))[0] and run in self._woken:
+                    self.lags.append(time.monotonic() - self._woken.pop(run))
+                self._cv.notify_all()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite3.connect(f"file:{quote(str(self.path.resolve()))}?mode=ro", uri=True, timeout=30.0,
+                                         check_same_thread=False)
+        return self._conn
+
+    def _rows(self, run: int, after: int, upto: int) -> list[tuple[Any, ...]]:
+        return self._db().execute(f"SELECT {', '.join(_EVENT_COLS)} FROM events WHERE run_id = ? AND seq > ? AND "
+                                  "seq <= ? ORDER BY seq", (run, after, upto)).fetchall()
+
+    def _run_row(self, run: int) -> tuple[Any, ...]:
+        return tuple(self._db().execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run,)).fetchone())
+
+    def _say(self, line: str) -> None:
+        if not self.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+
+class _Named:
+    """What messages need of a log: its path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+
+def _line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    first = text[0] if text else ""
+    name = type(e).__name__
+    if isinstance(e, FsmtrainError):
+        return first or name
+    return f"{name}: {first}" if first else name
