@@ -132,13 +132,13 @@ def _print_json(obj: Any) -> None:
                           allow_nan=True, ensure_ascii=False))
 
 
-def _existing_log(path: Path, home: str | None = None) -> EventLog:
+def _existing_log(path: Path, home: str | None = None, home_timeout: float | None = None) -> EventLog:
     """Open an existing log to write to; a missing or empty file is an error, never a new empty log, and
     nothing is written to it (not even its journal mode) unless the command does write.  With a ``home``, a
     log this machine lacks is first pulled from it (a new machine)."""
     if not os.path.lexists(path) and home is None:
         raise click.BadParameter(f"{path} does not exist", param_hint="LOG")
-    return EventLog(path, create=False, home=home)
+    return EventLog(path, create=False, home=home, home_timeout=home_timeout)
 
 
 def _export_home(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

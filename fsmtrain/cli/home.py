@@ -86,7 +86,7 @@ def pull(home: str, log: Path) -> None:
         runs = lg.runs()
         files = 0
         for info in runs:
-            for ref in _refs(state_at(lg, info.id).to_json()):
+            for ref in _refs(state_at(lg, info.id).to_dict()):
                 if not (lg.artifacts / ref["path"]).exists() and \
                         lg.home.fetch(lg.artifacts, ref["path"], ref["sha256"], ref["size"]):
                     files += 1
@@ -129,8 +129,8 @@ def sync(log: Path, home: str | None, timeout: float | None) -> None:
     """
     if home is None:
         raise click.UsageError("give the home: --home DIR|URL (or set FSMTRAIN_HOME)")
-    with _existing_log(log, home) as lg:
-        behind = lg.sync_home(timeout)
+    with _existing_log(log, home, timeout) as lg:
+        behind = lg.sync_home()
         if behind:
             runs = ", ".join(f"run {r} ({h} of {s} events)" for r, (h, s) in sorted(behind.items()))
             raise HomeBehind(f"the home {home} still lacks part of {runs}; run `fsmtrain sync {log} --home {home}` "

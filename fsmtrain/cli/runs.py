@@ -177,16 +177,29 @@ def verify(log: Path, as_json: bool) -> None:
         n_runs = lg.conn.execute("SELECT count(*) FROM runs").fetchone()[0]
         n_events = lg.conn.execute("SELECT count(*) FROM events").fetchone()[0]
         witness = lg.artifacts / "witness.jsonl"
+        accepted = [(e.run_id, e.info["accepted_loss"]) for e in (lg.event(r, s) for r, s in lg.conn.execute(
+            "SELECT run_id, seq FROM events WHERE kind = 'resume' AND info LIKE '%\"accepted_loss\"%' ORDER BY run_id, seq"))
+            if isinstance(e.info, dict) and isinstance(e.info.get("accepted_loss"), dict)]
+        lost = bool(lg.lost_tails()) if problems else False
     if as_json:
         _print_json({"ok": not problems, "runs": n_runs, "events": n_events, "problems": problems,
-                     "unchecked_keyed_runs": unchecked, "witness": witness.exists()})
+                     "unchecked_keyed_runs": unchecked, "witness": witness.exists(),
+                     "accepted_losses": [{"run": r, **note} for r, note in accepted]})
     elif problems:
         echo(f"CORRUPT: {problems[0]}", err=True)
         for p in problems[1:]:
             echo(f"  also: {p}", err=True)
+        if lost:
+            echo(f"  to continue: `fsmtrain recover {log} --home HOME` takes the lost events back from a home; "
+                 "`--accept-loss` records that you accept losing them", err=True)
     else:
         echo(f"OK: {n_runs} run(s), {n_events} event(s); sequences gapless, hash chains intact"
              + ("; nothing lost that the witness saw" if witness.exists() else "; no witness file to compare with"))
+        for r, note in accepted:
+            lost_range = note.get("lost") or {}
+            echo(f"note: run {r}: {note.get('by')} accepted losing events {lost_range.get('from')} to "
+                 f"{lost_range.get('to')} on {_when(note.get('at'))}"
+                 + (f" ({_short(note['comment'], 200)})" if note.get("comment") else "") + "; they were redone")
         if unchecked:
             echo(f"note: run(s) {', '.join(map(str, unchecked))} are keyed (HMAC): their hashes were not checked; "
                  "give the key (FSMTRAIN_LOG_KEY or FSMTRAIN_LOG_KEY_FILE) to check them")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,7 @@ class Home:
         self.held: dict[int, tuple[int, str | None]] = {}  # run -> (seq, hash): how far the home holds it, as known
         self._segments: dict[int, list[int]] = {}  # run -> the first events of its segments, as last listed
         self.uploaded: set[str] = set()  # artifact paths known to be in the home
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, home: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Home:
@@ -166,17 +168,21 @@ class Home:
         share it are one writer, kept apart by the run's local lock): nothing to do when the newest claim is
         already its own; otherwise create claim ``n + 1`` after the newest one.  Another writer that claims at
         the same moment makes this raise :class:`HomeConflict`, naming it."""
-        names = self._claims(run_id)
-        if names and self._mine(me, run_id, names[-1]):
-            self.claims[run_id] = names[-1]
-            return names[-1]
-        n = int(names[-1].split(".")[0]) + 1 if names else 1
-        name = f"{n:06d}.json"
-        doc = {**me, "pid": os.getpid(), "at": time.time(), "id": uuid.uuid4().hex}
-        if not self.store.create(f"runs/{run_id}/claims/{name}", json.dumps(doc, sort_keys=True).encode()):
-            raise self._other(run_id, name, "took it at the same moment")
-        self.claims[run_id] = name
-        return name
+        with self._lock:  # (the writer's thread and the shipper's)
+            if run_id in self.claims:
+                return self.claims[run_id]
+            names = self._claims(run_id)
+            if names and self._mine(me, run_id, names[-1]):
+                self.claims[run_id] = names[-1]
+                return names[-1]
+            n = int(names[-1].split(".")[0]) + 1 if names else 1
+            name = f"{n:06d}.json"
+            doc = {**me, "pid": os.getpid(), "at": time.time(), "id": uuid.uuid4().hex}
+            if not self.store.create(f"runs/{run_id}/claims/{name}", json.dumps(doc, sort_keys=True).encode()) \
+                    and not self._mine(me, run_id, name):
+                raise self._other(run_id, name, "took it at the same moment")
+            self.claims[run_id] = name
+            return name
 
     def _claims(self, run_id: int) -> list[str]:
         return sorted(n for n in self.store.list(f"runs/{run_id}/claims")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import FsmtrainError, HomeBehind, HomeError
+from ..errors import FsmtrainError, HomeBehind, HomeConflict, HomeError
 from .home import Home
 from .shipping import Shipper, _line
 from .writing import _Writing
@@ -139,6 +139,8 @@ class _Homing(_Writing):
             if ship is not None:
                 ship.close(self.home_timeout)
                 behind = ship.behind() if ship.lost is None else {}
+        if ship is not None and ship.lost is not None:
+            raise ship.lost  # (another writer took a run: the home holds its history, not this process's tail)
         if behind and ship is not None:
             runs = ", ".join(f"run {r} (the home holds {h} of its {s} events)" for r, (h, s) in sorted(behind.items()))
             why = f" ({ship.failing})" if ship.failing else ""
@@ -149,7 +151,7 @@ class _Homing(_Writing):
     def __exit__(self, *exc: object) -> None:
         try:
             self.close()
-        except HomeBehind as e:
+        except (HomeBehind, HomeConflict) as e:
             if exc[0] is None:
                 raise
             print(f"fsmtrain: {e}", file=sys.stderr, flush=True)  # (never over the error being handled)

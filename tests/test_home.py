@@ -1,0 +1,366 @@
+"""A run is not tied to one machine's disk: its home (a directory here; S3 in test_home_battery.py) receives
+immutable segments, claims and checkpoints; a new machine pulls, verifies and continues bit for bit; one writer
+across machines; a lost tail is recovered from the home or its loss accepted; network filesystems refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from fsmtrain import EventLog
+from fsmtrain.errors import CorruptLog, HomeBehind, HomeConflict, HomeError, LostTail, StorageError
+from fsmtrain.log import _EVENT_COLS
+from fsmtrain.log.segments import decode, first_of
+from fsmtrain.log.store import DirStore, open_store
+from fsmtrain.state import Ref
+from fsmtrain.train import Trainer
+from tests.conftest import ROOT, remount_read_only
+from tests.machines.training import tiny_build, tiny_machine
+
+CONFORMANCE = ROOT / "spec" / "conformance" / "02-set-and-append.jsonl"
+
+
+def cli(*args, env=None):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FSMTRAIN_LOG_KEY", "FSMTRAIN_HOME"))}
+    return subprocess.run([sys.executable, "-m", "fsmtrain", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**base, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def counter(log: EventLog, n: int, run: int | None = None) -> None:
+    """``n`` steps of a counter run (created when ``run`` is None), the last one ending it."""
+    ev = log.create_run("m", "f" * 64, snapshot={"n": 0}, next_action="tick") if run is None else log.last_event(run)
+    for i in range(n):
+        ev = log.append(ev.run_id, ev.seq, kind="step", step=ev.step + 1, action="tick", updates={"set": {"n": i}},
+                        next_action="tick" if i < n - 1 else None, prev_hash=ev.hash)
+
+
+def home_rows(home: Path, run: int) -> list[tuple]:
+    """Every event row the home holds of ``run``, from its segments (checked contiguous)."""
+    folder = home / "runs" / str(run) / "events"
+    rows: list[tuple] = []
+    for name in sorted(os.listdir(folder)):
+        first = first_of(name)
+        assert first == len(rows) + 1, (name, len(rows))
+        seg = decode((folder / name).read_bytes(), name, run, first)
+        rows.extend(seg.rows)
+    return rows
+
+
+def local_rows(path: Path, run: int) -> list[tuple]:
+    with sqlite3.connect(path) as c:
+        return c.execute(f"SELECT {', '.join(_EVENT_COLS)} FROM events WHERE run_id = ? ORDER BY seq", (run,)).fetchall()
+
+
+def backup(src: Path, dst: Path) -> None:
+    """A consistent copy of a live log (SQLite's online backup, as a backup job would take)."""
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+
+
+def metrics(state) -> dict:
+    return {k: list(state[k]) for k in ("train_loss", "val_loss", "val_acc")} | {"w": state["weights_sha256"]}
+
+
+class TestTheHome:
+    def test_it_receives_the_runs_events_as_segments_and_the_files_they_name(self, tmp_path):
+        home = tmp_path / "home"
+        with Trainer(tiny_machine(3), tiny_build, log=tmp_path / "a.db", home=home) as t:
+            runner = t.fit()
+            state = runner.state
+        assert home_rows(home, 1) == local_rows(tmp_path / "a.db", 1)  # every event, as stored
+        for ref in (state["checkpoint"], state["best"]["checkpoint"]):
+            assert isinstance(ref, Ref)
+            assert (home / "artifacts" / ref.path).read_bytes() == (tmp_path / "a.db.artifacts" / ref.path).read_bytes()
+        assert [p.name for p in home.rglob(".*")] == []  # no temp file left behind
+        assert os.listdir(home / "runs" / "1" / "claims") == ["000001.json"]
+
+    def test_segments_hold_the_conformance_row_format(self, tmp_path):
+        home = tmp_path / "home"
+        with EventLog(tmp_path / "a.db", home=home) as log:
+            counter(log, 3)
+        lines = [json.loads(x) for x in (home / "runs/1/events/000000000001.jsonl").read_text().splitlines()]
+        case = [json.loads(x) for x in CONFORMANCE.read_text().splitlines()]
+        assert lines[0]["segment"] == {"format": 1, "run": 1, "first": 1, "last": 4, "claim": "000001.json"}
+        assert set(lines[1]["run"]) == set(case[1]["run"])
+        assert all(set(x["event"]) == set(case[2]["event"]) for x in lines[2:])
+
+    def test_a_directory_home_is_made_and_a_file_is_not_a_home(self, tmp_path):
+        with EventLog(tmp_path / "a.db", home=tmp_path / "x" / "y") as log:
+            counter(log, 1)
+        assert (tmp_path / "x" / "y" / "runs" / "1").is_dir()
+        (tmp_path / "f").write_text("")
+        with pytest.raises(HomeError, match="not a directory"):
+            EventLog(tmp_path / "b.db", home=tmp_path / "f")
+        with pytest.raises(HomeError, match="empty"):
+            EventLog(tmp_path / "b.db", home=" ")
+        with pytest.raises(HomeError, match="read-only"):
+            EventLog(tmp_path / "a.db", home=tmp_path / "h", readonly=True)
+        assert not (tmp_path / "b.db").exists()
+
+    def test_create_if_absent_lets_exactly_one_of_many_threads_create_an_object(self, tmp_path):
+        store = DirStore(tmp_path / "h")
+        wins = []
+        go = threading.Barrier(8)
+
+        def race(i):
+            go.wait()
+            wins.append(store.create("k/claim.json", str(i).encode()))
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(wins) == [False] * 7 + [True]
+        assert store.get("k/claim.json") in {str(i).encode() for i in range(8)}
+
+    def test_fsspec_urls_work_and_a_missing_fsspec_backend_is_named(self, tmp_path):
+        pytest.importorskip("fsspec")
+        with EventLog(tmp_path / "a.db", home="memory://fsmtrain-test/home") as log:
+            counter(log, 2)
+        with EventLog(tmp_path / "b.db", home="memory://fsmtrain-test/home") as log:
+            assert local_rows(tmp_path / "b.db", 1) == local_rows(tmp_path / "a.db", 1)
+        assert isinstance(open_store(f"file://{tmp_path}/h"), DirStore)
+        with pytest.raises(HomeError, match="fsmtrain\\[cloud\\]|not a URL|needs"):
+            open_store("nosuchprotocol://bucket/x")
+
+
+class TestANewMachine:
+    def test_a_run_continues_on_a_new_machine_bit_identically(self, tmp_path):
+        want = Trainer(tiny_machine(4), tiny_build, log=tmp_path / "ref.db").fit().state
+        home = tmp_path / "home"
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        with Trainer(tiny_machine(4), tiny_build, log=tmp_path / "a" / "r.db", home=home) as t:
+            runner = t.start({})
+            with runner:
+                for _ in range(3):
+                    runner.step()
+        shutil.rmtree(tmp_path / "a")  # the node is gone, with its disk
+        with Trainer(tiny_machine(4), tiny_build, log=tmp_path / "b" / "r.db", home=home) as t:
+            got = t.fit()
+            assert got.run_id == 1 and got.status == "finished"
+            assert metrics(got.state) == metrics(want)
+            assert t.log.verify() == []
+            restored = [e.info["restore"] for e in t.log.events(1) if e.kind == "resume"]
+            assert restored and "checkpoint" in restored[-1]  # fetched from the home, not redone from the start
+        assert home_rows(home, 1) == local_rows(tmp_path / "b" / "r.db", 1)
+
+    def test_pull_builds_a_verified_copy_with_the_checkpoints(self, tmp_path):
+        home = tmp_path / "home"
+        with Trainer(tiny_machine(2), tiny_build, log=tmp_path / "a.db", home=home) as t:
+            state = t.fit().state
+        p = cli("pull", home, tmp_path / "copy.db")
+        assert p.returncode == 0, p.stderr
+        assert "1 run(s)" in p.stdout
+        assert local_rows(tmp_path / "copy.db", 1) == local_rows(tmp_path / "a.db", 1)
+        best = state["best"]["checkpoint"]
+        assert (tmp_path / "copy.db.artifacts" / best.path).read_bytes() == \
+            (tmp_path / "a.db.artifacts" / best.path).read_bytes()
+        assert cli("verify", tmp_path / "copy.db").returncode == 0
+        assert cli("replay", tmp_path / "copy.db").returncode == 0
+
+    def test_a_tampered_or_missing_segment_is_refused_and_nothing_is_taken(self, tmp_path):
+        home = tmp_path / "home"
+        with EventLog(tmp_path / "a.db", home=home, barrier_every=3) as log:
+            counter(log, 12)
+        names = sorted(os.listdir(home / "runs/1/events"))
+        assert len(names) >= 2
+        seg = home / "runs/1/events" / names[-1]
+        lines = [json.loads(x) for x in seg.read_text().splitlines()]
+        lines[-1]["event"]["updates"] = '{"set":{"n":12}}'  # (one value changed, every hash left as it was)
+        seg.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        with pytest.raises(CorruptLog, match="does not match its hash"):
+            EventLog(tmp_path / "b.db", home=home)
+        assert local_rows(tmp_path / "b.db", 1) == local_rows(tmp_path / "a.db", 1)[:first_of(names[-1]) - 1]
+        (home / "runs/1/events" / names[-1]).unlink()
+        (home / "runs/1/events" / names[0]).unlink()
+        with pytest.raises(CorruptLog, match="lacks run 1's events"):
+            EventLog(tmp_path / "c.db", home=home)
+        assert not (tmp_path / "c.db").exists()
+
+    def test_a_log_that_went_on_without_the_home_is_not_mixed_with_it(self, tmp_path):
+        home = tmp_path / "home"
+        with EventLog(tmp_path / "a.db", home=home) as log:
+            counter(log, 2)
+        backup(tmp_path / "a.db", tmp_path / "b.db")
+        with EventLog(tmp_path / "b.db") as log:  # no home: it moves on alone
+            ev = log.last_event(1)
+            log.append(1, ev.seq, kind="stopped", step=ev.step, info={"by": "x", "at": 0, "reason": "r"})
+        with EventLog(tmp_path / "a.db", home=home) as log:
+            ev = log.last_event(1)
+            log.append(1, ev.seq, kind="stopped", step=ev.step, info={"by": "y", "at": 1, "reason": "r"})
+        with pytest.raises(HomeConflict, match="differ at event"):
+            EventLog(tmp_path / "b.db", home=home)
+
+
+class TestOneWriter:
+    def test_a_later_claim_takes_the_run_and_the_earlier_writer_stops_naming_it(self, tmp_path):
+        home = tmp_path / "home"
+        with EventLog(tmp_path / "a.db", home=home) as log:
+            counter(log, 1)
+            log.create_run("m", "f" * 64, snapshot={"n": 0}, next_action="tick")  # run 2 stays open
+        a = EventLog(tmp_path / "a.db", home=home)
+        b = EventLog(tmp_path / "b.db", home=home)
+        try:
+            a.take(2)
+            b.take(2)  # (a requeued job on another node: the newest claim is the writer)
+            ev = a.last_event(2)
+            a.append(2, ev.seq, kind="step", step=1, action="tick", updates={"set": {"n": 1}}, next_action="tick",
+                     barrier=True)
+            a._ship.settle(30)
+            assert isinstance(a._ship.lost, HomeConflict)
+            with pytest.raises(HomeConflict, match=f"log {tmp_path / 'b.db'}"):
+                a.append(2, ev.seq + 1, kind="step", step=2, action="tick", next_action="tick")
+            ev = b.last_event(2)
+            b.append(2, ev.seq, kind="step", step=1, action="tick", updates={"set": {"n": 7}}, next_action=None)
+        finally:
+            with pytest.raises(HomeConflict):
+                a.close()
+            b.close()
+        assert [r[8] for r in home_rows(home, 2)] == [None, '{"set":{"n":7}}']
+
+    def test_processes_sharing_one_log_are_one_writer(self, tmp_path):
+        home = tmp_path / "home"
+        with EventLog(tmp_path / "a.db", home=home) as log:
+            counter(log, 1)
+            log.create_run("m", "f" * 64, snapshot={"n": 0}, next_action="tick")
+        for i in range(3):  # (a worker, then an approve, then a worker...: the same log, one claim)
+            with EventLog(tmp_path / "a.db", home=home) as log:
+                ev = log.last_event(2)
+                log.append(2, ev.seq, kind="step", step=i + 1, action="tick", next_action="tick")
+        assert os.listdir(home / "runs/2/claims") == ["000001.json"]
+        assert len(home_rows(home, 2)) == 4
+
+
+class TestUnreachable:
+    def test_training_goes_on_says_so_once_and_catches_up(self, tmp_path, small_disk, capfd):
+        disk = small_disk("8m")
+        home = disk / "home"
+        want = Trainer(tiny_machine(4), tiny_build, log=tmp_path / "ref.db").fit().state
+        t = Trainer(tiny_machine(4), tiny_build, log=tmp_path / "a.db", home=home)
+        runner = t.start({})
+        with runner:
+            runner.step()
+            t.log.barrier()
+            t.log._ship.settle(30)
+            remount_read_only(disk)
+            for _ in range(4):
+                runner.step()
+                t.log.barrier()
+            t.log._ship.settle(2)
+            assert t.log._ship.failing
+            err = capfd.readouterr().err
+            assert err.count("cannot be reached") == 1 and "training goes on" in err
+            subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+            assert t.log._ship.settle(60)
+            assert "is back" in capfd.readouterr().err
+            runner.run()
+        t.close()
+        assert home_rows(home, 1) == local_rows(tmp_path / "a.db", 1)
+        shutil.rmtree(tmp_path / "a.db.artifacts")
+        os.unlink(tmp_path / "a.db")
+        got = Trainer(tiny_machine(4), tiny_build, log=tmp_path / "b.db", home=home).fit()
+        assert metrics(got.state) == metrics(want)
+
+    def test_close_waits_a_bounded_time_then_says_how_to_push_the_rest(self, tmp_path, small_disk):
+        disk = small_disk("8m")
+        home = disk / "home"
+        log = EventLog(tmp_path / "a.db", home=home, home_timeout=0.5)
+        counter(log, 1)
+        remount_read_only(disk)
+        log.create_run("m", "f" * 64, snapshot={"n": 0}, next_action="tick")
+        with pytest.raises(HomeBehind, match="fsmtrain sync") as e:
+            log.close()
+        assert e.value.exit_code == 75
+        p = cli("sync", tmp_path / "a.db", "--home", home, "--timeout", "0.5")
+        assert p.returncode == 75 and "fsmtrain sync" in p.stderr and "Traceback" not in p.stderr
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        p = cli("sync", tmp_path / "a.db", "--home", home)
+        assert p.returncode == 0 and "holds every event" in p.stdout, p.stderr
+        assert home_rows(home, 2) == local_rows(tmp_path / "a.db", 2)
+
+
+class TestRecover:
+    def restored(self, tmp_path, home):
+        """A run whose log was backed up early and its artifacts (with the witness) late, both restored."""
+        with Trainer(tiny_machine(4), tiny_build, log=tmp_path / "a.db", home=home) as t:
+            runner = t.start({})
+            with runner:
+                runner.step()
+                runner.step()
+                t.log.barrier()
+                backup(tmp_path / "a.db", tmp_path / "backup.db")  # the nightly backup of the log...
+                runner.run()
+        shutil.copytree(tmp_path / "a.db.artifacts", tmp_path / "r" / "a.db.artifacts")
+        (tmp_path / "r" / "a.db.artifacts" / "runs.lock").unlink(missing_ok=True)  # ...and later the rest
+        shutil.copy(tmp_path / "backup.db", tmp_path / "r" / "a.db")
+        return tmp_path / "r" / "a.db"
+
+    def test_a_lost_tail_is_refused_naming_recover_then_taken_back_from_the_home(self, tmp_path):
+        want = Trainer(tiny_machine(4), tiny_build, log=tmp_path / "ref.db").fit().state
+        log = self.restored(tmp_path, tmp_path / "home")
+        with pytest.raises(LostTail, match="fsmtrain recover"):
+            Trainer(tiny_machine(4), tiny_build, log=log).fit()
+        p = cli("replay", log)
+        assert p.returncode == 0
+        p = cli("verify", log)
+        assert p.returncode == 1 and "fsmtrain recover" in p.stderr
+        p = cli("recover", log)
+        assert p.returncode == 3 and "--accept-loss" in p.stderr and "Traceback" not in p.stderr
+        p = cli("recover", log, "--home", tmp_path / "home")
+        assert p.returncode == 0 and "nothing to recover" in p.stdout, p.stderr
+        assert cli("verify", log).returncode == 0
+        got = Trainer(tiny_machine(4), tiny_build, log=log).fit()
+        assert metrics(got.state) == metrics(want)
+
+    def test_without_a_home_an_accepted_loss_is_recorded_and_the_run_redoes_it(self, tmp_path):
+        want = Trainer(tiny_machine(4), tiny_build, log=tmp_path / "ref.db").fit().state
+        log = self.restored(tmp_path, tmp_path / "home")
+        shutil.rmtree(tmp_path / "home")
+        p = cli("recover", log, "--accept-loss", "--comment", "restored the backup", env={"FSMTRAIN_USER": "ana"})
+        assert p.returncode == 0 and "accepted" in p.stdout, p.stderr
+        p = cli("verify", log)
+        assert p.returncode == 0, p.stderr
+        assert "accepted" in p.stdout and "ana" in p.stdout
+        got = Trainer(tiny_machine(4), tiny_build, log=log).fit()
+        assert metrics(got.state) == metrics(want)
+        with EventLog(log, readonly=True) as lg:
+            accepted = [e for e in lg.events(1) if e.kind == "resume" and "accepted_loss" in e.info]
+            assert len(accepted) == 1
+            note = accepted[0].info["accepted_loss"]
+            assert note["by"] == "ana" and note["comment"] == "restored the backup" and note["lost"]["from"] > 1
+            assert lg.verify() == []
+        p = cli("recover", log, "--accept-loss")
+        assert p.returncode == 0 and "nothing to recover" in p.stdout
+
+    def test_recover_refuses_a_run_that_does_not_exist(self, tmp_path):
+        with EventLog(tmp_path / "a.db") as log:
+            counter(log, 1)
+        p = cli("recover", tmp_path / "a.db", "--run", "5", "--accept-loss")
+        assert p.returncode == 1 and "run 5" in p.stderr
+
+
+class TestNetworkFilesystems:
+    def test_a_writer_is_refused_naming_the_home_and_a_reader_reads(self, tmp_path, monkeypatch):
+        from fsmtrain.log import files
+
+        with EventLog(tmp_path / "a.db") as log:
+            counter(log, 1)
+        monkeypatch.setattr(files, "_filesystem_of", lambda path: "nfs4")
+        monkeypatch.delenv("FSMTRAIN_ALLOW_NETWORK_FS", raising=False)
+        with pytest.raises(StorageError, match="network filesystem.*--home"):
+            EventLog(tmp_path / "b.db")
+        assert not (tmp_path / "b.db").exists()
+        with EventLog(tmp_path / "a.db", readonly=True) as log:
+            assert log.last_event(1).seq == 2
+        monkeypatch.setenv("FSMTRAIN_ALLOW_NETWORK_FS", "1")
+        with pytest.warns(UserWarning, match="network filesystem"), EventLog(tmp_path / "b.db") as log:
+            counter(log, 1)
