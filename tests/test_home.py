@@ -364,3 +364,19 @@ class TestNetworkFilesystems:
         monkeypatch.setenv("FSMTRAIN_ALLOW_NETWORK_FS", "1")
         with pytest.warns(UserWarning, match="network filesystem"), EventLog(tmp_path / "b.db") as log:
             counter(log, 1)
+
+
+class TestStudies:
+    def test_a_study_and_its_trial_processes_ship_to_the_home(self, tmp_path):
+        from fsmtrain.tune import LogUniform, Study
+
+        home = tmp_path / "home"
+        runner = Study(tmp_path / "s.db", "tests.machines.trials:trainer", {"lr": LogUniform(0.01, 0.5)}, n_trials=3,
+                       max_concurrent=2, seed=1, config={"max_epochs": 2}, home=home).run()
+        runner.log.close()
+        assert runner.status == "finished"
+        with EventLog(tmp_path / "s.db", readonly=True) as log:
+            runs = [r.id for r in log.runs()]
+        assert len(runs) == 4
+        for r in runs:  # the study run and every trial, whole, from the processes that wrote them
+            assert home_rows(home, r) == local_rows(tmp_path / "s.db", r)

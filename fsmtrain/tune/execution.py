@@ -26,7 +26,7 @@ __all__ = ["LOCK_WAIT", "InlineExecutor", "exit_with_parent", "run_segment", "ru
 
 # -- the task each trial segment is (runs in an executor's process) ---------------------------------
 def run_segment(log_path: str, target: str, run_id: int, until: int | None, metric: str,
-                counter: str = "epoch") -> dict[str, Any]:
+                counter: str = "epoch", home: str | None = None) -> dict[str, Any]:
     """Resume trial run ``run_id`` until ``state[counter] >= until`` at an epoch boundary (or its end).
 
     Module-level and given only strings and numbers, so any executor can run it
@@ -35,7 +35,7 @@ def run_segment(log_path: str, target: str, run_id: int, until: int | None, metr
     from ..replay import state_at
     from ..worker import run_lock
 
-    log, trainer = _opened(log_path, target)  # one connection and target per process, kept across tasks
+    log, trainer = _opened(log_path, target, home)  # one connection and target per process, kept across tasks
     info = log.run(run_id)
     if info.status == "finished":
         return _outcome("completed", state_at(log, run_id), metric, counter)
@@ -124,13 +124,14 @@ LOCK_WAIT = 600.0
 _OPENED: dict[tuple[str, str], tuple[EventLog, Any]] = {}
 
 
-def _opened(log_path: str, target: str) -> tuple[EventLog, Any]:
-    """This process's connection to the log and its trial target (built once, reused by later tasks)."""
+def _opened(log_path: str, target: str, home: str | None = None) -> tuple[EventLog, Any]:
+    """This process's connection to the log (shipping to ``home``) and its trial target (built once, reused by
+    later tasks)."""
     from ..worker import as_target
 
     key = (log_path, target)
     if key not in _OPENED:
-        log = EventLog(log_path)
+        log = EventLog(log_path, home=home)
         _OPENED[key] = (log, as_target(_import(target), log))
     return _OPENED[key]
 

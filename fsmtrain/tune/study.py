@@ -109,6 +109,8 @@ class Study:
     With ``artifacts=PATH`` (a folder every worker reaches), trials are *detached*: a task gets its
     trial's events, advances it in a scratch log on the worker, checkpoints under ``PATH``, and returns
     the new events, which the study process writes to its log (for workers on other machines).
+    ``home`` (default: ``$FSMTRAIN_HOME``): the log's home (spec/home.md): the study and its trials ship to
+    it, and the same study command on another machine continues from it.
     """
 
     def __init__(self, log: EventLog | str | os.PathLike[str], trial: Any, space: Space | Mapping[str, Any], *,
@@ -116,7 +118,8 @@ class Study:
                  sampler: Any = "random", scheduler: Any = None, seed: int = 0,
                  config: Mapping[str, Any] | None = None, retries: int = 0, name: str = "study",
                  executor: cf.Executor | None = None, hooks: Iterable[Any] = (),
-                 stop: Condition | None = None, artifacts: str | os.PathLike[str] | None = None) -> None:
+                 stop: Condition | None = None, artifacts: str | os.PathLike[str] | None = None,
+                 home: str | os.PathLike[str] | None = None) -> None:
         problems = []
         for n, v, lo in (("n_trials", n_trials, 1), ("max_concurrent", max_concurrent, 1), ("retries", retries, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -135,7 +138,13 @@ class Study:
         if getattr(self.sampler, "name", None) == "optuna":
             self.sampler.direction = "minimize" if mode == "min" else "maximize"
         self.scheduler = make_scheduler(scheduler, getattr(scheduler, "max_t", None))
-        self.log = log if isinstance(log, EventLog) else EventLog(log)
+        if isinstance(log, EventLog) and home is not None:
+            raise ValueError("give the home to the EventLog (EventLog(path, home=...)) when you pass one")
+        if home is None and not isinstance(log, EventLog):
+            home = os.environ.get("FSMTRAIN_HOME") or None
+        self.log = log if isinstance(log, EventLog) else EventLog(log, home=home)
+        self.home = None if self.log.home is None else self.log.home.url
+        """The study log's home (spec/home.md), which its trials' processes ship to as well."""
         self.n_trials, self.max_concurrent, self.metric, self.mode = n_trials, max_concurrent, metric, mode
         self.seed, self.retries, self.name = seed, retries, name
         self.config = dict(config or {})
@@ -250,7 +259,7 @@ class Study:
                     if study.artifacts is None:
                         resources.futures[t.index] = resources.executor.submit(
                             run_segment, resources.log_path, resources.target, t.run_id, next_stop(t.epochs),
-                            study.metric)
+                            study.metric, home=study.home)
                     else:  # (the events travel to another machine: a damaged run is refused here)
                         study.log.check_run(t.run_id)
                         resources.futures[t.index] = resources.executor.submit(
