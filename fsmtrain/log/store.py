@@ -152,7 +152,8 @@ class FsspecStore(Store):
         options = dict(storage_options or {})
         protocol = url.split("://", 1)[0].lower()
         if protocol in ("s3", "s3a"):
-            options.setdefault("use_listings_cache", False)
+            options.setdefault("use_listings_cache", False)  # (another machine's objects must show at once)
+            options.setdefault("skip_instance_cache", True)
             endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
             if endpoint and "endpoint_url" not in options and "client_kwargs" not in options:
                 options["endpoint_url"] = endpoint  # (older s3fs/botocore ignore the variable)
@@ -168,14 +169,19 @@ class FsspecStore(Store):
         self.protocol = protocol
         self.exclusive = protocol in _EXCLUSIVE
         self._lock = threading.Lock()
+        if protocol in ("s3", "s3a"):
+            _no_expect_header(self.fs)
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
     def create(self, key: str, data: bytes) -> bool:
         try:
-            with self.fs.open(self._path(key), "xb") as f:
-                f.write(data)
+            try:
+                self.fs.pipe_file(self._path(key), data, mode="create")  # (S3: a put with If-None-Match: *)
+            except TypeError:  # an older fsspec: no mode
+                with self.fs.open(self._path(key), "xb") as f:
+                    f.write(data)
         except FileExistsError:
             return False
         except OSError as e:
@@ -211,6 +217,18 @@ class FsspecStore(Store):
             if name and not name.startswith("."):
                 out.append(name)
         return sorted(out)
+
+
+def _no_expect_header(fs: Any) -> None:
+    """botocore sends ``Expect: 100-continue`` with a PUT, and aiohttp starts no read timeout while it waits for
+    the answer: a PUT to a server that hangs would hang the shipper for ever.  Drop it (best effort)."""
+    try:
+        import botocore.handlers
+
+        fs.connect()
+        fs.s3.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+    except Exception:
+        pass
 
 
 def _precondition_failed(e: BaseException) -> bool:
