@@ -10,6 +10,9 @@ Four variants, interleaved over several rounds (median per variant), one thread,
              and with durability="step" (fsm: every commit fsynced, as before the policy)
   raw+ckpt   the raw loop plus an atomic checkpoint each epoch (temp file, fsync, rename, fsync of the folder)
   fsm+ckpt   fsmtrain's training_machine with its checkpoint action each epoch (same durability, plus sha256)
+  +home      the same with a directory home (spec/home.md): segments and checkpoints shipped on a background
+             thread at each barrier; the run's end waits until the home holds it.  Also: the home's lag (a
+             barrier until the home holds it) and the upload throughput of a 256 MB checkpoint
 Each pair must end with bit-identical weights: proof that both did the same work.
 Checkpoint I/O is also timed alone: save + load of the same payload (model, optimizer, RNG states).
 If pytorch-lightning is installed (never required) its figure is printed beside ours.
@@ -120,8 +123,11 @@ def done(state):
     return None
 
 
+HOME: dict[str, list[float]] = {"lags": [], "end_wait": []}
+
+
 def fsm_run(data, batch: int, epochs: int, log: Path, checkpoint: bool, durability: str = "barrier",
-            hooks: bool = False) -> tuple[float, str]:
+            hooks: bool = False, home: Path | None = None) -> tuple[float, str]:
     build = build_factory(data, batch)
     if checkpoint:
         machine = training_machine(max_epochs(epochs), name="bench", keep_last=1)
@@ -133,15 +139,31 @@ def fsm_run(data, batch: int, epochs: int, log: Path, checkpoint: bool, durabili
                           initial={"seed": SEED, "epoch": 0, "train_loss": [], "val_loss": [], "val_acc": []})
     watchers = [Progress(io.StringIO(), force=True), JsonlMetrics(log.with_suffix(".jsonl")),
                 CsvMetrics(log.with_suffix(".csv"))] if hooks else []
-    trainer = Trainer(machine, build, log=EventLog(log, durability=durability), hooks=watchers)
+    trainer = Trainer(machine, build, log=EventLog(log, durability=durability, home=home), hooks=watchers)
     runner = trainer.start({"seed": SEED})
     t = time.perf_counter()
     runner.run()
     elapsed = time.perf_counter() - t
     assert runner.status == "finished" and runner.state["epoch"] == epochs
     sha = weights_sha256(runner.resources.model)
+    if home is not None:  # (the run's end waited for the home: what it held then is in the lags)
+        ship = trainer.log._ship
+        HOME["lags"].extend(ship.lags)
     trainer.log.close()
     return elapsed / epochs, sha
+
+
+def upload_mb_s(tmp: Path, mb: int) -> float:
+    """Upload throughput of a checkpoint-sized file to a directory home (a new object, synced)."""
+    from fsmtrain.log.home import Home
+
+    src = tmp / "big" / "ckpt.pt"
+    src.parent.mkdir()
+    src.write_bytes(os.urandom(mb << 20))
+    home = Home.open(tmp / "uphome")
+    t = time.perf_counter()
+    home.upload(src.parent, "ckpt.pt")
+    return mb / (time.perf_counter() - t)
 
 
 def overhead_split(data, epochs: int, rounds: int, tmp: Path) -> tuple[float, float, dict[int, float]]:
@@ -280,7 +302,8 @@ def main() -> None:
     torch.set_num_threads(1)
     n, epochs, rounds, batch = (1000, 2, 1, 256) if args.quick else (10_000, 10, args.rounds, 256)
     data = make_data(n)
-    names = ("raw", "fsm", "fsm_default", "fsm_default_hooks", "raw_ckpt", "fsm_ckpt", "fsm_default_ckpt")
+    names = ("raw", "fsm", "fsm_default", "fsm_default_hooks", "raw_ckpt", "fsm_ckpt", "fsm_default_ckpt",
+             "fsm_home_ckpt")
     times: dict[str, list[float]] = {k: [] for k in names}
     with tempfile.TemporaryDirectory(dir=Path.cwd() if os.access(Path.cwd(), os.W_OK) else None) as d:
         tmp = Path(d)
@@ -296,11 +319,13 @@ def main() -> None:
                     s, sha = raw_run(data, batch, epochs, ck)
                 else:
                     s, sha = fsm_run(data, batch, epochs, tmp / f"{name}{i}.db", checkpoint="ckpt" in name,
-                                     durability="barrier" if "default" in name else "step", hooks=name.endswith("hooks"))
+                                     durability="step" if name in ("fsm", "fsm_ckpt") else "barrier",
+                                     hooks=name.endswith("hooks"), home=tmp / f"home{i}" if "home" in name else None)
                 assert sha == sha_raw, f"{name} and the raw loop did different work"
                 times[name].append(s)
         split_epoch_ms, split_batch_us, split_ratios = overhead_split(data, epochs, max(1, rounds), tmp)
         io_raw, io_raw_nodir, io_fsm = checkpoint_io_ms(tmp, data, batch, 5 if args.quick else 100)
+        upload = upload_mb_s(tmp, 8 if args.quick else 256)
         # below the epoch: chunks of ~10 ms and ~50 ms of compute
         big = make_data(n * 5)
         c_epochs = 1 if args.quick else 3
@@ -339,6 +364,11 @@ def main() -> None:
     line("  + Progress, JSONL and CSV hooks vs none", med["fsm_default_hooks"], med["fsm_default"], 1.01)
     line("fsmtrain + checkpoint each epoch vs raw + save", med["fsm_default_ckpt"], med["raw_ckpt"], 1.03)
     line("  same, durability=step", med["fsm_ckpt"], med["raw_ckpt"], 1.03)
+    line("  same, with a directory home vs no home", med["fsm_home_ckpt"], med["fsm_default_ckpt"], 1.01)
+    lags = sorted(HOME["lags"])
+    lag = statistics.median(lags) if lags else float("nan")
+    print(f"  the home's lag (a barrier until the home holds it): median {lag * 1e3:.1f} ms, max "
+          f"{(lags[-1] if lags else float('nan')) * 1e3:.1f} ms over {len(lags)} barriers; upload {upload:.0f} MB/s")
     line("checkpoint save+load vs raw (equally durable)", io_fsm, io_raw, 1.15, unit="ms")
     print(f"  (raw without the folder fsync: {io_raw_nodir:.2f} ms; fsmtrain's ratio to that {io_fsm / io_raw_nodir:.3f}x)")
     if light is not None:
@@ -362,6 +392,8 @@ def main() -> None:
                "fsm_default_ratio": med["fsm_default"] / med["raw"],
                "fsm_default_ckpt_ratio": med["fsm_default_ckpt"] / med["raw_ckpt"],
                "lightning_epoch_s": light, "epochs": epochs, "rounds": rounds,
+               "fsm_home_epoch_s": med["fsm_home_ckpt"], "home_ratio": med["fsm_home_ckpt"] / med["fsm_default_ckpt"],
+               "home_lag_s": lag, "home_lag_max_s": lags[-1] if lags else None, "home_upload_mb_s": upload,
                "chunk_steps_10ms": sizes["10ms"], "chunk_steps_50ms": sizes["50ms"],
                **{f"chunks_{k}_epoch_s": v for k, v in cmed.items()},
                "chunk_10ms_ratio": cmed["fsm_10ms"] / cmed["raw"], "chunk_50ms_ratio": cmed["fsm_50ms"] / cmed["raw"],

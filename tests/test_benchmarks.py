@@ -16,7 +16,7 @@ FIGURES = {
     # training.py also asserts, inside, that fsmtrain and the raw loop end with bit-identical weights
     "training.py": ("raw_epoch_s", "fsm_epoch_s", "raw_ckpt_epoch_s", "fsm_ckpt_epoch_s", "raw_ckpt_io_ms",
                     "fsm_ckpt_io_ms", "fsm_default_epoch_s", "fsm_default_ckpt_epoch_s", "fsm_default_hooks_epoch_s",
-                    "chunk_10ms_ratio", "chunk_50ms_ratio"),
+                    "chunk_10ms_ratio", "chunk_50ms_ratio", "fsm_home_epoch_s", "home_ratio", "home_lag_s"),
     # whatif.py also asserts that whatif reports every recorded run stopped where max_epochs stopped it
     "whatif.py": ("whatif_s", "read_s"),
     "tuning.py": ("ms_per_trial", "ms_per_trial_step", "speedup_2_workers", "study_1_s", "study_2_s"),

@@ -380,3 +380,30 @@ class TestStudies:
         assert len(runs) == 4
         for r in runs:  # the study run and every trial, whole, from the processes that wrote them
             assert home_rows(home, r) == local_rows(tmp_path / "s.db", r)
+
+
+class TestHostileInput:
+    def test_every_mistake_is_one_line_and_a_non_zero_exit_and_nothing_is_written(self, tmp_path):
+        (tmp_path / "file").write_text("x")
+        cases = [
+            (["pull", tmp_path / "nohome", tmp_path / "p.db"], 1, "holds no runs"),
+            (["sync", tmp_path / "missing.db"], 2, "--home"),
+            (["recover", tmp_path / "missing.db"], 2, "does not exist"),
+            (["demo", "--log", tmp_path / "d.db", "--home", ""], 2, "empty"),
+            (["demo", "--log", tmp_path / "d.db", "--home", tmp_path / "file"], 1, "not a directory"),
+            (["approve", tmp_path / "missing.db", "1", "--home", tmp_path / "nohome"], 1, "does not exist"),
+        ]
+        for args, code, says in cases:
+            p = cli(*args)
+            assert p.returncode == code and says in p.stderr, (args, p.returncode, p.stderr)
+            assert "Traceback" not in p.stderr + p.stdout
+        assert sorted(x.name for x in tmp_path.iterdir()) == ["file"]  # no log, no home made by a refusal
+
+    def test_a_segment_of_random_bytes_is_refused_in_one_line(self, tmp_path):
+        home = tmp_path / "home"
+        with EventLog(tmp_path / "a.db", home=home) as log:
+            counter(log, 2)
+        (home / "runs/1/events/000000000001.jsonl").write_bytes(os.urandom(300))
+        p = cli("pull", home, tmp_path / "b.db")
+        assert p.returncode == 1 and "damaged" in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert not (tmp_path / "b.db").exists()

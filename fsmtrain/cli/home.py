@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..errors import HomeBehind, LostTail
+from ..errors import HomeBehind, HomeError, LostTail
 from ..log import EventLog
 from ..state import Ref
 from .common import RUN_ID, _existing_log, echo, home_option, kept
@@ -79,16 +79,20 @@ def pull(home: str, log: Path) -> None:
     Example:
         fsmtrain pull s3://bucket/runs runs.db && fsmtrain replay runs.db
     """
+    from ..log.home import Home
     from ..replay import state_at
 
-    with EventLog(log, home=home) as lg:
-        assert lg.home is not None
+    source = Home.open(home)
+    if not source.runs():
+        raise HomeError(f"{home} holds no runs (is it the right home?); nothing was written")
+    with EventLog(log) as lg:  # (no home of its own: nothing is ever written to the one it reads)
+        source.pull_all(lg)
         runs = lg.runs()
         files = 0
         for info in runs:
             for ref in _refs(state_at(lg, info.id).to_dict()):
                 if not (lg.artifacts / ref["path"]).exists() and \
-                        lg.home.fetch(lg.artifacts, ref["path"], ref["sha256"], ref["size"]):
+                        source.fetch(lg.artifacts, ref["path"], ref["sha256"], ref["size"]):
                     files += 1
         n = lg.conn.execute("SELECT count(*) FROM events").fetchone()[0]
     echo(f"{log}: {len(runs)} run(s), {n} event(s) from {home}; {files} file(s) fetched to {lg.artifacts}")

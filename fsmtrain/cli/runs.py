@@ -64,8 +64,10 @@ def _need(spec: Any) -> str:
 @click.option("--limit", type=click.IntRange(0, MAX_ID), default=None,
               help=f"With --run: at most this many events (0: all). Default: {PAGE} for the text timeline, all for "
                    "--json.")
+@click.option("--home", envvar="FSMTRAIN_HOME", metavar="DIR|URL",
+              help="Also say how much of each run the log's home holds (read only). Default: $FSMTRAIN_HOME.")
 def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool, from_seq: int,
-           limit: int | None) -> None:
+           limit: int | None, home: str | None) -> None:
     """Inspect a log: its runs, one run's timeline, or a run's state at any event.
 
     Opens LOG read-only; never runs or imports code. JSON output writes
@@ -93,6 +95,8 @@ def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool, fro
             echo(_table(["run", "machine", "status", "steps", "last action", "started", "updated"],
                               [[r.id, r.machine, r.status, r.steps, r.last_action or "-", _when(r.created),
                                 _when(r.last_time)] for r in runs]))
+            if home:
+                _home_lines(home, [(r.id, r.last_seq) for r in runs])
             return
         info = lg.run(run_id)
         if at_seq is not None:
@@ -155,6 +159,22 @@ def _timeline_row(e: Event) -> list[Any]:
         detail.append("error " + _short(e.error.strip().splitlines()[-1], 80))
     nxt = "" if e.kind not in ("start", "step") else ("-> " + e.next if e.next else "(end)")
     return [e.seq, _when(e.time), e.kind, e.action or "", nxt, "  ".join(detail)]
+
+
+def _home_lines(home: str, runs: list[tuple[int, int]]) -> None:
+    """How much of each run the home holds, one line each (or one line saying it cannot be reached)."""
+    from ..log.home import Home
+
+    try:
+        h = Home.open(home)
+        held = {r: h.tip(r)[0] for r, _ in runs}
+    except Exception as e:  # (an unreachable store raises its own errors, not only OSError)
+        echo(f"home {home}: cannot be reached ({type(e).__name__}: {_short(str(e), 200)}); the log's writer ships "
+             "what it lacks when it is back (or `fsmtrain sync`)")
+        return
+    for r, last in runs:
+        behind = "" if held[r] >= last else f": {last - held[r]} event(s) behind the log (`fsmtrain sync` pushes them)"
+        echo(f"home {home}: holds run {r} up to event {held[r]}{behind}")
 
 
 @click.command()

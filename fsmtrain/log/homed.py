@@ -23,7 +23,7 @@ HOME_TIMEOUT = 60.0
 """Default: how long a run's end, a gate's answer and ``close`` wait for the home."""
 
 
-def home_timeout(value: float | None) -> float:
+def _timeout(value: float | None) -> float:
     """``value``, or ``$FSMTRAIN_HOME_TIMEOUT``, or :data:`HOME_TIMEOUT` (checked)."""
     if value is None:
         text = os.environ.get("FSMTRAIN_HOME_TIMEOUT", "").strip()
@@ -48,7 +48,7 @@ class _Homing(_Writing):
         self._ship: Shipper | None = None
         self._taken: set[int] = set()
         self._me: dict[str, Any] | None = None
-        self.home_timeout = globals()["home_timeout"](home_timeout)
+        self.home_timeout = _timeout(home_timeout)
         if home is not None and kw.get("readonly"):
             raise HomeError("a log opened read-only has no home: it ships nothing (`fsmtrain pull HOME LOG` makes a "
                             "local copy of a home to read)")
@@ -74,6 +74,15 @@ class _Homing(_Writing):
             raise
         except Exception as e:  # unreachable: training does not wait for it
             self._unreachable(e)
+            return
+        ahead = {r: (s, h) for r, s, h in self._local_heads() if s > found.held.get(r, (0, None))[0]}
+        if ahead:  # (a tail an earlier process could not ship, or runs made before the log had a home)
+            self._ship.wake(ahead)
+
+    def _local_heads(self) -> list[tuple[int, int, str]]:
+        return self.conn.execute(
+            "SELECT e.run_id, e.seq, e.hash FROM events e JOIN (SELECT run_id, max(seq) AS m FROM events GROUP BY "
+            "run_id) t ON e.run_id = t.run_id AND e.seq = t.m").fetchall()
 
     def _unreachable(self, e: BaseException) -> None:
         assert self._ship is not None
@@ -120,9 +129,7 @@ class _Homing(_Writing):
             raise HomeError(f"{self.path} has no home: give one (home=..., --home or $FSMTRAIN_HOME)")
         if self._rw is not None or self.path.exists():
             self.barrier()
-        heads = {r: (s, h) for r, s, h in self.conn.execute(
-            "SELECT e.run_id, e.seq, e.hash FROM events e JOIN (SELECT run_id, max(seq) AS m FROM events GROUP BY "
-            "run_id) t ON e.run_id = t.run_id AND e.seq = t.m")}
+        heads = {r: (s, h) for r, s, h in self._local_heads()}
         self._ship.wake(heads)
         self._ship.settle(self.home_timeout if timeout is None else timeout)
         if self._ship.lost is not None:

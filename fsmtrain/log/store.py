@@ -167,7 +167,7 @@ class FsspecStore(Store):
         self.root = root.rstrip("/")
         self.url = url
         self.protocol = protocol
-        self.exclusive = protocol in _EXCLUSIVE
+        self.exclusive = protocol in _EXCLUSIVE and _creates(self.fs)
         self._lock = threading.Lock()
         if protocol in ("s3", "s3a"):
             _no_expect_header(self.fs)
@@ -177,10 +177,12 @@ class FsspecStore(Store):
 
     def create(self, key: str, data: bytes) -> bool:
         try:
-            try:
+            if self.exclusive:
                 self.fs.pipe_file(self._path(key), data, mode="create")  # (S3: a put with If-None-Match: *)
-            except TypeError:  # an older fsspec: no mode
-                with self.fs.open(self._path(key), "xb") as f:
+            else:  # (not known to be atomic: see the warning open_store gives)
+                if self.fs.exists(self._path(key)):
+                    return False
+                with self.fs.open(self._path(key), "wb") as f:
                     f.write(data)
         except FileExistsError:
             return False
@@ -217,6 +219,19 @@ class FsspecStore(Store):
             if name and not name.startswith("."):
                 out.append(name)
         return sorted(out)
+
+
+def _creates(fs: Any) -> bool:
+    """Whether this fsspec filesystem's ``pipe_file`` takes ``mode="create"`` (s3fs >= 2025: a conditional put)."""
+    import inspect
+
+    for f in (getattr(type(fs), "_pipe_file", None), getattr(type(fs), "pipe_file", None)):
+        try:
+            if f is not None and "mode" in inspect.signature(f).parameters:
+                return True
+        except (TypeError, ValueError):
+            pass
+    return False
 
 
 def _no_expect_header(fs: Any) -> None:
