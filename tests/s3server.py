@@ -206,7 +206,7 @@ class S3Server:
         os.killpg(self._running().pid, signal.SIGCONT)
         self._paused = False
 
-    def down(self, timeout: float = 10.0) -> None:
+    def down(self, timeout: float = 120.0) -> None:
         """Stop listening and drop every open connection (calls are refused at once); the data is kept."""
         self._signal(signal.SIGUSR1)
         deadline = time.monotonic() + timeout
@@ -215,7 +215,7 @@ class S3Server:
                 self._fail(f"still accepting connections {timeout}s after down()")
             time.sleep(0.02)
 
-    def up(self, timeout: float = 10.0) -> None:
+    def up(self, timeout: float = 120.0) -> None:
         """Listen again on the same port after ``down()``."""
         self._signal(signal.SIGUSR2)
         self._wait_answering(time.monotonic() + timeout)
