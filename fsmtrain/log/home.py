@@ -230,10 +230,14 @@ class Home:
         src = root / path
         sent = 0
         if not self.store.exists(key):
-            if not src.is_file():
-                return 0  # (deleted locally since: no longer named by the run's state)
-            if self.store.upload(key, src):
-                sent = src.stat().st_size
+            try:
+                size = src.stat().st_size
+                if self.store.upload(key, src):
+                    sent = size
+            except FileNotFoundError as e:  # deleted here since (retention): no longer named by the run's state
+                if e.filename is not None and Path(e.filename) != src:
+                    raise  # (the home's side: a vanished folder there is the home's trouble, not ours)
+                return 0
         self.uploaded.add(path)
         return sent
 

@@ -11,6 +11,7 @@ the writer raises at its next append).  A gate's answer, a run's end and ``close
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 import threading
@@ -167,9 +168,8 @@ class Shipper:
                 raise home._diverged(_Named(self.path), run, held)
             run_row = self._run_row(run) if rows[0][1] == 1 else None
             start = time.monotonic()
-            for row in rows:
-                for ref in (*refs_in(row[8]), *refs_in(row[11])):
-                    self.sent_bytes += home.upload(self.artifacts, ref["path"])
+            for ref in head_refs(rows):
+                self.sent_bytes += home.upload(self.artifacts, ref["path"])
             home.check_claim(self.me(), run)
             data = encode(run, rows, run_row, home.claims[run])
             key = segment_key(run, rows[0][1])
@@ -201,6 +201,29 @@ class Shipper:
     def _say(self, line: str) -> None:
         if not self.quiet:
             print(line, file=sys.stderr, flush=True)
+
+
+def head_refs(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """The files the state names after the last of ``rows`` among those their updates and snapshots name: each
+    top-level key's newest value (a checkpoint superseded within the segment is not needed to resume from it)."""
+    keys: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        for col, is_snapshot in ((row[11], True), (row[8], False)):
+            if not col or '"$ref"' not in col:
+                if is_snapshot and col:
+                    keys.clear()  # (a snapshot without files: nothing before it is named any more)
+                continue
+            value = json.loads(col)
+            if not isinstance(value, dict):
+                continue
+            if is_snapshot:
+                keys = {k: list(refs_in(json.dumps(v))) for k, v in value.items()}
+                continue
+            for k, v in (value.get("set") or {}).items():
+                keys[k] = list(refs_in(json.dumps(v)))
+            for k, items in (value.get("append") or {}).items():
+                keys.setdefault(k, []).extend(refs_in(json.dumps(items)))
+    return [r for refs in keys.values() for r in refs]
 
 
 class _Named:
