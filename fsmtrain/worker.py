@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import attrs
 
 from . import locks
-from .errors import ActionFailed, FsmtrainError, InvalidInput
+from .errors import ActionFailed, FsmtrainError, HomeConflict, InvalidInput, LostTail
 from .log import EventLog
 from .machine import Machine
 from .runner import Runner
@@ -176,6 +176,8 @@ class Worker:
                                       "asked to stop; the run resumes from here next time")
             except ActionFailed as e:
                 return Report(run_id, "failed", steps, runner.next_action if runner else None, str(e).splitlines()[0])
+            except (HomeConflict, LostTail):
+                raise  # (another writer holds the log's home; a log that lost a tail: no pass helps, stop)
             except FsmtrainError as e:
                 return Report(run_id, "error", steps, None, f"{type(e).__name__}: {e}")
             halt = runner.last_halt

@@ -407,3 +407,82 @@ class TestHostileInput:
         p = cli("pull", home, tmp_path / "b.db")
         assert p.returncode == 1 and "damaged" in p.stderr and "Traceback" not in p.stderr, p.stderr
         assert not (tmp_path / "b.db").exists()
+
+
+class TestSharedHomes:
+    def test_a_log_that_only_pulled_a_run_never_claims_it(self, tmp_path):
+        home = tmp_path / "home"
+        with EventLog(tmp_path / "a.db", home=home) as log:
+            log.create_run("m", "f" * 64, snapshot={"n": 0}, next_action="tick")
+        a = EventLog(tmp_path / "a.db", home=home)
+        try:
+            a.take(1)
+            with EventLog(tmp_path / "c.db", home=home) as c:  # another machine pulls run 1 and makes run 2
+                counter(c, 2)
+            assert sorted(os.listdir(home / "runs/1/claims")) == ["000001.json"]
+            ev = a.last_event(1)
+            a.append(1, ev.seq, kind="step", step=1, action="tick", next_action=None)  # (a run's end: it waits)
+            assert a._ship.lost is None
+        finally:
+            a.close()
+        assert home_rows(home, 1) == local_rows(tmp_path / "a.db", 1)
+        assert home_rows(home, 2) == local_rows(tmp_path / "c.db", 2)
+
+    def test_two_processes_of_one_log_take_turns_without_a_false_conflict(self, tmp_path):
+        home = tmp_path / "home"
+        with EventLog(tmp_path / "a.db", home=home) as log:
+            log.create_run("m", "f" * 64, snapshot={"n": 0}, next_action="tick")
+        one, two = EventLog(tmp_path / "a.db", home=home), EventLog(tmp_path / "a.db", home=home)
+        try:
+            for i in range(6):  # (a worker and an approve, say: the same log, turns under the run's lock)
+                w = (one, two)[i % 2]
+                ev = w.last_event(1)
+                w.append(1, ev.seq, kind="step", step=i + 1, action="tick", next_action="tick", barrier=True)
+                w._ship.settle(30)
+            assert one._ship.lost is None and two._ship.lost is None
+        finally:
+            one.close()
+            two.close()
+        assert home_rows(home, 1) == local_rows(tmp_path / "a.db", 1)
+
+    def test_a_log_ahead_of_its_home_ships_its_tail_when_opened_and_closed_without_writing(self, tmp_path):
+        home = tmp_path / "home"
+        with EventLog(tmp_path / "a.db") as log:  # (written before it had a home, or while the home was away)
+            counter(log, 5)
+        with EventLog(tmp_path / "a.db", home=home):
+            pass
+        assert home_rows(home, 1) == local_rows(tmp_path / "a.db", 1)
+
+    def test_recover_from_the_home_when_the_lost_tail_is_inside_the_first_segment(self, tmp_path):
+        home = tmp_path / "home"
+        with EventLog(tmp_path / "a.db") as log:
+            counter(log, 3)
+            backup(tmp_path / "a.db", tmp_path / "old.db")
+        with EventLog(tmp_path / "a.db", home=home) as log:  # the whole run, one segment
+            ev = log.last_event(1)
+            assert ev.seq == 4
+        assert len(os.listdir(home / "runs/1/events")) == 1
+        os.replace(tmp_path / "old.db", tmp_path / "r.db")
+        shutil.copytree(tmp_path / "a.db.artifacts", tmp_path / "r.db.artifacts")
+        with EventLog(tmp_path / "r.db", readonly=True) as log:
+            assert log.lost_tails() == {}  # (the backup was whole: take some of it away)
+        with sqlite3.connect(tmp_path / "r.db") as c:
+            c.execute("DROP TRIGGER events_no_delete")
+            c.execute("DELETE FROM events WHERE seq > 2")
+        with sqlite3.connect(tmp_path / "r.db") as c, sqlite3.connect(tmp_path / "a.db") as src:
+            sql = src.execute("SELECT sql FROM sqlite_master WHERE name = 'events_no_delete'").fetchone()[0]
+            c.execute(sql)
+        p = cli("recover", tmp_path / "r.db", "--home", home)
+        assert p.returncode == 0 and "nothing to recover" in p.stdout, p.stderr
+        assert local_rows(tmp_path / "r.db", 1) == local_rows(tmp_path / "a.db", 1)
+
+    def test_recover_with_a_home_that_cannot_be_reached_records_nothing(self, tmp_path):
+        with EventLog(tmp_path / "a.db") as log:
+            counter(log, 1)
+        (tmp_path / "file").write_text("")
+        p = cli("recover", tmp_path / "a.db", "--home", "s3://no-such-bucket-fsmtrain/x", "--accept-loss",
+                env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+                     "AWS_MAX_ATTEMPTS": "1"})
+        if "fsspec" in p.stderr and "cloud" in p.stderr:
+            pytest.skip("fsspec/s3fs not installed")
+        assert p.returncode == 1 and "cannot be reached" in p.stderr and "nothing was recorded" in p.stderr, p.stderr

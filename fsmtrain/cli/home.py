@@ -40,7 +40,11 @@ def recover(log: Path, run_id: int | None, home: str | None, accept_loss: bool, 
     """
     from ..answers import accept_loss as accept
 
+    _must_exist(log)
     with _existing_log(log, home) as lg:
+        if lg._ship is not None and lg._ship.failing:
+            raise HomeError(f"the home {home} cannot be reached ({lg._ship.failing}); nothing was recorded: run "
+                            "recover again once it can be reached (or without --home to accept a loss)")
         lost = lg.lost_tails()
         if run_id is not None:
             if run_id not in lost:
@@ -62,7 +66,7 @@ def recover(log: Path, run_id: int | None, home: str | None, accept_loss: bool, 
             what = f"events {have + 1} to {saw}" if have else "the whole run"
             echo(f"run {r}: the loss of {what} is recorded as accepted; "
                  + ("it continues from event " + str(have) + " when a process resumes it (the same command)"
-                    if have else "its id stays taken"))
+                    if have else "the witness no longer expects it"))
 
 
 @click.command()
@@ -96,6 +100,14 @@ def pull(home: str, log: Path) -> None:
                     files += 1
         n = lg.conn.execute("SELECT count(*) FROM events").fetchone()[0]
     echo(f"{log}: {len(runs)} run(s), {n} event(s) from {home}; {files} file(s) fetched to {lg.artifacts}")
+
+
+def _must_exist(log: Path) -> None:
+    """``recover`` and ``sync`` are about a log that is here (never one a home would make)."""
+    import os
+
+    if not os.path.lexists(log):
+        raise click.BadParameter(f"{log} does not exist", param_hint="LOG")
 
 
 def _refs(value: Any) -> list[dict[str, Any]]:
@@ -133,6 +145,7 @@ def sync(log: Path, home: str | None, timeout: float | None) -> None:
     """
     if home is None:
         raise click.UsageError("give the home: --home DIR|URL (or set FSMTRAIN_HOME)")
+    _must_exist(log)
     with _existing_log(log, home, timeout) as lg:
         behind = lg.sync_home()
         if behind:

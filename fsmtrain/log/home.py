@@ -73,6 +73,18 @@ class Home:
         self.held[run_id] = seg.head
         return seg.head
 
+    def hash_at(self, run_id: int, seq: int) -> str | None:
+        """The hash of the home's event ``seq`` of the run (``None``: it holds no such event), from the segments
+        as last listed."""
+        firsts = self._segments.get(run_id) or self.firsts(run_id)
+        start = max((f for f in firsts if f <= seq), default=None)
+        if start is None:
+            return None
+        for row in self.segment(run_id, start).rows:
+            if row[1] == seq:
+                return str(row[14])
+        return None
+
     def segments(self, run_id: int, after: int) -> Iterator[Segment]:
         """The segments that hold the run's events after ``after``, in order (contiguity checked)."""
         firsts = self._segments.get(run_id) or self.firsts(run_id)
@@ -116,7 +128,8 @@ class Home:
                 if local_run is not None and tuple(local_run) != seg.run_row:
                     raise HomeConflict(f"run {run_id} of {log.path} is not the run {run_id} the home {self.url} holds "
                                        "(another run under the same id): give this log a home of its own")
-                prev = first_prev(seg.run_row)
+                if have == 0:
+                    prev = first_prev(seg.run_row)
             if key is None:
                 key = self._key(log, run_id, seg)
             rows = [r for r in seg.rows if r[1] > have]
@@ -132,10 +145,8 @@ class Home:
             if rows:
                 have = rows[-1][1]
                 added += len(rows)
-                log._heads[run_id] = (have, prev)
         if added:
             log._checked.pop(run_id, None)
-            log._witness_due = True
             log.barrier()
         return added
 

@@ -48,10 +48,13 @@ class _Homing(_Writing):
         self._ship: Shipper | None = None
         self._taken: set[int] = set()
         self._me: dict[str, Any] | None = None
-        self.home_timeout = _timeout(home_timeout)
+        self._late = False  # a wait for the home already ran out in this process
+        self.home_timeout = _timeout(home_timeout) if home is not None else HOME_TIMEOUT
         if home is not None and kw.get("readonly"):
             raise HomeError("a log opened read-only has no home: it ships nothing (`fsmtrain pull HOME LOG` makes a "
                             "local copy of a home to read)")
+        if home is not None and kw.get("durability") == "none":
+            raise HomeError("a log with durability=\"none\" has no home: it makes nothing durable to ship")
         found = None
         if home is not None:
             found = Home.open(home, storage_options)
@@ -66,7 +69,7 @@ class _Homing(_Writing):
         if found is None:
             return
         self.home = found
-        self._ship = Shipper(found, self.path, self.artifacts, self._writer)
+        self._ship = Shipper(found, self.path, self.artifacts)
         try:
             found.pull_all(self)
         except FsmtrainError:
@@ -77,7 +80,16 @@ class _Homing(_Writing):
             return
         ahead = {r: (s, h) for r, s, h in self._local_heads() if s > found.held.get(r, (0, None))[0]}
         if ahead:  # (a tail an earlier process could not ship, or runs made before the log had a home)
-            self._ship.wake(ahead)
+            self.barrier()  # (only what is durable here is shipped: the commits of the processes before this one)
+            self._wake(ahead)
+
+    def _wake(self, heads: dict[int, tuple[int, str]]) -> None:
+        """Hand the shipper durable heads (from the writer's thread, which alone reads through this log's
+        connections: the shipper has its own)."""
+        assert self._ship is not None
+        if self._ship.me is None:
+            self._ship.me = self._writer()
+        self._ship.wake(heads)
 
     def _local_heads(self) -> list[tuple[int, int, str]]:
         return self.conn.execute(
@@ -100,8 +112,10 @@ class _Homing(_Writing):
         self._taken.add(run_id)
         assert self.home is not None
         try:
-            self.home.claim(self._writer(), run_id)
-            self.home.pull(self, run_id)
+            self.home.pull(self, run_id)  # (first: a run the home holds under this id must be this one)
+            self._ship.me = self._writer()
+            self.home.claim(self._ship.me, run_id)
+            self.home.pull(self, run_id)  # (what another writer shipped before this claim)
         except FsmtrainError:
             raise
         except Exception as e:
@@ -120,7 +134,7 @@ class _Homing(_Writing):
     def _home_wait(self) -> None:
         """Wait for the home where a person was told something (a gate's answer, a run's end)."""
         if self._ship is not None and self._ship.lost is None:
-            self._ship.settle(self.home_timeout)
+            self._late = not self._ship.settle(0.0 if self._late and self._ship.failing else self.home_timeout)
 
     def sync_home(self, timeout: float | None = None) -> dict[int, tuple[int, int]]:
         """Push every event of the log to the home now and wait (``timeout``, default ``home_timeout``) until it
@@ -130,8 +144,8 @@ class _Homing(_Writing):
         if self._rw is not None or self.path.exists():
             self.barrier()
         heads = {r: (s, h) for r, s, h in self._local_heads()}
-        self._ship.wake(heads)
-        self._ship.settle(self.home_timeout if timeout is None else timeout)
+        self._wake(heads)
+        self._late = not self._ship.settle(self.home_timeout if timeout is None else timeout)
         if self._ship.lost is not None:
             raise self._ship.lost
         return self._ship.behind()
@@ -140,12 +154,17 @@ class _Homing(_Writing):
         ship = self._ship
         behind: dict[int, tuple[int, int]] = {}
         try:
-            super().close()  # (the last barrier wakes the shipper)
+            if ship is not None and self._rw is not None and not self.durable:
+                try:
+                    self.barrier()  # (the last barrier wakes the shipper)
+                except FsmtrainError:
+                    pass  # (the closing below says it)
         finally:
             self._ship = None
             if ship is not None:
-                ship.close(self.home_timeout)
+                ship.close(0.0 if self._late and ship.failing else self.home_timeout)
                 behind = ship.behind() if ship.lost is None else {}
+            super().close()
         if ship is not None and ship.lost is not None:
             raise ship.lost  # (another writer took a run: the home holds its history, not this process's tail)
         if behind and ship is not None:
@@ -161,4 +180,5 @@ class _Homing(_Writing):
         except (HomeBehind, HomeConflict) as e:
             if exc[0] is None:
                 raise
-            print(f"fsmtrain: {e}", file=sys.stderr, flush=True)  # (never over the error being handled)
+            if not (isinstance(exc[1], HomeError)):  # (the error being handled says it already)
+                print(f"fsmtrain: {e}", file=sys.stderr, flush=True)  # (never over the error being handled)

@@ -16,12 +16,11 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import FsmtrainError, HomeConflict, environmental
+from ..errors import CorruptLog, FsmtrainError, HomeConflict, LogKeyError, environmental
 from .home import Home, refs_in
 from .records import _EVENT_COLS
 from .segments import encode, segment_key
@@ -36,10 +35,10 @@ _RUN_COLS = "id, machine, fingerprint, created, parent_id, parent_seq, tags"
 class Shipper:
     """Ships the durable events of the log at ``path`` (files relative to ``artifacts``) to ``home``."""
 
-    def __init__(self, home: Home, path: Path, artifacts: Path, me: Callable[[], dict[str, Any]], *,
-                 quiet: bool = False) -> None:
+    def __init__(self, home: Home, path: Path, artifacts: Path, *, quiet: bool = False) -> None:
         self.home = home
-        self.me = me
+        self.me: dict[str, Any] | None = None
+        """Who writes (the home's claims name it); set by the writer's thread before it first wakes this one."""
         self.path = path
         self.artifacts = artifacts
         self.quiet = quiet
@@ -115,14 +114,15 @@ class Shipper:
                         self._cv.wait()
                     if self._stop and (self.failing is not None or not self._pending()):
                         return
-                    work = dict(self._want)
+                    work = {r: h for r, h in self._want.items() if self.home.held.get(r, (0, None))[0] < h[0]}
                     self._busy = True
                 try:
                     for run, head in sorted(work.items()):
                         self._ship(run, head)
-                except HomeConflict as e:
-                    self.lost = e
-                    self._say(f"fsmtrain: {e}")
+                except (HomeConflict, CorruptLog, LogKeyError, sqlite3.ProgrammingError) as e:
+                    self.lost = e if isinstance(e, HomeConflict) else HomeConflict(
+                        f"shipping to the home {self.home.url} stopped: {_line(e)}")
+                    self._say(f"fsmtrain: {self.lost}")
                     return
                 except Exception as e:  # unreachable, refused, timed out: say so once, go on, retry
                     why = environmental(e) if isinstance(e, OSError) else None
@@ -144,6 +144,8 @@ class Shipper:
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
+        except BaseException as e:  # (a bug: never a silent thread; the writer raises it at its next write)
+            self.lost = HomeConflict(f"shipping to the home {self.home.url} stopped: {_line(e)}")
         finally:
             with self._cv:
                 self._busy = False
@@ -153,27 +155,37 @@ class Shipper:
                 self._conn = None
 
     def _ship(self, run: int, head: tuple[int, str]) -> None:
+        """Bring the home's copy of ``run`` up to ``head`` (this log's durable head): from the home's tip as it is
+        now (another process of this log may have shipped since), after checking that the tip is this log's."""
         home = self.home
+        assert self.me is not None
+        held, held_hash = home.tip(run)
+        if held >= head[0]:  # the home holds as much: it must be this log's history there
+            if home.hash_at(run, head[0]) != head[1]:
+                raise self._elsewhere(run, head[0])
+            return
+        if held:
+            local = self._rows(run, held - 1, held)
+            if not local or local[0][14] != held_hash:
+                raise self._elsewhere(run, held)
         if run not in home.claims:
-            home.claim(self.me(), run)
-            home.tip(run)
-        held, held_hash = home.held.get(run, (0, None))
-        if held == 0 and run not in home.held:
-            held, held_hash = home.tip(run)
+            home.claim(self.me, run)
         while held < head[0]:
             rows = self._rows(run, held, min(head[0], held + SEGMENT_EVENTS))
-            if not rows:
-                return
-            if held and rows[0][13] != held_hash:
-                raise home._diverged(_Named(self.path), run, held)
+            if not rows or rows[0][1] != held + 1:
+                raise CorruptLog(f"{self.path} lacks run {run}'s events after {held}, which it made durable")
             run_row = self._run_row(run) if rows[0][1] == 1 else None
             start = time.monotonic()
             for ref in head_refs(rows):
                 self.sent_bytes += home.upload(self.artifacts, ref["path"])
-            home.check_claim(self.me(), run)
+            home.check_claim(self.me, run)
             data = encode(run, rows, run_row, home.claims[run])
             key = segment_key(run, rows[0][1])
             if not home.store.create(key, data) and home.store.get(key) != data:  # (a retried put may find its own)
+                tip = home.tip(run)  # (another process of this log may have shipped these events meanwhile)
+                if tip[0] >= rows[-1][1] and home.hash_at(run, rows[-1][1]) == rows[-1][14]:
+                    held, held_hash = tip
+                    continue
                 raise home._other(run, home._claims(run)[-1], "wrote its events since")
             self.sent_bytes += len(data)
             self.sent_seconds += time.monotonic() - start
@@ -184,6 +196,15 @@ class Shipper:
                 if held >= self._want.get(run, (0, ""))[0] and run in self._woken:
                     self.lags.append(time.monotonic() - self._woken.pop(run))
                 self._cv.notify_all()
+
+    def _elsewhere(self, run: int, seq: int) -> HomeConflict:
+        """The home's history of ``run`` is not this log's at ``seq``: name the writer that made it, if a claim
+        says which."""
+        assert self.me is not None
+        names = self.home._claims(run)
+        if names and names[-1] != self.home.claims.get(run) and not self.home._mine(self.me, run, names[-1]):
+            return self.home._other(run, names[-1], "continued it")
+        return self.home._diverged(_Named(self.path), run, seq)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -200,7 +221,10 @@ class Shipper:
 
     def _say(self, line: str) -> None:
         if not self.quiet:
-            print(line, file=sys.stderr, flush=True)
+            try:
+                print(line, file=sys.stderr, flush=True)
+            except (OSError, ValueError):  # (a closed stderr must not kill the thread)
+                pass
 
 
 def head_refs(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:

@@ -45,6 +45,9 @@ class _Writing(_Opening):
     def _home_wait(self) -> None:
         """Wait for the home where a person was told something (nothing without one)."""
 
+    def _wake(self, heads: dict[int, tuple[int, str]]) -> None:
+        """Hand the home's shipper what a barrier made durable (nothing without one)."""
+
     def close(self) -> None:
         """Close the log: a last barrier for what is not durable yet, the witness told, then the connections (a
         reader removes the WAL files it made beside a log nobody else has open)."""
@@ -120,7 +123,7 @@ class _Writing(_Opening):
         self.barriers += 1
         self._last_barrier = time.monotonic()
         if self._ship is not None and self._heads:
-            self._ship.wake(dict(self._heads))
+            self._wake(dict(self._heads))
         if self._heads and (self._witness_due or self._last_barrier - self._witnessed >= WITNESS_SECONDS):
             self._witness()
         if c is not None and self.durability == "barrier" and self.commits - self._checkpointed >= CHECKPOINT_EVERY:
@@ -208,6 +211,8 @@ class _Writing(_Opening):
         inserted (a runner takes the run's lock there, so no other process can pick the run up first).
         """
         self._writable()
+        if self._ship is not None and self._ship.lost is not None:
+            raise self._ship.lost
         tags_text = dumps(dict(tags or {}))
         snap = dumps(snapshot)
         if self._mac is not None:  # the run's chain is keyed: say so (and with which key) in its first event
