@@ -18,7 +18,9 @@ import hashlib
 import os
 import random
 import shutil
+import signal
 import sqlite3
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -123,7 +125,9 @@ def _truncated(path: Path, rng: random.Random) -> None:
 
 
 KINDS = ["valid", "empty", "random bytes", "truncated", "foreign SQLite", "future schema", "rollback-journal mode",
-         "missing -wal", "corrupt -wal", "a folder", "50-byte header", "missing file"]
+         "missing -wal", "corrupt -wal", "a folder", "50-byte header", "missing file",
+         "a FIFO", "a device", "a FIFO key file", "symlinked -wal", "foreign -wal", "symlinked witness",
+         "symlinked lock"]
 
 
 def make_log(kind: str, folder: Path, seed: int) -> Path:
@@ -150,6 +154,40 @@ def make_log(kind: str, folder: Path, seed: int) -> Path:
         path.mkdir()
     elif kind == "50-byte header":
         path.write_bytes(b"SQLite format 3\x00" + rng.randbytes(34))
+    elif kind == "a FIFO":
+        os.mkfifo(path)
+    elif kind == "a device":
+        os.symlink("/dev/zero", path)  # (a character device, through a symlink as a user would make it)
+    elif kind == "a FIFO key file":  # (the key file is named by $FSMTRAIN_LOG_KEY_FILE: see run_case)
+        _valid(path)
+        os.mkfifo(folder / "key.fifo")
+    elif kind == "symlinked -wal":  # a live log's WAL replaced by a symlink to a file that must stay untouched
+        _with_wal(path, "")
+        wal = Path(f"{path}-wal")
+        os.replace(wal, folder / "elsewhere.wal")
+        os.symlink("elsewhere.wal", wal)  # (relative: a copy of the folder links within itself)
+    elif kind == "foreign -wal":  # another database's WAL beside the log
+        _valid(path)
+        other = folder / "other.db"
+        c = sqlite3.connect(other, isolation_level=None)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA wal_autocheckpoint=0")
+        c.execute("CREATE TABLE t (x)")
+        c.execute("INSERT INTO t VALUES (1)")
+        shutil.copy(f"{other}-wal", f"{path}-wal")
+        c.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{other}{suffix}").unlink(missing_ok=True)
+    elif kind in ("symlinked witness", "symlinked lock"):  # written through, they would change "target.txt"
+        _valid(path)
+        target = folder / "target.txt"
+        target.write_text("must stay as it is\n")
+        art = Path(f"{path}.artifacts")
+        art.mkdir(exist_ok=True)
+        name = art / ("witness.jsonl" if kind == "symlinked witness" else "locks/run1.lock")
+        name.parent.mkdir(exist_ok=True)
+        name.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(target, name.parent), name)
     elif kind != "missing file":
         raise ValueError(kind)
     return path
@@ -221,11 +259,35 @@ def commands(draw: Any, log: str, out: str) -> list[str]:
 
 # -- running and judging one case -------------------------------------------------------------------------------
 def snapshot(folder: Path) -> dict[str, str]:
+    """Every entry under ``folder`` (never following a symlink, never opening a FIFO or a device): a file by its
+    sha256, a symlink by its target, anything else by its type; a ``-shm`` only by existing (readers write it)."""
     out = {}
-    for p in sorted(folder.rglob("*")):
-        rel = str(p.relative_to(folder))
-        out[rel] = "dir" if p.is_dir() else "shm" if p.name.endswith("-shm") else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = Path(root) / name
+            rel = str(p.relative_to(folder))
+            st_ = os.lstat(p)
+            if stat.S_ISLNK(st_.st_mode):
+                out[rel] = "-> " + os.readlink(p)
+            elif stat.S_ISDIR(st_.st_mode):
+                out[rel] = "dir"
+            elif not stat.S_ISREG(st_.st_mode):
+                out[rel] = f"special {stat.S_IFMT(st_.st_mode)}"
+            else:
+                out[rel] = "shm" if name.endswith("-shm") else hashlib.sha256(p.read_bytes()).hexdigest()
+    return dict(sorted(out.items()))
+
+
+class Hang(Exception):
+    """A case ran past its limit: a hang (a FIFO read, an unbounded wait)."""
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise Hang()
+
+
+HANG_S = 300
+"""A case that runs this long is a hang (every case here is meant to answer in well under a second)."""
 
 
 class Verdict(collections.namedtuple("Verdict", "command kind exit_code problem")):
@@ -235,12 +297,21 @@ class Verdict(collections.namedtuple("Verdict", "command kind exit_code problem"
 def run_case(args: list[str], kind: str, folder: Path) -> Verdict:
     """Run ``fsmtrain ARGS`` in-process on the files in ``folder`` and judge it."""
     before = snapshot(folder)
-    result = CliRunner().invoke(main, args, catch_exceptions=True)
+    env = {"FSMTRAIN_LOG_KEY_FILE": str(folder / "key.fifo")} if (folder / "key.fifo").exists() else {}
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(HANG_S)
+    try:
+        result = CliRunner().invoke(main, args, catch_exceptions=True, env=env)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
     after = snapshot(folder)
     code = result.exit_code
     problem = None
     text = result.output or ""
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
+    if isinstance(result.exception, Hang):
+        problem = f"hung for {HANG_S} s"
+    elif result.exception is not None and not isinstance(result.exception, SystemExit):
         problem = f"raised {type(result.exception).__name__}: {result.exception}"
     elif "Traceback" in text or "internal error" in text:
         problem = f"printed: {text[-500:]}"
@@ -270,9 +341,17 @@ def case_folder(base: Path, kind: str, into: Path) -> Path:
     """A fresh copy of the hostile log ``kind`` in ``into``; returns the log path (which may not exist)."""
     if into.exists():
         shutil.rmtree(into)
-    shutil.copytree(base / kind.replace(" ", "_"), into, symlinks=True)
+    shutil.copytree(base / kind.replace(" ", "_"), into, symlinks=True, copy_function=_copy)
     (into / "out").mkdir()
     return into / "log.db"
+
+
+def _copy(src: str, dst: str) -> None:
+    """copy2, except that a FIFO is made anew (opening one to copy it would wait for a writer)."""
+    if stat.S_ISFIFO(os.lstat(src).st_mode):
+        os.mkfifo(dst)
+    else:
+        shutil.copy2(src, dst)
 
 
 def can_mount() -> bool:

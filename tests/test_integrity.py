@@ -147,7 +147,40 @@ class TestWitness:
             Runner.resume(counter(3), log, r.run_id).run()
             assert log.verify() == []
         lines = [json.loads(x) for x in (tmp_path / "c.db.artifacts" / "witness.jsonl").read_text().splitlines()]
-        assert len({x["log"] for x in lines}) == 2 and max(x["seq"] for x in lines) > 6  # (the old run went further)
+        heads = [x for x in lines if "log" in x]
+        assert len({x["log"] for x in heads}) == 2 and max(x["seq"] for x in heads) > 6  # (the old run went further)
+        assert [x["made"] for x in lines if "made" in x] == [heads[0]["log"], heads[-1]["log"]]  # (each log, made)
+
+    @pytest.mark.parametrize("edit", ["tail", "run", "rewritten"])
+    def test_editing_the_logs_identity_does_not_switch_the_witness_off(self, tmp_path, edit):
+        """Issue 27: changing fsmtrain_schema.applied (the identity the witness lines name) used to hide a lost tail,
+        a deleted run and a rewritten history from verify and from writers."""
+        path = tmp_path / "g.db"
+        rid = waiting(path)
+        triggers = [r[0] for r in sqlite3.connect(path).execute("SELECT sql FROM sqlite_master WHERE type = 'trigger'")]
+        with sqlite3.connect(path) as c:
+            for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+                c.execute(f"DROP TRIGGER {name}")
+            c.execute("UPDATE fsmtrain_schema SET applied = applied + 1")
+            if edit == "tail":
+                c.execute("DELETE FROM events WHERE run_id = ? AND seq = (SELECT max(seq) FROM events WHERE run_id = ?)",
+                          (rid, rid))
+            elif edit == "run":
+                c.execute("DELETE FROM events WHERE run_id = ?", (rid,))
+                c.execute("DELETE FROM runs WHERE id = ?", (rid,))
+            for sql in triggers:
+                c.execute(sql)
+        if edit == "rewritten":
+            forge(path, rid, 2, "updates", '{"set":{"n":99}}')
+        p = cli("verify", path)
+        assert p.returncode == 1 and "witness" in p.stderr, p.stdout + p.stderr
+        assert "made at" in p.stderr  # (the identity change itself is named)
+        if edit != "run":
+            p = cli("stop", path, rid, "--reason", "x")
+            assert p.returncode != 0 and "Traceback" not in p.stderr
+        p = cli("recover", path, "--accept-loss", "--comment", "this is the log now")
+        assert p.returncode == 0, p.stderr
+        assert cli("verify", path).returncode == 0
 
     def test_a_throwaway_log_neither_writes_nor_reads_a_witness(self, tmp_path):
         with EventLog(tmp_path / "t.db", durability="none") as log:

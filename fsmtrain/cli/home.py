@@ -45,6 +45,15 @@ def recover(log: Path, run_id: int | None, home: str | None, accept_loss: bool, 
         if lg._ship is not None and lg._ship.failing:
             raise HomeError(f"the home {home} cannot be reached ({lg._ship.failing}); nothing was recorded: run "
                             "recover again once it can be reached (or without --home to accept a loss)")
+        changed = lg._identity_problem()
+        if changed is not None:
+            if not accept_loss:
+                raise LostTail(f"{log}: {changed}")
+            from ..answers import _note
+
+            lg._rebind({**_note(None, comment, "comment"), "replaced": "the log the witness knew at this path"})
+            kept("this log was accepted in place of the one the witness knew")
+            echo(f"{log}: accepted in place of the log the witness knew at this path (recorded in the witness)")
         lost = lg.lost_tails()
         if run_id is not None:
             if run_id not in lost:

@@ -145,6 +145,9 @@ class _Checking(_Homing):
                        heads: dict[int, tuple[int, str]] | None = None) -> list[Problem]:
         """What the log lost or rewrote of what the witness saw (all runs, or one)."""
         out = []
+        changed = self._identity_problem()
+        if changed is not None:
+            out.append(Problem("witness", changed))
         if heads is None:
             heads = self._witness_heads()
         for rid, (seq, h) in sorted(heads.items()):

@@ -203,13 +203,18 @@ class _Opening:
             tables = {t for t in self.db.table_names() if not t.startswith("sqlite_")}
             if not tables:
                 conn.execute("BEGIN IMMEDIATE")
+                made = False
                 try:
                     if "fsmtrain_schema" not in set(self.db.table_names()):  # another process may have won the race
                         self._create_schema(conn)
+                        made = True
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)
                     raise
+                if made:
+                    self._rw = self.conn = conn
+                    self._log_made()
             else:
                 self._probe(conn)
         except sqlite3.DatabaseError as e:
@@ -226,6 +231,9 @@ class _Opening:
         self._rw = self.conn = conn
         self._check_version(conn)
         return conn
+
+    def _log_made(self) -> None:
+        """This object just made the log's schema (the witness is told: :class:`~fsmtrain.log.writing._Writing`)."""
 
     def _unmake(self) -> None:
         """After a failed first write to a log this object was to make: take back the empty file (and the

@@ -48,8 +48,23 @@ class Witness:
         beyond them (who, when, which events): they replace the heads seen before instead of adding to them.
         Raises OSError as the file system does."""
         extra = {} if accepted is None else {"accepted": accepted}
-        text = "".join(json.dumps({"log": self.log, "run": r, "seq": s, "hash": h, **extra}, separators=(",", ":"))
-                       + "\n" for r, s, h in heads)
+        self._append("".join(json.dumps({"log": self.log, "run": r, "seq": s, "hash": h, **extra},
+                                        separators=(",", ":")) + "\n" for r, s, h in heads), sync)
+
+    def record_made(self, note: dict[str, Any] | None = None) -> None:
+        """Say (synced) that the log at this path is now the one whose identity is ``self.log``: fsmtrain made it
+        here (or a person accepted it in place of the one before, ``note``).  Heads about other identities no
+        longer apply, and a log at this path that claims another identity is not the one the witness knows."""
+        self._append(json.dumps({"made": self.log, **({"note": note} if note else {})}, separators=(",", ":"))
+                     + "\n", True)
+
+    def bound(self) -> str | None:
+        """The identity of the log this witness knows at its path: the last one made here (or, for a witness
+        older than those lines, the last one that recorded heads); ``None`` for an empty witness."""
+        seen = self._seen()
+        return seen.bound if seen is not None else None
+
+    def _append(self, text: str, sync: bool) -> None:
         if text:
             made = False
             if self._fd is None:
@@ -68,7 +83,7 @@ class Witness:
             st = os.fstat(self._fd)  # what this process wrote, known without reading it back (if nobody else
             cached = _CACHE.get(str(self.path))  # wrote between: the file is then exactly as long as expected)
             if cached is not None and cached[0] == st.st_ino and cached[1] + len(data) == st.st_size:
-                _merge(cached[2], _parse(data))
+                cached[2].merge(_parse(data))
                 _CACHE[str(self.path)] = (st.st_ino, st.st_size, cached[2])
             if made:
                 dfd = os.open(self.path.parent, os.O_RDONLY)
@@ -103,64 +118,89 @@ class Witness:
                 data = f.read()
         except OSError:
             return
-        for log, run, seq, h, _ in _parse(data):
-            if log == self.log:
-                yield run, seq, h
+        for line in _parse(data):
+            if line[0] == "head" and line[1] == self.log:
+                yield line[2], line[3], line[4]
 
-    def heads(self) -> dict[int, tuple[int, str]]:
-        """The furthest event the witness saw of each run: ``{run: (seq, hash)}``.  The file only grows, so
-        what was read before is kept and only the lines added since are read (all of it again when the file
-        was replaced or shortened)."""
+    def heads(self, log: str | None = None) -> dict[int, tuple[int, str]]:
+        """The furthest event the witness saw of each run of the log with identity ``log`` (default: this one):
+        ``{run: (seq, hash)}``.  The file only grows, so what was read before is kept and only the lines added
+        since are read (all of it again when the file was replaced or shortened)."""
+        seen = self._seen()
+        return dict(seen.heads.get(self.log if log is None else log, {})) if seen is not None else {}
+
+    def _seen(self) -> _Seen | None:
         try:
             st = os.lstat(self.path)
         except OSError:
-            return {}
+            return None
         if not stat.S_ISREG(st.st_mode):  # a symlink, a FIFO...: not a witness this library wrote
-            return {}
+            return None
         cached = _CACHE.get(str(self.path))
         if cached is not None and cached[0] == st.st_ino and cached[1] == st.st_size:  # (nothing new)
-            return dict(cached[2].get(self.log, {}))
+            return cached[2]
         try:
             with os.fdopen(os.open(self.path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
                 ino = os.fstat(f.fileno()).st_ino
                 cached = _CACHE.get(str(self.path))
                 if cached is None or cached[0] != ino:
-                    cached = _CACHE[str(self.path)] = (ino, 0, {})
-                _, offset, logs = cached
+                    cached = _CACHE[str(self.path)] = (ino, 0, _Seen())
+                _, offset, seen = cached
                 f.seek(offset)
                 data = f.read()
         except OSError:
-            return {}
+            return None
         if len(data) == 0 and offset and os.path.getsize(self.path) < offset:  # (shortened: read it all again)
             _CACHE.pop(str(self.path), None)
-            return self.heads()
+            return self._seen()
         end = data.rfind(b"\n") + 1  # (a line still being written is read next time)
-        _merge(logs, _parse(data[:end]))
-        _CACHE[str(self.path)] = (ino, offset + end, logs)
-        return dict(logs.get(self.log, {}))
+        seen.merge(_parse(data[:end]))
+        _CACHE[str(self.path)] = (ino, offset + end, seen)
+        return seen
 
 
-def _merge(logs: dict[str, dict[int, tuple[int, str]]], lines: Iterable[tuple[str, int, int, str, bool]]) -> None:
-    for log, run, seq, h, accepted in lines:
-        heads = logs.setdefault(log, {})
-        if accepted and seq == 0:  # (a whole run whose loss was accepted)
-            heads.pop(run, None)
-        elif accepted or run not in heads or seq >= heads[run][0]:
-            heads[run] = (seq, h)
+class _Seen:
+    """What a witness file says: the heads of each log identity, and the identity it knows at its path."""
+
+    def __init__(self) -> None:
+        self.heads: dict[str, dict[int, tuple[int, str]]] = {}
+        self.made: str | None = None
+        self.last: str | None = None
+
+    @property
+    def bound(self) -> str | None:
+        return self.made if self.made is not None else self.last
+
+    def merge(self, lines: Iterable[tuple[Any, ...]]) -> None:
+        for line in lines:
+            if line[0] == "made":
+                self.made = line[1]
+                continue
+            _, log, run, seq, h, accepted = line
+            self.last = log
+            heads = self.heads.setdefault(log, {})
+            if accepted and seq == 0:  # (a whole run whose loss was accepted)
+                heads.pop(run, None)
+            elif accepted or run not in heads or seq >= heads[run][0]:
+                heads[run] = (seq, h)
 
 
-def _parse(data: bytes) -> Iterator[tuple[str, int, int, str, bool]]:
+def _parse(data: bytes) -> Iterator[tuple[Any, ...]]:
+    """``("head", log, run, seq, hash, accepted)`` and ``("made", log)`` for each whole line (others skipped)."""
     for line in data.split(b"\n"):
         if not line.strip():
             continue
         try:
             d = json.loads(line)
+            if isinstance(d, dict) and isinstance(d.get("made"), str):
+                yield "made", d["made"]
+                continue
             log, run, seq, h = d["log"], d["run"], d["seq"], d["hash"]
         except (ValueError, TypeError, KeyError, RecursionError):
             continue
         if isinstance(log, str) and type(run) is int and type(seq) is int and isinstance(h, str):
-            yield log, run, seq, h, isinstance(d.get("accepted"), dict)
+            yield "head", log, run, seq, h, isinstance(d.get("accepted"), dict)
 
 
-_CACHE: dict[str, tuple[int, int, dict[str, dict[int, tuple[int, str]]]]] = {}
+_CACHE: dict[str, tuple[int, int, _Seen]] = {}
 

@@ -398,6 +398,21 @@ class _Writing(_Opening):
                           f"{environmental(e) or e}; verify will not notice if this log loses what it holds now",
                           stacklevel=3)
 
+    def _log_made(self) -> None:
+        """Tell the witness (synced) that the log at this path is now this one: heads it holds about a log made
+        here before no longer apply, and a log here claiming another identity later is not this one."""
+        if self.durability == "none":
+            return
+        self._ident = None
+        try:
+            if self._wit is None:
+                self._wit = Witness(self.artifacts, self._identity())
+            self._wit.record_made()
+        except (OSError, sqlite3.Error) as e:
+            warnings.warn(f"{self.path}: cannot write the witness file in {self.artifacts}: "
+                          f"{environmental(e) or e}; verify will not notice if this log loses what it holds",
+                          stacklevel=4)
+
     def _accept(self, run_id: int, seq: int, h: str, note: dict[str, Any]) -> None:
         """Tell the witness (synced) that a person accepted the loss of what it saw of ``run_id`` beyond event
         ``seq`` (``0``: the whole run): its head is ``(seq, h)`` from now on."""
@@ -418,10 +433,39 @@ class _Writing(_Opening):
         return self._ident
 
     def _witness_heads(self) -> dict[int, tuple[int, str]]:
-        """The heads the witness saw of this log's runs (none for a throwaway log: it has no witness)."""
+        """The heads the witness saw of the log it knows at this path (none for a throwaway log: it has no
+        witness): this log's, or, when this log claims another identity than the one the witness knows here,
+        those of the one it knows (what this log must still hold, whatever it claims to be)."""
         if self.durability == "none":
             return {}
         try:
-            return Witness(self.artifacts, self._identity()).heads()
+            w = Witness(self.artifacts, self._identity())
+            bound = w.bound()
+            return w.heads(bound if bound is not None else None)
         except sqlite3.Error:
             return {}
+
+    def _identity_problem(self) -> str | None:
+        """Why this log is not the one its witness knows at this path (``None``: it is, or there is no witness)."""
+        if self.durability == "none":
+            return None
+        try:
+            mine = self._identity()
+            bound = Witness(self.artifacts, mine).bound()
+        except sqlite3.Error:
+            return None
+        if bound is None or bound == mine:
+            return None
+        return (f"this log says it was made at {mine}, but the witness knows the log at this path as the one made "
+                f"at {bound} (a log edited, or replaced by another one outside fsmtrain; `fsmtrain recover "
+                f"{self.path} --accept-loss` accepts this one in its place)")
+
+    def _rebind(self, note: dict[str, Any]) -> None:
+        """A person accepts this log in place of the one the witness knew at this path (synced)."""
+        if self._wit is None:
+            self._wit = Witness(self.artifacts, self._identity())
+        try:
+            self._wit.record_made(note)
+        except OSError as e:
+            raise StorageError(f"cannot write the witness file in {self.artifacts}: {environmental(e) or e}; "
+                               "nothing was recorded") from None
