@@ -129,7 +129,7 @@ class WhatIf:
                     stop = f"{run.status.upper()} from outside before any stop condition fired"
                 else:
                     stop = f"stopped by {run.reason}" if run.reason else f"{run.status}, no stop decision recorded"
-                out.append(f"run {run.run_id} ({run.machine}): {run.epochs} {self.counter}s, {stop}; "
+                out.append(f"run {run.run_id} ({run.machine}): {_count(run.epochs, self.counter)}, {stop}; "
                            f"best {self.metric} {_v(run.best)} at {self.counter} {run.best_epoch}")
                 out.append(_indent(table(
                     ["condition", f"stops at {self.counter}", f"best {self.metric} by then", "saved", "reason"],
@@ -141,7 +141,8 @@ class WhatIf:
         if len(self.runs) > 1 or not rows:
             out.append(f"summary over {len(self.runs)} run(s), {self.metric} ({self.mode}):")
             out.append(_indent(table(
-                ["condition", "fired in", f"{self.counter}s saved", "best kept in", f"mean gap to best {self.metric}"],
+                ["condition", "fired in", _count("", self.counter).strip() + " saved", "best kept in",
+                 f"mean gap to best {self.metric}"],
                 [[s.condition, f"{s.fired}/{s.runs}",
                   f"{s.epochs_saved}/{s.epochs_run} ({100 * s.epochs_saved / max(1, s.epochs_run):.0f}%)",
                   f"{s.kept_best}/{s.runs}", _v(s.mean_gap)] for s in self.summary()])))
@@ -273,7 +274,8 @@ def _read(log: EventLog, ids: list[int], needed: frozenset[str], counter: str,
                 b.apply(decode(updates))
             if code == 0:
                 b.elapsed = active
-                b.decision = extra
+                if extra is not None:  # (the last decision a condition took: steps after it may follow defaults)
+                    b.decision = extra
         elif code == 2:
             b.start(decode(extra))
         elif code == 3:
@@ -477,7 +479,7 @@ def whatif(log: EventLog, conditions: Sequence[Condition | str], *, runs: Sequen
             if state is None:
                 reason = f"no {counter} recorded"
             elif fired_at is None:
-                reason = f"did not fire in {last} {counter}s (last: {scan.reason()})"
+                reason = f"did not fire in {_count(last, counter)} (last: {scan.reason()})"
             else:
                 reason = scan.reason()
             n = len(state[metric]) if state is not None else 0
@@ -507,3 +509,8 @@ def _check_recorded(log: EventLog, h: _History, conds: Sequence[Condition], metr
         what = "never recorded" if metric not in h.keys else "does not hold a list of values (one per evaluation) in"
         raise MetricNotRecorded(f"run {h.run_id} {what} `{metric}` (its state has: {has()}); "
                                 "choose the metric to compare with --metric")
+
+
+def _count(n: Any, counter: str) -> str:
+    """``n`` and the counter's name, plural where it needs one ("1 epoch", "207 epochs", "207 steps")."""
+    return f"{n} {counter}" if n == 1 or counter.endswith("s") else f"{n} {counter}s"

@@ -116,8 +116,11 @@ def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool, fro
             _print_json({"run": _run_json(info), "events": [_event_json(e) for e in lg.events(run_id, start=from_seq,
                                                                                              end=end)]})
             return
-        (resumes,) = lg.conn.execute("SELECT count(*) FROM events WHERE run_id = ? AND kind = 'resume'",
-                                     (run_id,)).fetchone()
+        # (a process that resumed after a gate's answer, a retry or a recorded loss did not follow one that died)
+        (resumes,) = lg.conn.execute(
+            "SELECT count(*) FROM events e JOIN events p ON p.run_id = e.run_id AND p.seq = e.seq - 1 "
+            "WHERE e.run_id = ? AND e.kind = 'resume' AND p.kind NOT IN ('waiting', 'input', 'retry') "
+            "AND coalesce(e.info, '') NOT LIKE '%\"accepted_loss\"%'", (run_id,)).fetchone()
         echo(f"run {info.id} · machine {info.machine} · {info.status} · {info.steps} steps"
              + (f" · forked from run {info.parent_id} at event {info.parent_seq}" if info.parent_id else "")
              + (f" · resumed after {resumes} interruption{'s' if resumes != 1 else ''}" if resumes else ""))

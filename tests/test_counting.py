@@ -1,0 +1,68 @@
+"""What replay and whatif say in words: interruptions are processes that died (a gate is not one), and counts
+take the right plural (issue 28, *Counting*)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from fsmtrain import EventLog, Machine, Runner, action, append, give_input
+from fsmtrain.stopping import max_epochs
+from fsmtrain.whatif import _count, whatif
+from tests.conftest import ROOT
+from tests.machines import counter, gated
+
+
+def replay(*args):
+    return subprocess.run([sys.executable, "-m", "fsmtrain", "replay", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_a_gate_answered_and_resumed_is_not_an_interruption_but_a_process_that_died_is(tmp_path):
+    path = tmp_path / "g.db"
+    with EventLog(path) as log:
+        r = Runner.start(gated(), log=log)
+        assert r.run().reason == "waiting"
+        r.close()
+        give_input(log, r.run_id, {"decision": "go"}, by="ana")
+        Runner.resume(gated(), log, r.run_id).run()
+    p = replay(path, "--run", "1")
+    assert p.returncode == 0 and "interruption" not in p.stdout.splitlines()[0], p.stdout
+    with EventLog(path) as log:
+        r = Runner.start(counter(6), log=log)
+        r.run(max_steps=2)
+        r.close()  # (as a killed process leaves it: no halt recorded)
+        r = Runner.resume(counter(6), log, r.run_id)
+        r.run(max_steps=1)
+        r.close()
+        Runner.resume(counter(6), log, r.run_id).run()
+    p = replay(path, "--run", "2")
+    assert "resumed after 2 interruptions" in p.stdout.splitlines()[0], p.stdout
+
+
+@action(reads=["epoch"], writes=["epoch", "loss"])
+def train(state):
+    return {"epoch": state["epoch"] + 1, "loss": append(1.0 / (state["epoch"] + 1))}
+
+
+@action(reads=["epoch"], writes=["wrapped"])
+def wrapup(state):
+    return {"wrapped": True}
+
+
+@action(reads=[], writes=[])
+def finish(state):
+    return {}
+
+
+def test_whatif_counts_in_words_and_names_the_stop_of_a_condition_followed_by_defaults(tmp_path):
+    machine = Machine("m", [train, wrapup, finish],
+                      [("train", "wrapup", max_epochs(3)), ("train", "train"), ("wrapup", "finish")],
+                      entry="train", terminal=["finish"], initial={"epoch": 0, "loss": [], "wrapped": False})
+    with EventLog(tmp_path / "c.db") as log:
+        Runner.start(machine, log=log).run()
+        text = whatif(log, ["max_epochs(2)", "max_epochs(9)"], metric="loss").to_text()
+    assert "3 epochs, stopped by" in text and "no stop decision recorded" not in text, text
+    assert "epochss" not in text and "did not fire in 3 epochs" in text, text
+    assert _count(1, "epoch") == "1 epoch" and _count(207, "steps") == "207 steps"
