@@ -134,11 +134,12 @@ def early_stopping(metric: str, patience: int | Setting, *, min_delta: float = 0
 
 
 class _Plateau(_Rule):
-    __slots__ = ("best", "best_i", "bad", "cool", "cooldown", "delta", "last_fired", "lo", "patience")
+    __slots__ = ("best", "best_i", "bad", "cool", "cooldown", "delta", "last_fired", "lo", "patience", "relative")
 
-    def __init__(self, patience: int, delta: float, mode: str, cooldown: int) -> None:
+    def __init__(self, patience: int, delta: float, mode: str, cooldown: int, relative: bool = False) -> None:
         super().__init__()
         self.patience, self.delta, self.cooldown = patience, delta, cooldown
+        self.relative = relative
         self.lo = mode == "min"
         self.best = math.inf if self.lo else -math.inf
         self.best_i = 0
@@ -148,7 +149,11 @@ class _Plateau(_Rule):
 
     def push(self, v: Any) -> None:
         self.n += 1
-        if (v < self.best - self.delta) if self.lo else (v > self.best + self.delta):
+        if self.relative:  # torch's own formula (negative values included)
+            better = v < self.best * (1 - self.delta) if self.lo else v > self.best * (1 + self.delta)
+        else:
+            better = v < self.best - self.delta if self.lo else v > self.best + self.delta
+        if better:
             self.best, self.best_i, self.bad = v, self.n, 0
         else:
             self.bad += 1
@@ -173,25 +178,38 @@ class _Plateau(_Rule):
 
 
 def plateau(metric: str, patience: int | Setting = 10, *, min_delta: float = 0.0, mode: str = "min",
-            cooldown: int = 0) -> Condition:
+            cooldown: int = 0, threshold: float | None = None, threshold_mode: str = "abs") -> Condition:
     """Fires at an evaluation ending more than ``patience`` evaluations without improvement.
 
-    The rule of ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (absolute
-    threshold ``min_delta``): after firing, the count restarts, and the next
-    ``cooldown`` evaluations are ignored.  Use it to decide an LR change (a
-    transition to an action that lowers the LR) as well as to stop.
+    The rule of ``torch.optim.lr_scheduler.ReduceLROnPlateau``, exactly: a value improves on the best when it is
+    better by more than ``threshold``, absolute (``threshold_mode="abs"``: ``best - threshold`` for ``min``) or
+    relative (``"rel"``: ``best * (1 - threshold)`` for ``min``, ``best * (1 + threshold)`` for ``max``, torch's
+    formula, negative values included); after firing, the count restarts, and the next ``cooldown`` evaluations
+    are ignored.  ``min_delta`` is the absolute threshold's older name.  torch's defaults are
+    ``plateau(metric, patience=10, threshold=1e-4, threshold_mode="rel")``; this function's are an absolute
+    threshold of 0.  Use it to decide an LR change (a transition to an action that lowers the LR) as well as to
+    stop.
     """
     p = _Params("plateau")
     _common(p, metric, mode)
     p.number("patience", patience, minimum=0, integer=True)
     p.number("min_delta", min_delta, minimum=0, settable=False)
+    if threshold is not None:
+        p.number("threshold", threshold, minimum=0, settable=False)
+        if min_delta:
+            p.problems.append("give threshold= or min_delta= (its older name), not both")
+    if threshold_mode not in ("abs", "rel"):
+        p.problems.append(f"threshold_mode must be 'abs' or 'rel', got {threshold_mode!r}")
     p.number("cooldown", cooldown, minimum=0, integer=True, settable=False)
     p.done()
-    extra = {k: v for k, v, d in (("min_delta", min_delta, 0), ("mode", mode, "min"), ("cooldown", cooldown, 0))
-             if v != d}
+    delta = float(min_delta if threshold is None else threshold)
+    extra = {k: v for k, v, d in (("threshold" if threshold is not None else "min_delta", delta, 0),
+                                  ("threshold_mode", threshold_mode, "abs"), ("mode", mode, "min"),
+                                  ("cooldown", cooldown, 0)) if v != d}
     name = _name("plateau", metric, patience=patience, **extra)
+    relative = threshold_mode == "rel"
     return MetricCondition(name, metric, (patience,),
-                           lambda patience: _Plateau(patience, float(min_delta), mode, cooldown), mode=mode)
+                           lambda patience: _Plateau(patience, delta, mode, cooldown, relative), mode=mode)
 
 
 def slope(metric: str, window: int, *, below: float, mode: str = "min") -> Condition:

@@ -192,6 +192,45 @@ class TestEarlyStoppingMatchesTheReference:
         assert early_stopping("val_loss", 2)(s.update(epoch=8, val_loss=[1.0, 0.5, 0.6, 0.7]))
 
 
+def torch_reductions(history, patience, threshold, threshold_mode, mode, cooldown):
+    """The evaluations (1-based) at which torch's own ReduceLROnPlateau reduces the learning rate."""
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.5, patience=patience,
+                                                       threshold=threshold, threshold_mode=threshold_mode,
+                                                       cooldown=cooldown, min_lr=0.0, eps=0.0)
+    out = []
+    for i, v in enumerate(history):
+        before = opt.param_groups[0]["lr"]
+        sched.step(v)
+        if opt.param_groups[0]["lr"] < before:
+            out.append(i + 1)
+    return out
+
+
+class TestPlateauAgainstTorch:
+    """Differential: plateau fires exactly where torch.optim.lr_scheduler.ReduceLROnPlateau reduces, in both
+    threshold modes (torch's relative default included), on negative values too."""
+
+    @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), max_size=40) | histories(allow_nan=True),
+           st.integers(0, 4), st.sampled_from([0.0, 1e-4, 0.01, 0.1, 0.5]), st.sampled_from(["rel", "abs"]),
+           st.sampled_from(["min", "max"]), st.integers(0, 3))
+    @settings(max_examples=300, deadline=None)
+    def test_fires_where_torch_reduces(self, history, patience, threshold, threshold_mode, mode, cooldown):
+        ours = fired_at(plateau("val_loss", patience, threshold=threshold, threshold_mode=threshold_mode, mode=mode,
+                                cooldown=cooldown), history)
+        assert ours == torch_reductions(history, patience, threshold, threshold_mode, mode, cooldown)
+
+    def test_torch_defaults_and_bad_settings(self):
+        c = plateau("val_loss", 10, threshold=1e-4, threshold_mode="rel")
+        assert "threshold_mode='rel'" in c.name or "threshold_mode=rel" in c.name
+        with pytest.raises(InvalidDefinition, match="threshold_mode"):
+            plateau("val_loss", 3, threshold_mode="relative")
+        with pytest.raises(InvalidDefinition, match="not both"):
+            plateau("val_loss", 3, threshold=0.1, min_delta=0.1)
+
+
 class TestPlateau:
     @given(histories(allow_nan=True), st.integers(0, 4), st.sampled_from([0.0, 0.01, 0.1]),
            st.sampled_from(["min", "max"]), st.integers(0, 3))

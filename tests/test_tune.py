@@ -356,3 +356,14 @@ class TestSpeedChoices:
             runner = Study(log, TARGET, SPACE, n_trials=2, max_concurrent=1, seed=2, config={"max_epochs": 2}).run()
             assert runner.state["summary"] == {"completed": 2}
             assert len(multiprocessing.active_children()) == before
+
+
+@given(st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=30, unique=True), st.integers(2, 5),
+       st.sampled_from(["ceil", "floor"]))
+def test_asha_keeps_the_count_its_rule_says_at_a_rung(values, factor, keep):
+    """ceil(n / factor) of n distinct values go on, or the ASHA paper's and Optuna's max(floor(n / factor), 1)."""
+    asha = ASHA(reduction_factor=factor, keep=keep)
+    kept = [v for i, v in enumerate(values) if asha.keeps(v, values[:i] + values[i + 1:], mode="min")]
+    n = len(values)
+    assert len(kept) == (math.ceil(n / factor) if keep == "ceil" else max(n // factor, 1))
+    assert sorted(kept) == sorted(values)[:len(kept)]

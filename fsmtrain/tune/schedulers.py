@@ -12,6 +12,8 @@ per-epoch results) is all they read, so a resumed study decides as before.
 True
 >>> asha.keeps(0.8, [0.4, 0.5, 0.7], mode="min")
 False
+>>> ASHA(keep="floor").keeps(0.5, [0.4, 0.9, 0.7], mode="min")   # the paper's count: max(floor(4 / 3), 1) = 1
+False
 """
 
 from __future__ import annotations
@@ -82,7 +84,12 @@ def _compare(what: str, compare: Any, problems: list[str]) -> None:
 class ASHA:
     """Asynchronous successive halving: at epochs ``grace_period * reduction_factor**k`` (below ``max_t``),
     a trial goes on only if it is in the top ``1 / reduction_factor`` of the trials that reached that epoch
-    so far (itself included): fewer than ``ceil(n / reduction_factor)`` of the ``n`` values are strictly better.
+    so far (itself included): fewer than ``ceil(n / reduction_factor)`` of the ``n`` values are strictly better
+    (``keep="ceil"``, the default, which rounds in a trial's favour), or, with ``keep="floor"``, fewer than
+    ``max(floor(n / reduction_factor), 1)`` — the count of the ASHA paper (Li et al., 2020) and of Optuna's
+    ``SuccessiveHalvingPruner``: the two differ when ``n`` is not a multiple of the factor (4 trials at a rung
+    with factor 3: ceil keeps 2, floor keeps 1).  No rung lies at or beyond ``max_t``: a trial that reaches
+    the last rung below it runs to ``max_t`` (the rung's end) unless its stop condition ends it first.
     A non-finite value is worst.  Trials are not held back waiting for others (asynchronous), so which
     trials are pruned depends on the order in which they reach a rung: a study killed and resumed may
     prune differently from an uninterrupted one.
@@ -95,8 +102,10 @@ class ASHA:
     name = "asha"
 
     def __init__(self, *, grace_period: int = 1, reduction_factor: int = 3, max_t: int = 27,
-                 compare: str = "milestone") -> None:
+                 compare: str = "milestone", keep: str = "ceil") -> None:
         problems: list[str] = []
+        if keep not in ("ceil", "floor"):
+            problems.append(f"keep must be 'ceil' or 'floor', got {keep!r}")
         for n, v, lo in (("grace_period", grace_period, 1), ("reduction_factor", reduction_factor, 2), ("max_t", max_t, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 problems.append(f"{n} must be an int >= {lo}, got {v!r}")
@@ -106,7 +115,7 @@ class ASHA:
         if problems:
             raise InvalidDefinition("ASHA", problems)
         self.grace_period, self.reduction_factor, self.max_t = grace_period, reduction_factor, max_t
-        self.compare = compare
+        self.compare, self.keep = compare, keep
 
     def value_at(self, values: Sequence[float], at: int, mode: str) -> float:
         return value_at(values, at, mode, self.compare)
@@ -123,7 +132,8 @@ class ASHA:
             return False
         n = len(others) + 1
         better = sum(1 for o in others if not _worse(o) and (o < value if mode == "min" else o > value))
-        return better < math.ceil(n / self.reduction_factor)
+        top = math.ceil(n / self.reduction_factor) if self.keep == "ceil" else max(n // self.reduction_factor, 1)
+        return better < top
 
 
 class MedianStopping:
