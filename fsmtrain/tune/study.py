@@ -166,7 +166,8 @@ class Study:
                 "milestones": self.scheduler.milestones(), "max_t": self.scheduler.max_t,
                 "config": self.config, "retries": self.retries, "artifacts": self.artifacts,
                 **({"compare": self.scheduler.compare} if getattr(self.scheduler, "compare", "milestone") != "milestone"
-                   else {})}
+                   else {}),
+                **({"keep": self.scheduler.keep} if getattr(self.scheduler, "keep", "ceil") != "ceil" else {})}
 
     def _key(self) -> str:
         return hashlib.sha256(dumps(self.settings()).encode()).hexdigest()[:16]
