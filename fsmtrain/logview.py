@@ -99,8 +99,14 @@ def is_history(v: Any) -> bool:
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
 
 
+_STUDY_BOOKKEEPING = frozenset({"milestones", "running"})
+"""A study's own lists of numbers (its scheduler's rungs, the trials running): not metrics to chart."""
+
+
 def metrics_of(state: Mapping[str, Any]) -> dict[str, list[Any]]:
-    return {str(k): list(state[k]) for k in sorted(state, key=str) if is_history(state[k])}
+    """The state's metric histories (lists holding numbers), less a study's bookkeeping."""
+    skip = _STUDY_BOOKKEEPING if "trials" in state and "running" in state else frozenset()
+    return {str(k): list(state[k]) for k in sorted(state, key=str) if k not in skip and is_history(state[k])}
 
 
 def refs_of(value: Any, where: str = "") -> list[tuple[str, Ref]]:

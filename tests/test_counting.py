@@ -66,3 +66,16 @@ def test_whatif_counts_in_words_and_names_the_stop_of_a_condition_followed_by_de
     assert "3 epochs, stopped by" in text and "no stop decision recorded" not in text, text
     assert "epochss" not in text and "did not fire in 3 epochs" in text, text
     assert _count(1, "epoch") == "1 epoch" and _count(207, "steps") == "207 steps"
+
+
+def test_a_studys_bookkeeping_is_not_charted_as_a_metric(tmp_path):
+    from fsmtrain.logview import metrics_of
+    from fsmtrain.replay import state_at
+    from fsmtrain.tune import ASHA, LogUniform, Study
+
+    with EventLog(tmp_path / "s.db") as log:
+        runner = Study(log, "tests.machines.trials:trainer", {"lr": LogUniform(0.01, 0.5)}, n_trials=2, max_concurrent=1,
+                       seed=1, config={"max_epochs": 3}, scheduler=ASHA(max_t=3)).run()
+        state = state_at(log, runner.run_id).to_dict()
+    assert "milestones" in state and "running" in state
+    assert not {"milestones", "running"} & set(metrics_of(state))
