@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -304,19 +305,41 @@ class CsvMetrics(_MetricsFile):
         f.flush()
 
 
-class Progress(Hook):
-    """Progress of a run: a one-line epoch bar on a terminal, one plain line per epoch elsewhere.
+_BUDGET = re.compile(r"\b(max_steps|max_epochs|time_budget)\((?:setting\('((?:[^'\\]|\\.)*)'\)|([0-9.eE+]+))")
 
-    On a terminal (or with ``force=True``): ``epoch 3/30 [#####.....] 10% eta 0:41  val_loss 0.193 ...``,
-    redrawn at most every ``every`` seconds and always at the end.  When the stream is not a terminal (a
-    background job writing to a file, a CI log): one line per epoch once it is complete, ``epoch 3/30
-    train_loss 0.41  val_loss 0.193  (0:12)``, and a line when a run resumes.  The total is
-    ``state["max_epochs"]`` when the state has it.
+
+def budgets_of(machine: Any) -> list[tuple[str, Any]]:
+    """The budgets a machine's stop conditions name: ``[("max_steps" | "max_epochs" | "time_budget", n or the
+    setting's key)]``, from the conditions of its transitions (by name: a budget inside ``|`` and ``&`` too)."""
+    out: list[tuple[str, Any]] = []
+    for t in getattr(machine, "transitions", ()):
+        for func, key, number in _BUDGET.findall(str(getattr(getattr(t, "condition", None), "name", ""))):
+            item = (func, key if key else float(number))
+            if item not in out:
+                out.append(item)
+    return out
+
+
+class Progress(Hook):
+    """Progress of a run against its budget: a one-line bar on a terminal, plain lines elsewhere.
+
+    The budget is the run's stop condition's ``max_steps``, ``max_epochs`` or ``time_budget`` (a number, or a
+    setting read from the state) when it names one — the one closest to firing when it names several —, else
+    ``state["max_epochs"]``, else none (then no total is shown).  On a terminal (or with ``force=True``):
+    ``step 120/200 [############........] 60% eta 0:41  val_loss 0.193 ...``, redrawn at most every ``every``
+    seconds and always at the end.  When the stream is not a terminal (a background job writing to a file, a
+    CI log): a line when an epoch completes and, within long epochs, for a committed chunk at most every
+    ``plain_every`` seconds, each flushed at once (``epoch 3/30  train_loss 0.41  val_loss 0.193  (0:12)``),
+    and a line when a run resumes.
     """
 
-    def __init__(self, stream: Any = None, *, force: bool = False, width: int = 20, every: float = 0.1) -> None:
+    def __init__(self, stream: Any = None, *, force: bool = False, width: int = 20, every: float = 0.1,
+                 plain_every: float = 5.0) -> None:
         import sys
 
+        self.plain_every = plain_every
+        self._budgets: list[tuple[str, Any]] = []
+        self._said = time.monotonic()
         self.every = every  # seconds between redraws at most (the last state is drawn at the end)
         self._drawn = -math.inf  # (monotonic time starts anywhere: at boot on Linux)
         self._pending = ""
@@ -326,11 +349,16 @@ class Progress(Hook):
         self.width = width
         self._t0: float | None = None
         self._e0: int | None = None
+        self._s0 = 0
         self._latest: dict[str, float] = {}
         self._line_epoch: int | None = None  # plain mode: the epoch whose line is due
         self._line_state: Any = None
 
+    def on_run_start(self, *, run_id: int | None, state: Any, **future_kwargs: Any) -> None:
+        self._budgets = budgets_of(future_kwargs.get("machine"))
+
     def on_run_resume(self, *, run_id: int | None, state: Any, next_action: str | None, **future_kwargs: Any) -> None:
+        self._budgets = budgets_of(future_kwargs.get("machine"))
         if not self.bar and next_action is not None:
             epoch = state.get("epoch") if hasattr(state, "get") else None
             at = f" at epoch {epoch}" if isinstance(epoch, int) else ""
@@ -348,9 +376,14 @@ class Progress(Hook):
         now = time.monotonic()
         if self._t0 is None:
             self._t0, self._e0 = now, epoch
+            steps = state.get("steps") if hasattr(state, "get") else None
+            self._s0 = steps if isinstance(steps, int) else 0
         if not self.bar:
             if self._line_epoch is not None and epoch != self._line_epoch:
                 self._plain(self._line_epoch, self._line_state, now)  # that epoch is complete
+                self._line_epoch = None
+            elif now - self._said >= self.plain_every:  # a long epoch: its chunks, now and then
+                self._plain(epoch, state, now, within=True)
             self._line_epoch, self._line_state = epoch, state
             return
         if now - self._drawn < self.every:
@@ -361,37 +394,63 @@ class Progress(Hook):
         self.stream.write("\r" + self._head(epoch, state, now, bar=True) + "  " + self._metrics())
         self.stream.flush()
 
+    def _budget(self, state: Any, epoch: int) -> tuple[str, float, float] | None:
+        """(what, done, total) of the budget closest to being spent (see the class)."""
+        get = state.get if hasattr(state, "get") else (lambda k, d=None: d)
+        found = []
+        for func, n in self._budgets:
+            total = get(n) if isinstance(n, str) else n
+            if not _positive(total):
+                continue
+            done = {"max_steps": get("steps"), "max_epochs": epoch,
+                    "time_budget": getattr(state, "elapsed", None)}[func]
+            if _positive(done) or done == 0:
+                found.append((func, float(done), float(total)))
+        if not found:
+            total = get("max_epochs")
+            return ("max_epochs", float(epoch), float(total)) if _positive(total) else None
+        return max(found, key=lambda b: b[1] / b[2])
+
     def _head(self, epoch: int, state: Any, now: float, *, bar: bool) -> str:
-        total = state.get("max_epochs") if hasattr(state, "get") else None
         spe, steps = (state.get("steps_per_epoch"), state.get("steps")) if hasattr(state, "get") else (None, None)
         within = steps - epoch * spe if isinstance(spe, int) and spe > 0 and isinstance(steps, int) else 0
-        mid = bar and 0 < within < (spe or 0)  # training below the epoch: inside the next one
+        mid = 0 < within < (spe or 0)  # training below the epoch: inside the next one
+        budget = self._budget(state, epoch)
         line = f"epoch {epoch + 1 if mid else epoch}"
-        if isinstance(total, int) and not isinstance(total, bool) and total > 0:
-            line += f"/{total}"
-            if bar:
-                done = min(epoch / total, 1.0)
-                filled = int(done * self.width)
-                line += f" [{'#' * filled}{'.' * (self.width - filled)}] {done * 100:3.0f}%"
-                ran = epoch - (self._e0 or 0)
-                if ran > 0 and self._t0 is not None:
-                    left = (now - self._t0) / ran * max(total - epoch, 0)
-                    line += f" eta {int(left // 60)}:{int(left % 60):02d}"
+        if budget is not None and budget[0] == "max_epochs":
+            line += f"/{budget[2]:.0f}"
         if mid:
             line += f" step {within}/{spe}"
+        if budget is not None and budget[0] == "max_steps":
+            line += f" · step {budget[1]:.0f}/{budget[2]:.0f}"
+        elif budget is not None and budget[0] == "time_budget":
+            line += f" · {_clock(budget[1])}/{_clock(budget[2])}"
+        if bar and budget is not None:
+            what, done_n, total = budget
+            done = min(done_n / total, 1.0)
+            filled = int(done * self.width)
+            line += f" [{'#' * filled}{'.' * (self.width - filled)}] {done * 100:3.0f}%"
+            if what == "time_budget":
+                left = max(total - done_n, 0.0)
+                line += f" eta {_clock(left)}"
+            elif self._t0 is not None:
+                start = self._e0 if what == "max_epochs" else self._s0
+                ran = done_n - (start or 0)
+                if ran > 0:
+                    line += f" eta {_clock((now - self._t0) / ran * max(total - done_n, 0))}"
         return line
 
     def _metrics(self) -> str:
         return "  ".join(f"{k} {v:.4g}" for k, v in sorted(self._latest.items()))
 
-    def _plain(self, epoch: int, state: Any, now: float) -> None:
+    def _plain(self, epoch: int, state: Any, now: float, *, within: bool = False) -> None:
         spent = now - (self._t0 or now)
-        self._say(f"{self._head(epoch, state, now, bar=False)}  {self._metrics()}  "
-                  f"({int(spent // 60)}:{int(spent % 60):02d})")
+        self._say(f"{self._head(epoch, state, now, bar=False)}  {self._metrics()}  ({_clock(spent)})")
 
     def _say(self, line: str) -> None:
         self.stream.write(line + "\n")
         self.stream.flush()
+        self._said = time.monotonic()
 
     def _flush_plain(self) -> None:
         if not self.bar and self._line_epoch is not None:
@@ -417,3 +476,12 @@ class Progress(Hook):
             return
         self.stream.write(f"\nwaiting at `{action}`\n")
         self.stream.flush()
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and x == x and x != float("inf")
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"

@@ -195,7 +195,7 @@ class Runner(RunCore):
             r._resume_info = {"fingerprint": machine.fingerprint, "pid": os.getpid(), "interrupted": pos.interrupted}
             if changed:
                 r._resume_info.update(_changes(log, run_id, recorded, machine))
-        r.hooks.emit("run_resume", run_id=run_id, state=pos.state, next_action=pos.next_action)
+        r.hooks.emit("run_resume", run_id=run_id, state=pos.state, next_action=pos.next_action, machine=machine)
         last = pos.last_step
         if last is not None and r.hooks:
             # Hooks run after the commit, so a crash between the two skipped them: deliver the

@@ -77,7 +77,7 @@ class TestProgress:
         with _nolog() as log:
             record(log, hooks=[Progress(out, force=True, every=0)])
         text = out.getvalue()
-        assert "\repoch 1  val_acc 0.5  val_loss 1" in text
+        assert "\repoch 1/12 [#...................]   8%" in text and "val_acc 0.5  val_loss 1" in text  # (its budget)
         assert text.rstrip().endswith("finished")
 
     def test_redraws_at_most_every_interval_but_always_shows_the_end(self):
@@ -85,7 +85,8 @@ class TestProgress:
         with _nolog() as log:
             record(log, hooks=[Progress(out, force=True, every=3600)])
         draws = out.getvalue().count("\r")
-        assert draws == 2 and "\repoch 12  val_acc 0.6  val_loss 0.8" in out.getvalue()
+        assert draws == 2 and "\repoch 12/12 [####################] 100%" in out.getvalue()
+        assert out.getvalue().endswith("val_acc 0.6  val_loss 0.8\nfinished\n")
 
     def test_one_plain_line_per_epoch_when_the_stream_is_not_a_terminal(self):
         """A background job writing to a file sees each epoch once it is complete, and the end."""
@@ -93,8 +94,8 @@ class TestProgress:
         with _nolog() as log:
             record(log, hooks=[Progress(out)])
         lines = out.getvalue().splitlines()
-        assert [line.split()[1] for line in lines[:-1]] == [str(e) for e in range(1, 13)]
-        assert lines[0].startswith("epoch 1  val_acc 0.5  val_loss 1  (0:0") and lines[-1] == "run 1 finished"
+        assert [line.split()[1] for line in lines[:-1]] == [f"{e}/12" for e in range(1, 13)]
+        assert lines[0].startswith("epoch 1/12  val_acc 0.5  val_loss 1  (0:0") and lines[-1] == "run 1 finished"
         assert "\r" not in out.getvalue()
 
     def test_a_plain_line_says_when_a_run_resumes(self, tmp_path):
@@ -104,7 +105,7 @@ class TestProgress:
             out = io.StringIO()
             Runner.resume(curve_machine(max_epochs(12)), log, r.run_id, hooks=[Progress(out)]).run()
         lines = out.getvalue().splitlines()
-        assert lines[0] == "run 1 resumed at epoch 2, next `train`" and lines[1].startswith("epoch 3  ")
+        assert lines[0] == "run 1 resumed at epoch 2, next `train`" and lines[1].startswith("epoch 3/12  ")
 
     def test_the_bar_counts_against_max_epochs(self):
         from fsmtrain import State
@@ -115,6 +116,31 @@ class TestProgress:
         for e in (1, 2):
             p.on_step_end(run_id=1, state=State(epoch=e, max_epochs=4), updates={"val_loss": append(0.5 / e)})
         assert re.search(r"epoch 2/4 \[#####\.\.\.\.\.\]  50% eta 0:\d\d  val_loss 0.25", out.getvalue())
+
+
+    def test_the_budget_is_the_stop_conditions_steps_or_time_and_long_epochs_print_chunks(self):
+        """Issue 28: `epoch 1/100` when the budget was max_steps=200; nothing for 45 s off a terminal."""
+        from fsmtrain import State
+        from fsmtrain.hooks import budgets_of
+        from fsmtrain.stopping import early_stopping, max_epochs, max_steps, time_budget
+        from fsmtrain.train import training_machine
+
+        m = training_machine(early_stopping("val_loss", 5) | max_steps(200), every=10)
+        assert budgets_of(m) == [("max_steps", 200.0)]
+        out = io.StringIO()
+        p = Progress(out, force=True, width=10, every=0)
+        p.on_run_start(run_id=1, state=State(epoch=0, steps=0), machine=m)
+        p.on_step_end(run_id=1, state=State(epoch=0, steps=50, max_epochs=100), updates={})
+        assert "step 50/200 [##........]  25%" in out.getvalue() and "/100" not in out.getvalue()
+        assert budgets_of(training_machine(time_budget(60) | max_epochs(3))) == [("time_budget", 60.0),
+                                                                                  ("max_epochs", 3.0)]
+        plain = io.StringIO()
+        q = Progress(plain, plain_every=0)
+        q.on_run_start(run_id=1, state=State(epoch=0, steps=0), machine=m)
+        for steps in (10, 20, 30):  # chunks inside one long epoch: a line for each (plain_every=0), flushed
+            q.on_step_end(run_id=1, state=State(epoch=0, steps=steps), updates={})
+        assert [line.split("·")[1].split()[1] for line in plain.getvalue().splitlines()] == ["10/200", "20/200",
+                                                                                              "30/200"]
 
 
 class _nolog:
