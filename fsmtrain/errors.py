@@ -104,6 +104,13 @@ class RunBusy(FsmtrainError, RuntimeError):
     """Another process is running this run (it holds the run's lock)."""
 
 
+class MetricError(FsmtrainError, ValueError):
+    """A metric (or the loss) raised on the outputs and targets it was given.  Deterministic: the same batch
+    raises again, so it is not retried; nothing of the step is written and the run stays resumable."""
+
+    exit_code = 2
+
+
 class CheckpointError(FsmtrainError, RuntimeError):
     """A checkpoint file is missing, does not match its recorded hash, or is not plain data."""
 

@@ -79,3 +79,32 @@ def test_a_studys_bookkeeping_is_not_charted_as_a_metric(tmp_path):
         state = state_at(log, runner.run_id).to_dict()
     assert "milestones" in state and "running" in state
     assert not {"milestones", "running"} & set(metrics_of(state))
+
+
+def test_a_metric_or_loss_that_raises_is_named_with_the_shapes_and_not_retried(tmp_path):
+    """Issue 28: a metric failing on (B, T, V) outputs was retried three times, then the run was marked failed."""
+    import pytest
+
+    from fsmtrain.errors import MetricError
+    from fsmtrain.stopping import max_epochs
+    from fsmtrain.train import Resources, Trainer, training_machine
+    from tests.machines.training import tiny_build
+
+    def broken(outputs, targets):
+        return (outputs.argmax(dim=2) == targets).float().mean()  # (dim 2 does not exist for (N, C) outputs)
+
+    machine = training_machine(max_epochs(2), name="tiny", initial={"lr": 0.01}, metrics={"acc": broken})
+    with pytest.raises(MetricError, match=r"metric `acc` raised IndexError.*outputs of shape \(\d+, 3\).*targets of "
+                                          r"shape \(\d+,\)"):
+        Trainer(machine, tiny_build, log=tmp_path / "m.db").fit()
+    with EventLog(tmp_path / "m.db", readonly=True) as log:
+        kinds = [e.kind for e in log.events(1)]
+    assert "error" not in kinds and "failed" not in kinds  # not retried, not a failed run: fix it and run again
+
+    def bad_loss(state):
+        r = tiny_build(state)
+        return Resources(model=r.model, optimizer=r.optimizer, train_data=r.train_data, val_data=r.val_data,
+                         batch_size=32, loss_fn=lambda out, y: out.loss)  # (a model without .loss)
+    with pytest.raises(MetricError, match=r"the loss \(Resources.loss_fn\) raised AttributeError"):
+        Trainer(training_machine(max_epochs(1), name="t2", initial={"lr": 0.01}), bad_loss,
+                log=tmp_path / "l.db").fit()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..actions import Action
-from ..errors import CheckpointError, InvalidDefinition, ResourceError
+from ..errors import CheckpointError, FsmtrainError, InvalidDefinition, MetricError, ResourceError, environmental
 from ..state import Ref, State, append
 from .checkpoints import FORMAT, capture_rng, load_checkpoint, save_checkpoint, weights_sha256
 from .resources import Resources, batches, feed, shard, stateful
@@ -149,7 +149,13 @@ def train_steps(n: Any = None, *, accumulate: Any = 1, name: str | None = None) 
                 quiet = sync_off() if callable(sync_off) else contextlib.nullcontext()
                 with quiet:
                     with r.autocast():
-                        loss = loss_fn(model(*inputs), targets)
+                        out = model(*inputs)
+                        try:
+                            loss = loss_fn(out, targets)
+                        except Exception as e:
+                            if isinstance(e, FsmtrainError) or environmental(e):
+                                raise
+                            raise _metric_error(label, "the loss (Resources.loss_fn)", e, out, targets) from e
                     weighted = loss if len(group) == 1 else loss * (len(targets) / size)
                     (scaler.scale(weighted) if scaler is not None else weighted).backward()
                 total += loss.item() * len(targets)
@@ -247,14 +253,14 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
                                             worker_init_fn=r.worker_init_fn):
                 with r.autocast():
                     out = model(*inputs)
-                    batch_loss = loss_fn(out, targets)
+                    batch_loss = _measured(name, "the loss (Resources.loss_fn)", loss_fn, out, targets)
                 k = len(targets)
-                sums["loss"] += float(batch_loss) * k
+                sums["loss"] += batch_loss * k
                 for m, f in metrics.items():
                     if f is accuracy and m in default and not fits_a_classifier(out, targets):
                         skipped.add(m)  # the default accuracy where the shapes are not a classifier's: left out
                         continue
-                    sums[m] += float(f(out, targets)) * k
+                    sums[m] += _measured(name, f"metric `{m}`", f, out, targets) * k
                 n += k
         if skipped:
             _warn_skipped(name, out, targets)
@@ -276,6 +282,34 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
         return updates
 
     return Action(fn, name=name, reads=["steps"] if at else [], writes=writes)
+
+
+def _measured(action: str, what: str, fn: Callable[[Any, Any], Any], outputs: Any, targets: Any) -> float:
+    """``float(fn(outputs, targets))``, or :class:`MetricError` naming ``what`` and the shapes: a metric that
+    raises on a batch raises on it again (deterministic), so the step is not retried."""
+    try:
+        return float(fn(outputs, targets))
+    except Exception as e:
+        if isinstance(e, FsmtrainError) or environmental(e):
+            raise
+        raise _metric_error(action, what, e, outputs, targets) from e
+
+
+def _metric_error(action: str, what: str, e: BaseException, outputs: Any, targets: Any) -> MetricError:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return MetricError(
+        f"action `{action}`: {what} raised {type(e).__name__}: {first[:300]} — on outputs {_shape(outputs)} and "
+        f"targets {_shape(targets)}. A metric is fn(outputs, targets) returning the batch's mean as a number (a 0-d "
+        "tensor will do); the loss, fn(outputs, targets) returning a 0-d tensor (outputs.loss for a model that "
+        "computes its own). Nothing of this step was written and it is not retried (the same batch would raise "
+        "again): fix it, or leave the metric out (evaluate(metrics={...})), and run the same command again")
+
+
+def _shape(x: Any) -> str:
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return f"of shape {tuple(shape)}"
+    return f"of type {type(x).__name__}"
 
 
 _WARNED: set[str] = set()
