@@ -72,6 +72,9 @@ def training_machine(stop: Condition, *, name: str = "train", monitor: str | Non
     (``export``, see :func:`~fsmtrain.train.actions.export_best`) then finishes;
     no-go finishes without exporting.  ``accumulate=k`` sums the gradients of k
     batches per optimizer step (:func:`~fsmtrain.train.actions.train_steps`).
+    ``metrics`` maps a name to ``fn(outputs, targets)`` returning the batch's mean, computed by ``evaluate``
+    on ``val_data`` and appended as ``val_<name>`` (default ``{"acc": accuracy}``, left out with a warning
+    where the outputs are not a classifier's; ``metrics={}`` for none).
 
     **Below the epoch**: ``every=N`` trains in chunks of N optimizer steps
     (``train_steps``; a chunk also ends at the epoch's end), each a committed,

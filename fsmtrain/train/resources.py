@@ -75,7 +75,11 @@ class Resources:
     data order itself; here the order of epoch ``e`` comes from a generator seeded
     with ``epoch_seed(seed, e)``, never from the global RNG, which is what lets a
     resumed run continue exactly where it stopped.  ``loss_fn(outputs, targets)``
-    must return the batch mean.  ``device`` (e.g. ``"cuda"``) is where batches go;
+    (default ``cross_entropy``) must return the batch mean as a 0-d tensor; for a model that computes its own
+    loss (Hugging Face's return ``outputs.loss``), ``loss_fn=lambda outputs, targets: outputs.loss``.  A loss or
+    metric that raises is a ``MetricError`` naming the shapes, never retried.  ``grad_clip`` (a float) clips
+    the gradients' global norm to it before every optimizer step (``clip_grad_norm_``, after unscaling with
+    fp16).  ``device`` (e.g. ``"cuda"``) is where batches go;
     put the model there in the factory.  ``scheduler`` is stepped once per epoch
     (``scheduler_interval="step"``: after every optimizer step, as OneCycle and
     warm-up schedules want); a ``ReduceLROnPlateau`` is stepped by ``evaluate``
