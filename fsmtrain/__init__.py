@@ -19,6 +19,7 @@ _EXPORTS = {
     "CsvMetrics": "hooks", "Hook": "hooks", "HookBus": "hooks", "JsonlMetrics": "hooks", "Notify": "hooks",
     "Progress": "hooks",
     "EventLog": "log",
+    "MLflowLogger": "trackers",
     "Machine": "machine", "Transition": "machine",
     "fold": "replay", "fork": "replay", "state_at": "replay",
     "Halt": "runner", "Runner": "runner", "StepResult": "runner", "decide": "runner", "give_input": "runner",
@@ -37,6 +38,7 @@ __all__ = [
     "HookBus",
     "Input",
     "JsonlMetrics",
+    "MLflowLogger",
     "Machine",
     "Notify",
     "Progress",
@@ -86,3 +88,4 @@ if TYPE_CHECKING:
     from .replay import fold, fork, state_at
     from .runner import Halt, Runner, StepResult, decide, give_input, retry, stop
     from .state import Ref, State, append
+    from .trackers import MLflowLogger
