@@ -89,7 +89,7 @@ class MLflowLogger(Hook):
         run = self._run(run_id)
         steps = state.get("steps") if hasattr(state, "get") else None
         at = steps if isinstance(steps, int) and not isinstance(steps, bool) else step
-        out = []
+        out: list[Any] = []
         for k, values in metrics.items():
             if replayed and any(m.step == at for m in self.client.get_metric_history(run, k)):
                 continue  # (the process before this one logged it before it died)
@@ -101,7 +101,7 @@ class MLflowLogger(Hook):
         run = self._run(run_id)
         if self.log_best and self.artifacts is not None:
             best = state.get("best") if hasattr(state, "get") else None
-            ref = best.get("checkpoint") if isinstance(best, dict) or hasattr(best, "get") else None
+            ref = best.get("checkpoint") if best is not None and hasattr(best, "get") else None
             if isinstance(ref, Ref) and (self.artifacts / ref.path).is_file():
                 self.client.log_artifact(run, str(self.artifacts / ref.path), artifact_path="best")
         self.client.set_terminated(run, status="FINISHED" if status in ("step", "finished") else "FAILED"
