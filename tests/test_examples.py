@@ -109,3 +109,35 @@ def test_tune_demo_runs_a_study_and_the_study_command_shows_it(tmp_path):
     assert data["status"] == "finished" and len(data["trials"]) == 12
     assert any(t["pruned"] for t in data["trials"])  # ASHA stopped some at a rung
     assert data["best"]["value"] == data["trials"][0]["best"]
+
+
+def _char_lm(log, *extra, cwd):
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / "char_lm.py"), "--log", str(log), *extra], cwd=cwd,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+def test_the_char_lm_example_trains_a_sequence_model_and_a_rerun_prints_the_same_line(tmp_path):
+    """Issue 28: (batch, time, vocabulary) outputs, chunks, a per-step schedule, clipping, a step budget, the best
+    checkpoint generating text; deterministic, and rerun on a finished log it prints the same line."""
+    first = _char_lm(tmp_path / "lm.db", "--max-steps", "30", cwd=tmp_path)
+    assert {"run_id", "status", "steps", "best_val_loss", "sample"} <= set(first)
+    assert first["status"] == "finished" and first["steps"] >= 30 and first["sample"].startswith("the cat ")
+    assert _char_lm(tmp_path / "lm.db", "--max-steps", "30", cwd=tmp_path) == first
+    with EventLog(tmp_path / "lm.db", readonly=True) as lg:
+        assert lg.verify() == []
+
+
+@pytest.mark.slow
+def test_the_char_lm_example_killed_and_rerun_ends_with_the_same_line(tmp_path):
+    import random
+
+    from tests.test_crash import kill_until_done
+
+    want = _char_lm(tmp_path / "ref.db", "--max-steps", "60", cwd=tmp_path)
+    log = tmp_path / "k.db"
+    cmd = [sys.executable, str(ROOT / "examples" / "char_lm.py"), "--log", str(log), "--max-steps", "60"]
+    kills, out = kill_until_done(cmd, log, random.Random(28), 3, 0.3)
+    assert kills >= 1
+    assert json.loads(out.splitlines()[-1]) == want
