@@ -99,6 +99,7 @@ class Input:
         return self.validate(value, action)
 
     def to_json(self) -> dict[str, Any]:
+        """The declaration as plain JSON (recorded in a ``waiting`` event's ``needs``)."""
         return {
             "name": self.name, "type": self.type, "required": self.required,
             "choices": None if self.choices is None else list(self.choices),
@@ -107,6 +108,7 @@ class Input:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Input:
+        """The input declaration from its JSON form (:meth:`to_json`)."""
         return cls(**dict(d))
 
 

@@ -95,6 +95,7 @@ class HookBus:
             self.add(h, _rebuild=False)
 
     def add(self, hook: Any, *, _rebuild: bool = True) -> None:
+        """Subscribe ``hook`` (an object with ``on_<event>`` methods) to the events it has methods for."""
         if _rebuild:
             self.hooks.append(hook)
         if getattr(hook, "external", False):
@@ -111,9 +112,11 @@ class HookBus:
         return bool(self._subs)
 
     def wants(self, event: str) -> bool:
+        """Whether any hook subscribed to ``event`` (so a caller can skip building its arguments)."""
         return event in self._subs
 
     def emit(self, event: str, **kwargs: Any) -> None:
+        """Deliver ``event`` with these keyword arguments to every subscribed hook, in order."""
         for hook in self._subs.get(event, ()):
             if self._external and id(hook) in self._external \
                     and (self.held or (self.durable is not None and not self.durable())):

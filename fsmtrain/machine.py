@@ -181,6 +181,7 @@ class Machine:
         }
 
     def action(self, name: str) -> Action:
+        """The action named ``name`` (``UnknownAction`` when the machine has none)."""
         try:
             return self.actions[name]
         except KeyError:

@@ -422,6 +422,7 @@ class Runner(RunCore):
 
     @property
     def last_halt(self) -> Halt | None:
+        """Why the last ``run``/``iterate`` stopped (``None`` before one has)."""
         return self._halt
 
     # -- bringing resources back --------------------------------------------------------

@@ -53,6 +53,7 @@ class Ref:
     size: int = attrs.field(validator=_check_size)
 
     def to_json(self) -> dict[str, Any]:
+        """The Ref as it is stored: ``{"$ref": {"path", "sha256", "size"}}``."""
         return {"$ref": {"path": self.path, "sha256": self.sha256, "size": self.size}}
 
 
@@ -425,6 +426,7 @@ class State(Mapping[str, Any]):
 
     @classmethod
     def from_json(cls, text: str) -> State:
+        """A state from its canonical JSON text (:meth:`to_json`)."""
         return cls(loads(text))
 
 

@@ -100,6 +100,7 @@ class WhatIf:
     skipped: list[tuple[int, str]] = attrs.field(factory=list)  # runs left out when none were named, and why
 
     def summary(self) -> list[Summary]:
+        """Per condition, over all runs: how often it fired, epochs saved, best kept, mean gap to best."""
         out = []
         for name in self.conditions:
             rows = [r for r in self.rows if r.condition == name]

@@ -38,7 +38,9 @@ class Target(Protocol):
 
     machine: Machine
 
-    def resume(self, run_id: int, *, hooks: Iterable[Any] = ()) -> Runner: ...
+    def resume(self, run_id: int, *, hooks: Iterable[Any] = ()) -> Runner:
+        """A runner for ``run_id``, resumed (with ``hooks`` added)."""
+        ...
 
 
 @attrs.define
@@ -92,6 +94,7 @@ class Report:
     detail: str = ""
 
     def line(self) -> str:
+        """The report as one line for a person."""
         where = f" at `{self.action}`" if self.action and self.outcome in ("waiting", "failed", "stopped") else ""
         text = f"run {self.run_id}: {self.outcome}{where} after {self.steps} step(s)"
         return text + (f"; {self.detail}" if self.detail else "")
@@ -125,6 +128,7 @@ class Worker:
 
     @property
     def machine(self) -> Machine:
+        """The machine whose runs this worker continues."""
         return self.target.machine
 
     def stop(self) -> None:
@@ -133,6 +137,7 @@ class Worker:
 
     @property
     def stopping(self) -> bool:
+        """Whether :meth:`stop` was called (the current pass ends after its current step)."""
         return self._stopping
 
     def runnable(self) -> list[int]:

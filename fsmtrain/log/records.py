@@ -69,6 +69,7 @@ class Event(NamedTuple):
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Event:
+        """An event from a raw ``events`` row (JSON columns decoded)."""
         r = list(row)
         for i in (7, 8, 10, 11):  # inputs, updates, info, snapshot
             if r[i] is not None:
@@ -118,6 +119,7 @@ class RunInfo:
 
     @property
     def status(self) -> str:
+        """The run's status from its last event: running, waiting, finished, failed, stopped or pruned."""
         return status_of(self.last_kind, self.next)
 
 

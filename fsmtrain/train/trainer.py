@@ -156,6 +156,7 @@ class Trainer:
 
     @property
     def artifacts(self) -> Path:
+        """The folder the run's checkpoint files (and ``Ref`` paths) are relative to."""
         if self._log is not None:
             return self._log.artifacts
         return self._log_path.with_name(self._log_path.name + ".artifacts")

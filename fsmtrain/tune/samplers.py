@@ -42,6 +42,7 @@ class RandomSampler:
         self.seed = seed
 
     def propose(self, space: Space, index: int, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The parameters of trial ``index``, drawn from a generator seeded by (seed, index)."""
         digest = hashlib.sha256(f"{self.seed}:{index}".encode()).digest()
         return space.sample(random.Random(int.from_bytes(digest[:8], "big")))
 
@@ -60,6 +61,7 @@ class GridSampler:
         self._for: Space | None = None
 
     def propose(self, space: Space, index: int, history: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """The parameters of trial ``index``: the ``index``-th combination of the grid."""
         if self._grid is None or self._for != space:
             self._grid, self._for = space.grid(self.points), space
         return dict(self._grid[index]) if index < len(self._grid) else None
@@ -86,6 +88,7 @@ class OptunaSampler:
         self.direction: Literal["minimize", "maximize"] = direction
 
     def propose(self, space: Space, index: int, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The parameters of trial ``index``, asked of an Optuna study told every finished trial."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)

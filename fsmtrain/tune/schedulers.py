@@ -54,9 +54,11 @@ class NoScheduler:
         self.max_t = max_t
 
     def milestones(self) -> list[int]:
+        """None: without a scheduler no trial pauses."""
         return []
 
     def keeps(self, value: float, others: Sequence[float], *, mode: str) -> bool:
+        """Always: without a scheduler no trial is stopped early."""
         return True
 
 
@@ -118,9 +120,11 @@ class ASHA:
         self.compare, self.keep = compare, keep
 
     def value_at(self, values: Sequence[float], at: int, mode: str) -> float:
+        """The value compared at rung ``at``: the one at that epoch, or the best so far (``compare``)."""
         return value_at(values, at, mode, self.compare)
 
     def milestones(self) -> list[int]:
+        """The epochs (ascending, below ``max_t``) at which a trial pauses for :meth:`keeps`."""
         out, t = [], self.grace_period
         while t < self.max_t:
             out.append(t)
@@ -128,6 +132,7 @@ class ASHA:
         return out
 
     def keeps(self, value: float, others: Sequence[float], *, mode: str) -> bool:
+        """Whether a trial with ``value`` at a rung goes on, given the ``others`` that reached it (see the class)."""
         if _worse(value):
             return False
         n = len(others) + 1
@@ -156,12 +161,15 @@ class MedianStopping:
         self.compare = compare
 
     def value_at(self, values: Sequence[float], at: int, mode: str) -> float:
+        """The value compared at milestone ``at`` (see ``compare``)."""
         return value_at(values, at, mode, self.compare)
 
     def milestones(self) -> list[int]:
+        """The epochs at which a trial pauses for :meth:`keeps`."""
         return list(range(self.grace_period, self.max_t, self.interval))
 
     def keeps(self, value: float, others: Sequence[float], *, mode: str) -> bool:
+        """Whether a trial with ``value`` at a milestone goes on: not worse than the others' median."""
         if _worse(value):
             return False
         finite = [o for o in others if not _worse(o)]

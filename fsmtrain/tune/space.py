@@ -36,17 +36,21 @@ class Uniform:
     high: float
 
     def problems(self, name: str) -> list[str]:
+        """What is wrong with the domain's bounds or values (empty: nothing)."""
         if not (_number(self.low) and _number(self.high)) or not self.low < self.high:
             return [f"{name}: Uniform needs finite numbers low < high, got ({self.low!r}, {self.high!r})"]
         return []
 
     def sample(self, rng: random.Random) -> float:
+        """A value drawn with ``rng``: a number, uniformly."""
         return rng.uniform(self.low, self.high)
 
     def grid(self, points: int) -> list[float]:
+        """``points`` values spread over the domain, for a grid search (a number, uniformly)."""
         return [self.low + (self.high - self.low) * i / (points - 1) for i in range(points)] if points > 1 else [self.low]
 
     def to_json(self) -> dict[str, Any]:
+        """The domain as plain JSON."""
         return {"type": "uniform", "low": self.low, "high": self.high}
 
 
@@ -58,20 +62,24 @@ class LogUniform:
     high: float
 
     def problems(self, name: str) -> list[str]:
+        """What is wrong with the domain's bounds or values (empty: nothing)."""
         if not (_number(self.low) and _number(self.high)) or not 0 < self.low < self.high:
             return [f"{name}: LogUniform needs finite numbers 0 < low < high, got ({self.low!r}, {self.high!r})"]
         return []
 
     def sample(self, rng: random.Random) -> float:
+        """A value drawn with ``rng``: a number, log-uniformly."""
         return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
 
     def grid(self, points: int) -> list[float]:
+        """``points`` values spread over the domain, for a grid search (a number, log-uniformly)."""
         if points < 2:
             return [self.low]
         lo, hi = math.log(self.low), math.log(self.high)
         return [math.exp(lo + (hi - lo) * i / (points - 1)) for i in range(points)]
 
     def to_json(self) -> dict[str, Any]:
+        """The domain as plain JSON."""
         return {"type": "loguniform", "low": self.low, "high": self.high}
 
 
@@ -84,6 +92,7 @@ class IntRange:
     log: bool = False
 
     def problems(self, name: str) -> list[str]:
+        """What is wrong with the domain's bounds or values (empty: nothing)."""
         ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high)) and self.low <= self.high
         if not ok or (self.log and self.low < 1):
             return [f"{name}: IntRange needs ints low <= high{' and low >= 1 with log=True' if self.log else ''}, "
@@ -91,17 +100,20 @@ class IntRange:
         return []
 
     def sample(self, rng: random.Random) -> int:
+        """A value drawn with ``rng``: an integer in the range."""
         if self.log:
             return min(self.high, max(self.low, round(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))))
         return rng.randint(self.low, self.high)
 
     def grid(self, points: int) -> list[int]:
+        """``points`` values spread over the domain, for a grid search (an integer in the range)."""
         values = list(range(self.low, self.high + 1))
         if len(values) <= points:
             return values
         return sorted({values[round(i * (len(values) - 1) / (points - 1))] for i in range(points)}) if points > 1 else [self.low]
 
     def to_json(self) -> dict[str, Any]:
+        """The domain as plain JSON."""
         return {"type": "int", "low": self.low, "high": self.high, "log": self.log}
 
 
@@ -112,6 +124,7 @@ class Choice:
     values: tuple[Any, ...] = attrs.field(converter=tuple)
 
     def problems(self, name: str) -> list[str]:
+        """What is wrong with the domain's bounds or values (empty: nothing)."""
         if not self.values:
             return [f"{name}: Choice needs at least one value"]
         if len(set(map(repr, self.values))) != len(self.values):
@@ -120,12 +133,15 @@ class Choice:
         return [f"{name}: Choice values must be str, int, float, bool or None, got {bad!r}"] if bad else []
 
     def sample(self, rng: random.Random) -> Any:
+        """A value drawn with ``rng``: one of the choices."""
         return self.values[rng.randrange(len(self.values))]
 
     def grid(self, points: int) -> list[Any]:
+        """``points`` values spread over the domain, for a grid search (one of the choices)."""
         return list(self.values)
 
     def to_json(self) -> dict[str, Any]:
+        """The domain as plain JSON."""
         return {"type": "choice", "values": list(self.values)}
 
 
@@ -171,6 +187,7 @@ class Space(Mapping[str, Dimension]):
         return f"Space({self._dims!r})"
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
+        """One point: each parameter drawn from its domain with ``rng``."""
         return {k: d.sample(rng) for k, d in self._dims.items()}
 
     def grid(self, points: int = 3) -> list[dict[str, Any]]:
@@ -180,10 +197,12 @@ class Space(Mapping[str, Dimension]):
                 for combo in itertools.product(*(self._dims[n].grid(points) for n in names))]
 
     def to_json(self) -> dict[str, Any]:
+        """The space as plain JSON (part of a study's settings)."""
         return {k: d.to_json() for k, d in self._dims.items()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Space:
+        """A space from its JSON form (:meth:`to_json`)."""
         dims = {}
         for k, d in data.items():
             d = dict(d)

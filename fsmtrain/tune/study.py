@@ -159,6 +159,7 @@ class Study:
 
     # -- the settings that identify a study (to resume the right run) ----------------------------------
     def settings(self) -> dict[str, Any]:
+        """What identifies the study (a rerun with the same settings resumes it): space, target, sizes..."""
         return {"space": self.space.to_json(), "target": self.target, "n_trials": self.n_trials,
                 "max_concurrent": self.max_concurrent, "metric": self.metric, "mode": self.mode, "seed": self.seed,
                 "sampler": getattr(self.sampler, "name", type(self.sampler).__name__),
