@@ -66,3 +66,15 @@ def test_the_reference_builds(tmp_path):
     assert {"fsmtrain.html", "fsmtrain/train.html", "fsmtrain/tune.html", "fsmtrain/log.html"} <= pages, pages
     assert "loss_fn" in (tmp_path / "fsmtrain" / "train.html").read_text()
     shutil.rmtree(tmp_path)
+
+
+def test_whatif_help_lists_every_condition_function_with_its_arguments():
+    from click.testing import CliRunner
+
+    from fsmtrain.cli import main
+    from fsmtrain.stopping import CONDITIONS
+
+    text = CliRunner().invoke(main, ["whatif", "--help"]).output
+    for name in CONDITIONS:
+        assert f"{name}(" in text, name
+    assert "threshold_mode='abs'" in text and "setting('key')" in text

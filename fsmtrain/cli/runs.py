@@ -446,3 +446,15 @@ def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None
         ax.set_title(f"run {run_id}")
         fig.savefig(output, dpi=100)
     echo(f"wrote {output} ({', '.join(f'{k}: {len(v)} points' for k, v in series.items())})")
+
+
+def _grammar() -> str:
+    """Every function a condition expression may call, with its arguments (for ``whatif --help``)."""
+    from ..expr import _signature
+    from ..stopping import CONDITIONS
+
+    return "\n".join(f"    {name}{_signature(f)}" for name, f in sorted(CONDITIONS.items()))
+
+
+whatif.help = ((whatif.help or "").rstrip() + "\n\n\b\nThe functions (keyword arguments after *; a bare name "
+               "is a string; setting('key') reads\nthe run's state; combine with & | ~ and parentheses):\n" + _grammar())
