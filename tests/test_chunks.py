@@ -264,7 +264,7 @@ def test_progress_shows_the_step_within_the_epoch(tmp_path):
 
     out = io.StringIO()
     Trainer(chunked(2), tiny_build, log=tmp_path / "p.db", hooks=[Progress(out, force=True, every=0)]).fit()
-    draws = [d.split("  ")[0] for d in out.getvalue().split("\r") if d]
+    draws = [d.split(" [")[0] for d in out.getvalue().split("\r") if d]  # (the head, before the budget's bar)
     shown = [d for i, d in enumerate(draws) if i == 0 or d != draws[i - 1]]  # (a checkpoint redraws the same line)
-    assert shown[:4] == ["epoch 1 step 2/5", "epoch 1 step 4/5", "epoch 1", "epoch 2 step 2/5"]
-    assert "epoch 3 step 4/5" in draws and not any(d.endswith("step 5/5") for d in draws)
+    assert shown[:4] == ["epoch 1/3 step 2/5", "epoch 1/3 step 4/5", "epoch 1/3", "epoch 2/3 step 2/5"]
+    assert "epoch 3/3 step 4/5" in draws and not any(d.endswith("step 5/5") for d in draws)

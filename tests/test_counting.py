@@ -84,6 +84,7 @@ def test_a_studys_bookkeeping_is_not_charted_as_a_metric(tmp_path):
 def test_a_metric_or_loss_that_raises_is_named_with_the_shapes_and_not_retried(tmp_path):
     """Issue 28: a metric failing on (B, T, V) outputs was retried three times, then the run was marked failed."""
     import pytest
+    import torch
 
     from fsmtrain.errors import MetricError
     from fsmtrain.stopping import max_epochs
@@ -101,10 +102,11 @@ def test_a_metric_or_loss_that_raises_is_named_with_the_shapes_and_not_retried(t
         kinds = [e.kind for e in log.events(1)]
     assert "error" not in kinds and "failed" not in kinds  # not retried, not a failed run: fix it and run again
 
-    def bad_loss(state):
+    def eval_fails(state):  # a loss that trains but cannot be computed on the validation batches' shape
         r = tiny_build(state)
         return Resources(model=r.model, optimizer=r.optimizer, train_data=r.train_data, val_data=r.val_data,
-                         batch_size=32, loss_fn=lambda out, y: out.loss)  # (a model without .loss)
-    with pytest.raises(MetricError, match=r"the loss \(Resources.loss_fn\) raised AttributeError"):
-        Trainer(training_machine(max_epochs(1), name="t2", initial={"lr": 0.01}), bad_loss,
+                         batch_size=32, loss_fn=lambda out, y: torch.nn.functional.cross_entropy(out, y)
+                         if out.shape[0] <= 32 else out.loss)  # (training batches: 32 and 16; validation: 48)
+    with pytest.raises(MetricError, match=r"the loss \(Resources.loss_fn\) raised AttributeError.*outputs of shape "):
+        Trainer(training_machine(max_epochs(1), name="t2", initial={"lr": 0.01}), eval_fails,
                 log=tmp_path / "l.db").fit()

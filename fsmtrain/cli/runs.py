@@ -456,5 +456,7 @@ def _grammar() -> str:
     return "\n".join(f"    {name}{_signature(f)}" for name, f in sorted(CONDITIONS.items()))
 
 
-whatif.help = ((whatif.help or "").rstrip() + "\n\n\b\nThe functions (keyword arguments after *; a bare name "
-               "is a string; setting('key') reads\nthe run's state; combine with & | ~ and parentheses):\n" + _grammar())
+_head, _sep, _examples = (whatif.help or "").partition("\b\n    Examples:")  # (the docstring, as written: indented)
+whatif.help = (_head.rstrip() + "\n\n    \b\n    The functions (keyword arguments after *; a bare name is a string; "
+               "setting('key') reads\n    the run's state; combine with & | ~ and parentheses):\n"
+               + "\n".join("    " + line for line in _grammar().splitlines()) + "\n\n    " + _sep + _examples)

@@ -149,13 +149,7 @@ def train_steps(n: Any = None, *, accumulate: Any = 1, name: str | None = None) 
                 quiet = sync_off() if callable(sync_off) else contextlib.nullcontext()
                 with quiet:
                     with r.autocast():
-                        out = model(*inputs)
-                        try:
-                            loss = loss_fn(out, targets)
-                        except Exception as e:
-                            if isinstance(e, FsmtrainError) or environmental(e):
-                                raise
-                            raise _metric_error(label, "the loss (Resources.loss_fn)", e, out, targets) from e
+                        loss = loss_fn(model(*inputs), targets)  # (a training step that raises is an attempt)
                     weighted = loss if len(group) == 1 else loss * (len(targets) / size)
                     (scaler.scale(weighted) if scaler is not None else weighted).backward()
                 total += loss.item() * len(targets)

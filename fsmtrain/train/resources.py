@@ -76,8 +76,9 @@ class Resources:
     with ``epoch_seed(seed, e)``, never from the global RNG, which is what lets a
     resumed run continue exactly where it stopped.  ``loss_fn(outputs, targets)``
     (default ``cross_entropy``) must return the batch mean as a 0-d tensor; for a model that computes its own
-    loss (Hugging Face's return ``outputs.loss``), ``loss_fn=lambda outputs, targets: outputs.loss``.  A loss or
-    metric that raises is a ``MetricError`` naming the shapes, never retried.  ``grad_clip`` (a float) clips
+    loss (Hugging Face's return ``outputs.loss``), ``loss_fn=lambda outputs, targets: outputs.loss``.  A metric
+    (or the loss) that raises in ``evaluate`` is a ``MetricError`` naming the shapes, never retried; in training,
+    a step that raises is an attempt (retried from the last checkpoint, as any error).  ``grad_clip`` (a float) clips
     the gradients' global norm to it before every optimizer step (``clip_grad_norm_``, after unscaling with
     fp16).  ``device`` (e.g. ``"cuda"``) is where batches go;
     put the model there in the factory.  ``scheduler`` is stepped once per epoch
