@@ -4,13 +4,11 @@ home) and ``sync`` (push now and wait)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ..errors import HomeBehind, HomeError, LostTail
 from ..log import EventLog
-from ..state import Ref
 from .common import RUN_ID, _existing_log, echo, home_option, kept
 
 __all__ = ["pull", "recover", "sync"]
@@ -92,7 +90,7 @@ def pull(home: str, log: Path) -> None:
     Example:
         fsmtrain pull s3://bucket/runs runs.db && fsmtrain replay runs.db
     """
-    from ..log.home import Home
+    from ..log.home import Home, refs_in
     from ..replay import state_at
 
     source = Home.open(home)
@@ -103,7 +101,7 @@ def pull(home: str, log: Path) -> None:
         runs = lg.runs()
         files = 0
         for info in runs:
-            for ref in _refs(state_at(lg, info.id).to_dict()):
+            for ref in refs_in(state_at(lg, info.id).to_json()):
                 if not (lg.artifacts / ref["path"]).exists() and \
                         source.fetch(lg.artifacts, ref["path"], ref["sha256"], ref["size"]):
                     files += 1
@@ -117,24 +115,6 @@ def _must_exist(log: Path) -> None:
 
     if not os.path.lexists(log):
         raise click.BadParameter(f"{log} does not exist", param_hint="LOG")
-
-
-def _refs(value: Any) -> list[dict[str, Any]]:
-    out = []
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, Ref):
-            out.append({"path": v.path, "sha256": v.sha256, "size": v.size})
-        elif isinstance(v, dict):
-            r = v.get("$ref")
-            if len(v) == 1 and isinstance(r, dict):
-                out.append(r)
-            else:
-                stack.extend(v.values())
-        elif isinstance(v, (list, tuple)):
-            stack.extend(v)
-    return out
 
 
 @click.command()

@@ -116,7 +116,7 @@ class Home:
         if have >= tip:
             (mine,) = conn.execute("SELECT hash FROM events WHERE run_id = ? AND seq = ?", (run_id, tip)).fetchone()
             if mine != tip_hash:
-                raise self._diverged(log, run_id, tip)
+                raise self._diverged(log.path, run_id, tip)
             return 0
         prev = None
         if have:
@@ -134,7 +134,7 @@ class Home:
                 key = self._key(log, run_id, seg)
             rows = [r for r in seg.rows if r[1] > have]
             if rows and rows[0][13] != prev:
-                raise self._diverged(log, run_id, have)
+                raise self._diverged(log.path, run_id, have)
             prev = verify(run_id, rows, prev or "", key or None, f"{self.url}/{segment_key(run_id, seg.first)}")
             with log.transaction() as c:
                 if seg.run_row is not None and local_run is None:
@@ -164,8 +164,8 @@ class Home:
                               "FSMTRAIN_LOG_KEY (or FSMTRAIN_LOG_KEY_FILE) to that key to take it; nothing was taken")
         return bytes(log._mac)
 
-    def _diverged(self, log: Any, run_id: int, seq: int) -> HomeConflict:
-        return HomeConflict(f"run {run_id} in {log.path} and in the home {self.url} differ at event {seq}: another "
+    def _diverged(self, path: Any, run_id: int, seq: int) -> HomeConflict:
+        return HomeConflict(f"run {run_id} in {path} and in the home {self.url} differ at event {seq}: another "
                             "machine continued the run from the home, or this log continued without it. Move this "
                             f"log away and run the command again to continue from the home (`fsmtrain pull {self.url} "
                             "LOG` makes a copy of the home's runs)")

@@ -21,7 +21,6 @@ __all__ = ["FORMAT", "Segment", "decode", "encode", "segment_key"]
 
 FORMAT = 1
 _RUN_COLS = ("id", "machine", "fingerprint", "created", "parent_id", "parent_seq", "tags")
-_ROW_NAMES = _EVENT_COLS
 _NAME = re.compile(r"^(\d{12})\.jsonl$")
 
 
@@ -47,7 +46,7 @@ def encode(run_id: int, rows: Sequence[tuple[Any, ...]], run_row: tuple[Any, ...
     lines = [_canon({"segment": {"format": FORMAT, "run": run_id, "first": first, "last": last, "claim": claim}})]
     if run_row is not None:
         lines.append(_canon({"run": dict(zip(_RUN_COLS, run_row, strict=True))}))
-    lines.extend(_canon({"event": dict(zip(_ROW_NAMES, row, strict=True))}) for row in rows)
+    lines.extend(_canon({"event": dict(zip(_EVENT_COLS, row, strict=True))}) for row in rows)
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
@@ -94,9 +93,9 @@ def decode(data: bytes, where: str, run_id: int, first: int) -> Segment:
     rows = []
     for line in body:
         ev = line.get("event") if isinstance(line, dict) else None
-        if not isinstance(ev, dict) or set(ev) != set(_ROW_NAMES):
+        if not isinstance(ev, dict) or set(ev) != set(_EVENT_COLS):
             raise bad("a line that is not an event row")
-        rows.append(tuple(ev[c] for c in _ROW_NAMES))
+        rows.append(tuple(ev[c] for c in _EVENT_COLS))
     if not rows or [r[1] for r in rows] != list(range(first, header["last"] + 1)) \
             or any(r[0] != run_id for r in rows):
         raise bad(f"its events are not run {run_id}'s events {first} to {header['last']}")

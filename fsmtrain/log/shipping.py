@@ -204,7 +204,7 @@ class Shipper:
         names = self.home._claims(run)
         if names and names[-1] != self.home.claims.get(run) and not self.home._mine(self.me, run, names[-1]):
             return self.home._other(run, names[-1], "continued it")
-        return self.home._diverged(_Named(self.path), run, seq)
+        return self.home._diverged(self.path, run, seq)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -248,13 +248,6 @@ def head_refs(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
             for k, items in (value.get("append") or {}).items():
                 keys.setdefault(k, []).extend(refs_in(json.dumps(items)))
     return [r for refs in keys.values() for r in refs]
-
-
-class _Named:
-    """What messages need of a log: its path."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
 
 
 def _line(e: BaseException) -> str:

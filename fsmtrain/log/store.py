@@ -17,9 +17,9 @@ import shutil
 import threading
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import HomeError
 
@@ -72,6 +72,18 @@ class DirStore(Store):
         return self.root / key
 
     def create(self, key: str, data: bytes) -> bool:
+        return self._publish(key, lambda out: out.write(data), lambda: data)
+
+    def upload(self, key: str, src: Path) -> bool:
+        """:meth:`create` from a local file, streamed (a checkpoint of gigabytes is never held in memory)."""
+        def copy(out: BinaryIO) -> None:
+            with open(src, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+        return self._publish(key, copy, src.read_bytes)
+
+    def _publish(self, key: str, write: Callable[[BinaryIO], Any], data: Callable[[], bytes]) -> bool:
+        """Create object ``key`` if absent: ``write`` fills a temp file beside it, synced, then a hard link gives it
+        its name (``EEXIST`` where the name is taken); ``data()`` for a filesystem without hard links."""
         target = self._path(key)
         if target.exists():
             return False
@@ -80,14 +92,10 @@ class DirStore(Store):
             folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with open(tmp, "xb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
             try:
                 os.link(tmp, target)  # atomic create-if-absent of a complete file
             except FileExistsError:
@@ -95,7 +103,7 @@ class DirStore(Store):
             except OSError as e:
                 if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
                     raise
-                return self._create_without_links(target, data)
+                return self._create_without_links(target, data())
         finally:
             try:
                 tmp.unlink()
@@ -117,35 +125,6 @@ class DirStore(Store):
         finally:
             os.close(fd)
         _fsync_dir(target.parent)
-        return True
-
-    def upload(self, key: str, src: Path) -> bool:
-        """:meth:`create` from a local file, streamed (a checkpoint of gigabytes is never held in memory)."""
-        target = self._path(key)
-        if target.exists():
-            return False
-        folder = target.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(src, "rb") as f, open(tmp, "xb") as out:
-                shutil.copyfileobj(f, out, 1 << 22)
-                out.flush()
-                os.fsync(out.fileno())
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                return False
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                    raise
-                return self._create_without_links(target, src.read_bytes())
-        finally:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-        _fsync_dir(folder)
         return True
 
     def get(self, key: str) -> bytes:
