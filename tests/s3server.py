@@ -92,12 +92,16 @@ def down(*_):
         except OSError:
             pass
 
-signal.signal(signal.SIGUSR1, down)
-signal.signal(signal.SIGUSR2, up)
+# Blocked before any thread starts, so every thread inherits the mask and the signals stay pending for sigwait here.
+# (With handlers and signal.pause(), a signal the kernel hands to a server thread never wakes the main thread.)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2})
 up()
 print(port, flush=True)
 while True:
-    signal.pause()
+    if signal.sigwait({signal.SIGUSR1, signal.SIGUSR2}) == signal.SIGUSR1:
+        down()
+    else:
+        up()
 """
 
 
