@@ -22,10 +22,10 @@ from .log import MAX_ID, EventLog, decode, status_of
 from .plot import is_number
 from .state import Ref, dumps, loads
 
-__all__ = ["Best", "Broken", "Row", "RunRow", "as_dict", "as_list", "best_of", "best_record", "chart_mode", "clip", "csv_cell",
-           "decoded", "description_of", "ema", "fmt_duration", "fmt_num", "fmt_time", "get_run", "is_history",
-           "list_runs", "metrics_of", "mode_of", "monitored_best", "refs_of", "rows_of", "series_of", "sort_key",
-           "study_settings", "tags_of"]
+__all__ = ["Best", "Broken", "Row", "RunRow", "StepAxes", "as_dict", "as_list", "best_of", "best_record",
+           "chart_mode", "clip", "csv_cell", "decoded", "description_of", "ema", "fmt_duration", "fmt_num",
+           "fmt_time", "get_run", "is_history", "list_runs", "metrics_of", "mode_of", "monitored_best", "refs_of",
+           "rows_of", "series_of", "sort_key", "step_axes", "study_settings", "tags_of"]
 
 _MAX_MODE = re.compile(r"acc|auc|f1|precision|recall|score|iou|map|bleu|r2|reward|return", re.I)
 _NO_BEST = re.compile(r"(^|_)(lr|learning_rate|momentum|wd|weight_decay|beta\d?|temperature|grad_norm|epochs?|steps?|"
@@ -310,6 +310,44 @@ def series_of(log: EventLog, run_id: int, key: str) -> list[Any]:
                 values = as_list(u["set"][key])
             values = values + as_list(as_dict(u.get("append")).get(key))
     return values
+
+
+class StepAxes(NamedTuple):
+    """Where each value of some metric histories was recorded on the optimizer-step axis (see :func:`step_axes`)."""
+
+    xs: dict[str, list[int]]  # metric -> the run's ``steps`` when each of its values was appended
+    trained: frozenset[str]  # the metrics whose every value a training step appended (a train curve)
+
+
+def step_axes(log: EventLog, run_id: int, keys: Sequence[str]) -> StepAxes:
+    """The optimizer step (the state's ``steps``) at which each value of ``keys`` was appended, read from the run's
+    events in order: a train curve recorded per chunk is drawn on a step axis, and an evaluation's value sits at the
+    step it evaluated.  A metric some value of which has no known step (it was in the initial state, or appended
+    before ``steps`` existed) is left out of ``xs``; ``trained`` holds those appended only by steps that also set
+    ``steps`` (training actions)."""
+    row = log.conn.execute("SELECT snapshot FROM events WHERE run_id = ? AND seq = 1", (run_id,)).fetchone()
+    init = as_dict(decoded(row[0], "snapshot")) if row else {}
+    steps = init.get("steps")
+    xs: dict[str, list[Any]] = {k: [None] * len(as_list(init.get(k))) for k in keys}
+    by_training = {k: True for k in keys}
+    needles = ['"steps"', *(dumps(k) for k in keys)]
+    for (text,) in log.conn.execute("SELECT updates FROM events WHERE run_id = ? AND seq > 1 AND updates IS NOT NULL "
+                                    "ORDER BY seq", (run_id,)):
+        if not isinstance(text, str) or not any(n in text for n in needles):
+            continue
+        u = as_dict(decoded(text, "updates"))
+        changed, added = as_dict(u.get("set")), as_dict(u.get("append"))
+        if "steps" in changed:
+            steps = changed["steps"]
+        for k in keys:
+            if k in changed:
+                xs[k] = [None] * len(as_list(changed[k]))
+            if k in added:
+                at = steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+                xs[k].extend([at] * len(as_list(added[k])))
+                by_training[k] = by_training[k] and "steps" in changed
+    known = {k: v for k, v in xs.items() if v and all(x is not None for x in v)}
+    return StepAxes(known, frozenset(k for k in known if by_training[k]))
 
 
 def study_settings(log: EventLog, study_id: Any, cache: dict[Any, dict[str, Any]]) -> dict[str, Any]:

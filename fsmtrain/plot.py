@@ -42,6 +42,7 @@ class Series(NamedTuple):
     values: Sequence[Any]
     style: int = 0
     faint: bool = False  # drawn thin and light (the raw values under a smoothed line)
+    xs: Sequence[int] | None = None  # each value's place on the x axis (e.g. the optimizer step); None: 1, 2, ...
 
 
 def _fmt(v: float) -> str:
@@ -119,12 +120,14 @@ def chart(series: Sequence[Series], *, title: str = "", ylabel: str = "", xlabel
           log: bool = False, best: str | None = None, mark_x: float | None = None, mark_label: str = "",
           width: int = 600, height: int = 270, legend: bool = True, chart_id: str | None = None,
           point_titles: int | None = POINT_TITLES) -> Markup:
-    """A line chart of each series against its index (1, 2, ...), with its own labelled axes.
+    """A line chart of each series against its index (1, 2, ...), or its ``xs`` where it has them (a step axis),
+    with its own labelled axes.
 
     Non-numbers and non-finite values are left out (and, with ``log``, values <= 0).  ``best``
     (``"min"`` or ``"max"``) marks each coloured series' best point; ``mark_x`` draws a
-    vertical line at that index (an event the page points at).  Points of short series carry
-    a hover ``<title>`` ``"<label> <index>: <value>"`` (series up to ``point_titles`` long; None: all).
+    vertical line at that x (an event the page points at).  Points of short series carry
+    a hover ``<title>`` ``"<label> <index>: <value>"`` (with ``xs``: ``"<label> at <xlabel> <x>: <value>"``;
+    series up to ``point_titles`` long; None: all).
     """
     left, right, top, bottom = 70, 14, 26 if title else 10, 44
     shown = [s for s in series if not s.faint and s.style >= 0][:16] if legend else []
@@ -137,14 +140,19 @@ def chart(series: Sequence[Series], *, title: str = "", ylabel: str = "", xlabel
     dropped = 0
     for s in series:
         pts = []
-        for i, v in enumerate(s.values):
+        xs = s.xs if s.xs is not None and len(s.xs) == len(s.values) else range(1, len(s.values) + 1)
+        for xv, v in zip(xs, s.values, strict=True):
             if is_number(v) and (not log or v > 0):
-                pts.append((i + 1, float(v)))
+                pts.append((int(xv), float(v)))
             elif not s.faint:
                 dropped += 1
         placed.append(pts)
     ys = [math.log10(v) if log else v for pts in placed for _, v in pts]
-    n = max((len(s.values) for s in series), default=0)
+    stepped = any(s.xs is not None and len(s.xs) == len(s.values) for s in series)
+    x0, n = 1, max((len(s.values) for s in series), default=0)
+    if stepped:  # the axis spans the x values drawn
+        every_x = [xv for pts in placed for xv, _ in pts]
+        x0, n = (min(every_x), max(every_x)) if every_x else (1, 0)
     lo, hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
     if hi == lo:
         lo, hi = lo - (abs(lo) * 0.1 or 0.5), hi + (abs(hi) * 0.1 or 0.5)
@@ -152,7 +160,7 @@ def chart(series: Sequence[Series], *, title: str = "", ylabel: str = "", xlabel
     lo, hi = lo - pad, hi + pad
 
     def x(i: float) -> float:
-        return left + (pw * (i - 1) / (n - 1) if n > 1 else pw / 2)
+        return left + (pw * (i - x0) / (n - x0) if n > x0 else pw / 2)
 
     def y(v: float) -> float:
         u = math.log10(v) if log else v
@@ -173,11 +181,11 @@ def chart(series: Sequence[Series], *, title: str = "", ylabel: str = "", xlabel
         ty = y(t)
         out.append(h("line", x1=left, y1=f"{ty:.1f}", x2=left + pw, y2=f"{ty:.1f}", stroke="#e5e5e5"))
         out.append(h("text", _fmt(t), x=left - 6, y=f"{ty + 4:.1f}", text_anchor="end", fill="#444"))
-    xticks: set[float] = {1.0, float(n), *(_nice_ticks(1, n, 6) if n > 2 else [])} if n else set()
-    close = [t for t in xticks if t != n and n - t < n / 12]  # a nice tick crowding the last one
-    xticks -= set(close)
+    xticks: set[float] = {float(x0), float(n), *(_nice_ticks(x0, n, 6) if n > x0 + 1 else [])} if n else set()
+    close = [t for t in xticks if t not in (n, x0) and (n - t < (n - x0) / 12 or t - x0 < (n - x0) / 12)]
+    xticks -= set(close)  # a nice tick crowding the first or the last one
     for xt in sorted(xticks):
-        if float(xt).is_integer() and 1 <= xt <= n:
+        if float(xt).is_integer() and x0 <= xt <= n:
             out.append(h("text", int(xt), x=f"{x(xt):.1f}", y=top + ph + 15, text_anchor="middle", fill="#444"))
     out.append(h("text", xlabel, x=f"{left + pw / 2:.0f}", y=base - 8, text_anchor="middle", fill="#444"))
     if ylabel:
@@ -185,7 +193,7 @@ def chart(series: Sequence[Series], *, title: str = "", ylabel: str = "", xlabel
         label = ylabel if len(ylabel) <= room else ylabel[: room - 1] + "…"
         out.append(h("text", label + (" (log)" if log else ""), x=14, y=f"{top + ph / 2:.0f}", text_anchor="middle",
                      fill="#444", transform=f"rotate(-90 14 {top + ph / 2:.0f})", class_="ylabel"))
-    if mark_x is not None and n and 1 <= mark_x <= n:
+    if mark_x is not None and n and x0 <= mark_x <= n:
         mx = x(mark_x)
         out.append(h("line", h("title", mark_label), x1=f"{mx:.1f}", y1=top, x2=f"{mx:.1f}", y2=top + ph,
                      stroke="#92400e", stroke_width=1.5, stroke_dasharray="4 3", class_="at-mark"))
@@ -208,7 +216,8 @@ def chart(series: Sequence[Series], *, title: str = "", ylabel: str = "", xlabel
             continue
         if (point_titles is None and len(pts) == len(every_pt) <= MAX_TITLED) or \
                 (point_titles is not None and len(pts) <= point_titles):
-            out.extend(_marker(marker, x(i), y(v), color, 2.5 if s.style >= 0 else 1.5, f"{s.label} {i}: {v!r}")
+            where = f" at {xlabel} " if stepped else " "
+            out.extend(_marker(marker, x(i), y(v), color, 2.5 if s.style >= 0 else 1.5, f"{s.label}{where}{i}: {v!r}")
                        for i, v in pts)
         else:
             every = max(1, len(pts) // 12)
@@ -236,13 +245,15 @@ def chart(series: Sequence[Series], *, title: str = "", ylabel: str = "", xlabel
 
 
 def curves(series: Mapping[str, Sequence[float]], *, title: str = "", width: int = 640, height: int = 360,
-           xlabel: str = "evaluation") -> str:
-    """An SVG line chart of each series against its index (1, 2, ...); non-finite points are left out.
+           xlabel: str = "evaluation", xs: Mapping[str, Sequence[int]] | None = None) -> str:
+    """An SVG line chart of each series against its index (1, 2, ...), or against ``xs[name]`` where given (then
+    ``xlabel`` names that axis, e.g. ``"step"``); non-finite points are left out.
 
     Each point is marked (a ``<circle>``, a square, ... per series) with a ``<title>``
     ``"<name> <index>: <value>"`` (hover to read it).  (``fsmtrain plot``'s image.)
     """
-    lines = [Series(str(name), list(values), k) for k, (name, values) in enumerate(series.items())]
+    lines = [Series(str(name), list(values), k, xs=(xs or {}).get(name))
+             for k, (name, values) in enumerate(series.items())]
     svg = chart(lines, title=title, xlabel=xlabel, width=width, height=height, point_titles=None,
                 ylabel=lines[0].label if len(lines) == 1 else "")
     return svg + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 
@@ -29,6 +30,21 @@ def demo_result(log, *extra):
     return json.loads(p.stdout.splitlines()[-1])
 
 
+def chunk_points(log_path):
+    """Each committed training chunk of run 1: the epoch it trained in, its samples, steps before it, and the
+    train_loss / learning_rate values it appended."""
+    out = []
+    with EventLog(log_path, readonly=True) as log:
+        for e in log.events(1):
+            if e.kind == "step" and e.action == "train_steps":
+                before, after = state_at(log, 1, e.seq - 1), state_at(log, 1, e.seq)
+                end = after["offset"] if after["epoch"] == before["epoch"] else 144  # 144 training samples
+                out.append({"epoch": before["epoch"], "samples": end - before["offset"],
+                            "steps_before": before["steps"], "loss": after["train_loss"][-1],
+                            "lr": after["learning_rate"][-1]})
+    return out
+
+
 def chunked(every=3, **kw):
     return training_machine(max_epochs(3), initial={"lr": 0.01}, every=every, **kw)
 
@@ -39,9 +55,34 @@ class TestChunks:
         for every in (1, 2, 3, 100):
             got = Trainer(chunked(every), tiny_build, log=tmp_path / f"c{every}.db").fit()
             assert got.state["weights_sha256"] == whole.state["weights_sha256"], every
-            for key in ("train_loss", "val_loss", "val_acc", "learning_rate"):
+            for key in ("val_loss", "val_acc"):  # one value per evaluation, as before
                 assert list(got.state[key]) == list(whole.state[key]), (every, key)
             assert got.state["steps"] == whole.state["steps"] == 15 and got.state["steps_per_epoch"] == 5
+            # train curves: one point per committed chunk, which recombine into the whole epochs' values exactly
+            chunks = chunk_points(tmp_path / f"c{every}.db")
+            assert len(got.state["train_loss"]) == len(got.state["learning_rate"]) == got.state["chunks"] == len(chunks)
+            assert [c["loss"] for c in chunks] == list(got.state["train_loss"])
+            assert [c["lr"] for c in chunks] == list(got.state["learning_rate"])
+            for epoch in range(3):
+                mine = [c for c in chunks if c["epoch"] == epoch]
+                assert len(mine) == (-(-5 // every)), (every, epoch)  # 5 steps an epoch
+                mean = sum(c["loss"] * c["samples"] for c in mine) / sum(c["samples"] for c in mine)
+                assert mean == pytest.approx(whole.state["train_loss"][epoch], rel=1e-6), (every, epoch)
+                assert mine[0]["lr"] == whole.state["learning_rate"][epoch]
+            if every >= 5:  # a chunk as long as an epoch: the very same lists
+                assert list(got.state["train_loss"]) == list(whole.state["train_loss"])
+                assert list(got.state["learning_rate"]) == list(whole.state["learning_rate"])
+
+    def test_a_per_step_schedule_records_each_chunks_own_learning_rate(self, tmp_path):
+        def build(state):
+            r = tiny_build(state)
+            r.scheduler = torch.optim.lr_scheduler.LambdaLR(r.optimizer, lambda step: 1.0 / (1 + step))
+            r.scheduler_interval = "step"
+            return r
+
+        got = Trainer(chunked(2), build, log=tmp_path / "s.db").fit()
+        steps_before = [c["steps_before"] for c in chunk_points(tmp_path / "s.db")]
+        assert list(got.state["learning_rate"]) == pytest.approx([0.01 / (1 + s) for s in steps_before], rel=1e-12)
 
     def test_the_cursor_advances_and_wraps_at_each_epoch(self, tmp_path):
         runner = Trainer(chunked(2), tiny_build, log=tmp_path / "c.db").fit()
@@ -55,7 +96,7 @@ class TestChunks:
         assert seen[:3] == [(0, 64, 2), (0, 128, 4), (1, 0, 5)]
         positions = [(e, o) for e, o, _ in seen]
         assert all(a < b for a, b in zip(positions, positions[1:], strict=False))  # (epoch, offset) strictly advances
-        assert runner.state["epoch_loss"] is None and runner.state["chunks"] == 9
+        assert "epoch_loss" not in runner.state and runner.state["chunks"] == 9
 
     def test_evaluation_and_checkpoints_follow_a_step_schedule(self, tmp_path):
         m = chunked(2, evaluate_every="4 steps", checkpoint_every="3 chunks")
@@ -268,3 +309,61 @@ def test_progress_shows_the_step_within_the_epoch(tmp_path):
     shown = [d for i, d in enumerate(draws) if i == 0 or d != draws[i - 1]]  # (a checkpoint redraws the same line)
     assert shown[:4] == ["epoch 1/3 step 2/5", "epoch 1/3 step 4/5", "epoch 1/3", "epoch 2/3 step 2/5"]
     assert "epoch 3/3 step 4/5" in draws and not any(d.endswith("step 5/5") for d in draws)
+
+
+class TestCurvesPerChunk:
+    """A chunked run's train curves have a point per chunk, drawn on the optimizer-step axis by plot, watch and the
+    page; evaluations keep a point per evaluation."""
+
+    def run(self, tmp_path):
+        m = chunked(2, evaluate_every="4 steps")
+        runner = Trainer(m, tiny_build, log=tmp_path / "c.db").fit()
+        with EventLog(tmp_path / "c.db", readonly=True) as log:
+            train_at = [state_at(log, 1, e.seq)["steps"] for e in log.events(1) if e.action == "train_steps"]
+            eval_at = [state_at(log, 1, e.seq)["steps"] for e in log.events(1) if e.action == "evaluate"]
+        assert len(train_at) == len(runner.state["train_loss"]) == runner.state["chunks"] == 9
+        return tmp_path / "c.db", runner.state, train_at, eval_at
+
+    def test_plot_puts_each_value_at_its_step(self, tmp_path):
+        log, state, train_at, eval_at = self.run(tmp_path)
+        out = tmp_path / "c.svg"
+        p = subprocess.run([sys.executable, "-m", "fsmtrain", "plot", str(log), "--run", "1", "--metric", "train_loss",
+                            "--metric", "val_loss", "-o", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert "train_loss: 9 points" in p.stdout
+        svg = out.read_text()
+        titles = re.findall(r"<title>(\w+) at step (\d+): ([^<]+)</title>", svg)
+        assert [(int(s), float(v)) for k, s, v in titles if k == "train_loss"] == list(zip(train_at,
+                                                                                            state["train_loss"]))
+        assert [(int(s), float(v)) for k, s, v in titles if k == "val_loss"] == list(zip(eval_at, state["val_loss"]))
+        assert ">step<" in svg
+
+    def test_watch_says_the_step_of_each_chunks_point(self, tmp_path):
+        log, state, train_at, _ = self.run(tmp_path)
+        p = subprocess.run([sys.executable, "-m", "fsmtrain", "watch", str(log), "--run", "1"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        points = re.findall(r"train_steps .* at step (\d+) .*train_loss (\S+)", p.stdout)
+        assert [int(s) for s, _ in points] == train_at
+        assert [float(v) for _, v in points] == pytest.approx(list(state["train_loss"]), rel=1e-3)
+
+    def test_the_run_page_draws_train_curves_on_the_step_axis_and_evaluations_per_evaluation(self, tmp_path):
+        from fsmtrain.ui import UI
+
+        log, state, train_at, _ = self.run(tmp_path)
+        app = UI(log)
+        app.bind("127.0.0.1", 0)
+        app.serve_in_thread()
+        try:
+            from tests.test_ui import Served
+
+            status, _, body = Served(app).get("/run/1")
+        finally:
+            app.server.shutdown()
+            app.server.server_close()
+        assert status == 200
+        steps = [int(s) for s in re.findall(r"<title>train_loss at step (\d+): ", body)]
+        assert steps == train_at
+        assert re.findall(r"<title>val_loss (\d+): ", body) == [str(i + 1) for i in range(len(state["val_loss"]))]
+        assert "learning_rate at step" in body

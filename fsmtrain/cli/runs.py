@@ -365,8 +365,11 @@ def watch(log: Path, run_id: int | None, interval: float) -> None:
                     seen = ev.seq
                     with _reading(ev):
                         if ev.kind == "step":
-                            metrics = step_metrics(decode_updates(ev.updates))
+                            updates = decode_updates(ev.updates)
+                            metrics = step_metrics(updates)
                             shown = "  ".join(f"{k} {v[-1]:.4g}" for k, v in sorted(metrics.items()))
+                            if metrics and isinstance(updates.get("steps"), int):  # a training chunk's point
+                                shown = f"at step {updates['steps']}  {shown}"
                             decision = ""
                             if isinstance(ev.info, dict) and ev.info.get("condition") not in (None, "default"):
                                 decision = f"  [{ev.info.get('reason')}]"
@@ -402,7 +405,9 @@ def watch(log: Path, run_id: int | None, interval: float) -> None:
 def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None:
     """Draw a run's metric curves as an image.
 
-    Opens LOG read-only.  One point per recorded value; NaN and infinities are left out.
+    Opens LOG read-only.  One point per recorded value; NaN and infinities are left out.  In a training run
+    the x axis is the optimizer step at which each value was recorded (a chunked run's train_loss has a point
+    per chunk, val_loss one per evaluation); otherwise it counts the values.
 
     \b
     Example:
@@ -416,8 +421,13 @@ def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None
     folder = output.parent if str(output.parent) else Path(".")
     if not folder.is_dir():
         raise click.BadParameter(f"folder {folder} does not exist", param_hint="-o")
+    from ..logview import step_axes
+
     with EventLog(log, readonly=True) as lg:
         state = state_at(lg, run_id)
+        steps = state.get("steps")
+        axes = step_axes(lg, run_id, list(metrics)).xs if isinstance(steps, int) and not isinstance(steps, bool) \
+            else {}
     series: dict[str, list[float]] = {}
     for m in metrics:
         values = state.get(m)
@@ -428,8 +438,12 @@ def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None
             raise click.BadParameter(f"run {run_id} has no metric {m!r} (its metrics: {', '.join(lists) or 'none'})",
                                      param_hint="--metric")
         series[m] = [float(v) for v in values]
+    # a step axis when every curve has one (all on the same axis, or none)
+    xs = {m: axes[m] for m in series if len(axes.get(m, ())) == len(series[m])}
+    xs = xs if len(xs) == len(series) else {}
+    xlabel = "step" if xs else "evaluation"
     if suffix == ".svg":
-        output.write_text(curves(series, title=f"run {run_id}"), encoding="utf-8")
+        output.write_text(curves(series, title=f"run {run_id}", xs=xs, xlabel=xlabel), encoding="utf-8")
     else:
         try:
             import matplotlib
@@ -440,8 +454,8 @@ def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None
             raise click.UsageError("a .png needs matplotlib (pip install matplotlib); or write .svg") from None
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
         for name, values in series.items():
-            ax.plot(range(1, len(values) + 1), values, label=name, marker="o", markersize=2)
-        ax.set_xlabel("evaluation")
+            ax.plot(xs.get(name, range(1, len(values) + 1)), values, label=name, marker="o", markersize=2)
+        ax.set_xlabel(xlabel)
         ax.legend()
         ax.set_title(f"run {run_id}")
         fig.savefig(output, dpi=100)

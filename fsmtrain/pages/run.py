@@ -33,6 +33,7 @@ from ..logview import (
     metrics_of,
     refs_of,
     rows_of,
+    step_axes,
 )
 from ..markup import Markup, h, join
 from ..plot import Series, chart, graph_legend, graph_svg, is_number
@@ -109,7 +110,8 @@ class RunPages(Layout):
         out = {
             "head": self._section(None, lambda: self._run_head(log, info), id="head"),
             "attention": self._section(None, lambda: self._attention(log, info), id="attention"),
-            "charts": self._section("metrics", lambda: self._run_charts(run_id, final(), v, at, at_state, first_state),
+            "charts": self._section("metrics", lambda: self._run_charts(run_id, final(), v, at, at_state, first_state,
+                                                                             lambda keys: step_axes(log, run_id, keys)),
                                     id="charts"),
             "graph": self._section("machine", lambda: self._graph(log, info), id="machine"),
             "refs": self._section("checkpoints", lambda: self._refs_table(final()), id="checkpoints"),
@@ -257,10 +259,15 @@ class RunPages(Layout):
                  class_="box waiting", id="gate")
 
     def _run_charts(self, run_id: int, final: dict[str, Any], v: dict[str, Any], at: int | None,
-                    at_state: Callable[[], dict[str, Any]], first_state: Callable[[], dict[str, Any]]) -> Markup | None:
+                    at_state: Callable[[], dict[str, Any]], first_state: Callable[[], dict[str, Any]],
+                    axes_of: Callable[[list[str]], Any]) -> Markup | None:
         metrics = metrics_of(final)
         if not metrics:
             return None
+        # train curves (a point per chunk or epoch) on the optimizer-step axis; evaluations per evaluation
+        steps = final.get("steps")
+        axes = axes_of(list(metrics)) if isinstance(steps, int) and not isinstance(steps, bool) else None
+        xs_of = {m: axes.xs[m] for m in axes.trained if len(axes.xs[m]) == len(metrics[m])} if axes else {}
         marks: dict[str, int] = {}
         if at is not None:  # where the event looked at falls on each curve that grew over the run
             snap = at_state()
@@ -272,15 +279,20 @@ class RunPages(Layout):
         for m, values in metrics.items():
             log_scale = m in v["log"]
             mode = chart_mode(m)
-            series = [Series(m if not smooth else f"{m} (smoothed)", ema(values, smooth) if smooth else values, 0)]
+            xs = xs_of.get(m)
+            series = [Series(m if not smooth else f"{m} (smoothed)", ema(values, smooth) if smooth else values, 0,
+                             xs=xs)]
             if smooth:
-                series.insert(0, Series(m, values, 0, faint=True))
-            svg = chart(series, ylabel=m, log=log_scale, best=mode, mark_x=marks.get(m),
-                        mark_label=f"event {at}" if m in marks else "", chart_id=f"chart-{len(figures)}")
+                series.insert(0, Series(m, values, 0, faint=True, xs=xs))
+            mark = marks.get(m)
+            svg = chart(series, ylabel=m, log=log_scale, best=mode, mark_x=xs[mark - 1] if xs and mark else mark,
+                        mark_label=f"event {at}" if m in marks else "", chart_id=f"chart-{len(figures)}",
+                        xlabel="step" if xs else "evaluation")
             best = best_of(values, mode) if mode else None
+            best_at = (f"step {xs[best[1] - 1]}" if xs else best[1]) if best else None
             toggled = [x for x in v["log"] if x != m] if log_scale else [*v["log"], m]
             caption = h("figcaption", h("strong", m), f" · {len(values)} value(s)",
-                        f" · best ({mode}) {fmt_num(best[0])} at {best[1]}" if best else "",
+                        f" · best ({mode}) {fmt_num(best[0])} at {best_at}" if best else "",
                         f" · last {fmt_num(values[-1])}", " · ",
                         h("a", "linear scale" if log_scale else "log scale", href=self._view_link(run_id, v, log=toggled)))
             figures.append(h("figure", caption, svg, data_metric=m))

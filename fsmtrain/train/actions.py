@@ -96,19 +96,21 @@ def train_steps(n: Any = None, *, accumulate: Any = 1, name: str | None = None) 
     State holds the cursor: ``epoch`` (epochs completed) and ``offset`` (samples of the current
     epoch consumed, in the order of its permutation, a pure function of ``(seed, epoch)``).  A
     chunk starts at the cursor — no fast-forwarding, no sampler state — and stops after ``n`` steps
-    or at the epoch's end, whichever comes first: when the cursor wraps, ``epoch`` advances and the
-    epoch's exact sample-weighted mean loss (running sums carried in ``epoch_loss`` between chunks)
-    is appended to ``train_loss``.  ``n=None`` trains to the epoch's end (:func:`train_epoch`).
+    or at the epoch's end, whichever comes first: when the cursor wraps, ``epoch`` advances.  Each
+    chunk appends its own sample-weighted mean loss (over every rank's samples) to ``train_loss`` and
+    the learning rate at its first step to ``learning_rate``: one point per committed chunk, the curve
+    one watches in a long epoch (a chunk that finds the data already exhausted trains nothing and
+    appends nothing).  ``n=None`` trains to the epoch's end (:func:`train_epoch`): one value per epoch.
 
     ``accumulate=k``: each optimizer step sums the gradients of ``k`` batches, each loss weighted by
     its share of the step's samples (the mean over all of them, as one batch of ``k * batch_size``
     would compute); a chunk never ends inside an accumulation.  ``n`` and ``accumulate`` may be
     ``setting("key")``: read from the run's state when the action runs.
 
-    Writes ``epoch``, ``offset``, ``epoch_loss``, ``steps``, ``chunks`` (training actions so far),
-    ``steps_per_epoch``, and appends to ``train_loss`` and ``learning_rate`` (the first parameter
-    group's learning rate at each epoch's first step).  Autocast follows ``Resources.precision``;
-    the LR scheduler steps at each epoch's end (``scheduler_interval="step"``: after each step).
+    Writes ``epoch``, ``offset``, ``steps``, ``chunks`` (training actions so far), ``steps_per_epoch``,
+    and appends to ``train_loss`` and ``learning_rate`` (the first parameter group's learning rate).
+    Autocast follows ``Resources.precision``; the LR scheduler steps at each epoch's end
+    (``scheduler_interval="step"``: after each step).
     """
     label = name or ("train_epoch" if n is None else "train_steps")
     n = _setting_or(n, "n (optimizer steps per chunk)", label, none=True)
@@ -124,7 +126,6 @@ def train_steps(n: Any = None, *, accumulate: Any = 1, name: str | None = None) 
         assert k is not None
         seed, epoch = state["seed"], state["epoch"]
         offset = state.get("offset") or 0
-        carried = state.get("epoch_loss")
         total, count = 0.0, 0  # this chunk's (summed over the ranks at its end)
         model, opt, loss_fn, clip, scaler = r.net(), r.optimizer, r.loss_fn, r.grad_clip, r.grad_scaler()
         per_step = r.scheduler is not None and not _plateau(r.scheduler) and r.scheduler_interval == "step"
@@ -169,8 +170,6 @@ def train_steps(n: Any = None, *, accumulate: Any = 1, name: str | None = None) 
         if r.dist is not None:  # the epoch's loss is over every rank's samples
             total, summed = r.dist.all_sum([total, float(count)])
             count = int(summed)
-        if carried:
-            total, count = float(carried[0]) + total, int(carried[1]) + count
         # The epoch ends when its samples are all consumed (a stateful loader that cannot say how many it holds
         # is seen to end when the next chunk finds it exhausted).
         wrapped = data.exhausted or 0 <= data.total <= data.offset
@@ -181,16 +180,18 @@ def train_steps(n: Any = None, *, accumulate: Any = 1, name: str | None = None) 
         spe = _steps_per_epoch(samples, r.batch_size * data.world, k) if samples >= 0 else None
         if spe is not None and state.get("steps_per_epoch") != spe and (n is not None or "steps_per_epoch" in state):
             updates["steps_per_epoch"] = spe
-        if offset == 0:
-            updates["learning_rate"] = append(lr)
+        if n is None or count:  # a point per chunk (a whole epoch's chunk: even an empty one, as NaN)
+            updates.update(train_loss=append(total / count if count else math.nan), learning_rate=append(lr))
+        if state.get("epoch_loss") is not None:  # a run begun before chunks had their own points carried sums
+            updates["epoch_loss"] = None
         if wrapped:
-            updates.update(epoch=epoch + 1, train_loss=append(total / count if count else math.nan))
-            if offset or carried:
-                updates.update(offset=0, epoch_loss=None)
+            updates["epoch"] = epoch + 1
+            if offset:
+                updates["offset"] = 0
             if r.scheduler is not None and not _plateau(r.scheduler) and not per_step:
                 r.scheduler.step()
         else:
-            updates.update(offset=data.offset, epoch_loss=[total, count])
+            updates["offset"] = data.offset
         return updates
 
     return Action(fn, name=label, reads=["epoch", "seed", "steps", "offset", "epoch_loss", "chunks", "steps_per_epoch",

@@ -120,7 +120,7 @@ def training_machine(stop: Condition, *, name: str = "train", monitor: str | Non
     t = train.name
     init = {**DEFAULTS, **{k: [] for k in acts[1].writes if k != ev_at}, **(initial or {})}
     if chunked:
-        init.update({"offset": 0, "epoch_loss": None, "chunks": 0, **({ev_at: 0} if ev_at else {}),
+        init.update({"offset": 0, "chunks": 0, **({ev_at: 0} if ev_at else {}),
                      **({ck_at: 0} if ck_at else {})})
         init.update(initial or {})
         eval_due, ckpt_due = _due(*ev, ev_at or ""), _due(*ckpt, ck_at or "")
