@@ -426,8 +426,8 @@ def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None
     with EventLog(log, readonly=True) as lg:
         state = state_at(lg, run_id)
         steps = state.get("steps")
-        axes = step_axes(lg, run_id, list(metrics)).xs if isinstance(steps, int) and not isinstance(steps, bool) \
-            else {}
+        axes = step_axes(lg, run_id, list(metrics)) if isinstance(steps, int) and not isinstance(steps, bool) \
+            else None
     series: dict[str, list[float]] = {}
     for m in metrics:
         values = state.get(m)
@@ -438,9 +438,9 @@ def plot(log: Path, run_id: int, metrics: tuple[str, ...], output: Path) -> None
             raise click.BadParameter(f"run {run_id} has no metric {m!r} (its metrics: {', '.join(lists) or 'none'})",
                                      param_hint="--metric")
         series[m] = [float(v) for v in values]
-    # a step axis when every curve has one (all on the same axis, or none)
-    xs = {m: axes[m] for m in series if len(axes.get(m, ())) == len(series[m])}
-    xs = xs if len(xs) == len(series) else {}
+    # a step axis when a train curve is drawn and every curve has one (all on the same axis, or none)
+    xs = {m: axes.xs[m] for m in series if len(axes.xs.get(m, ())) == len(series[m])} if axes else {}
+    xs = xs if axes and len(xs) == len(series) and axes.trained & set(series) else {}
     xlabel = "step" if xs else "evaluation"
     if suffix == ".svg":
         output.write_text(curves(series, title=f"run {run_id}", xs=xs, xlabel=xlabel), encoding="utf-8")
