@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
-from .actions import validate_inputs
+from .actions import Action, validate_inputs
 from .answers import _who, decide, give_input, give_text_input, retry, stop, summary
 from .errors import (
     FsmtrainError,
@@ -45,6 +45,7 @@ __all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "Sync", "decide", 
 
 
 Restore = Callable[["Runner"], "Mapping[str, Any] | None"]
+Late = Callable[[State, Action, bool, bool], "Mapping[str, Any] | None"]
 """``restore(runner)``: bring ``runner.resources`` to the run's last committed step; may return a note to log."""
 
 
@@ -80,6 +81,12 @@ class Runner(RunCore):
                          max_interruptions=max_interruptions, sync=sync)
         self.restore = restore
         self._restore_due = False
+        self.late: Late | None = None
+        """Late updates: ``late(state, action, terminal, after)`` returns updates that the step commits on behalf
+        of work finished outside any action (an asynchronous checkpoint made durable).  Asked before the action
+        runs (``after=False``: what it must see, applied to the state it is given) and, if that gave nothing, again
+        after it (``after=True``).  They are merged under the action's own updates (the action's win) and recorded
+        in the step's ``info["late"]``; a redo applies them before re-running the action."""
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -308,7 +315,13 @@ class Runner(RunCore):
                 self.hooks.emit("step_start", run_id=self.run_id, step=self._step + 1, action=name,
                                 state=state, inputs=values, attempt=attempt)
             try:
-                updates = act.execute(state, values, self.resources)
+                late = self.late
+                extra = late(state, act, name in self.machine.terminal, False) if late is not None else None
+                updates = act.execute(state.apply(extra) if extra else state, values, self.resources)
+                if late is not None and not extra:  # (work that finished while the action ran counts too)
+                    extra = late(state, act, name in self.machine.terminal, True)
+                if extra:
+                    updates = {**extra, **updates}
                 now = time.time()
                 if self.sync is not None:  # every process: the writer's clock; the previous step compared
                     now = self.sync.tick(now, self._digest)
@@ -363,7 +376,8 @@ class Runner(RunCore):
                 ev = self.log.append(
                     self.run_id, self._seq, kind="step", step=step, action=name, attempt=attempt,
                     inputs=values or None, updates=text, next_action=target,
-                    info=None if cond is None else self._decision(cond, reason), prev_hash=self._hash,
+                    info=self._decision(cond, reason) if not extra and cond is not None else
+                    _with_late(cond, reason, extra), prev_hash=self._hash,
                     snapshot=snapshot, time=now, barrier=act.barrier)
             except WriteConflict:
                 if self._ended_from_outside():
@@ -451,8 +465,12 @@ class Runner(RunCore):
             if act is None:
                 raise UnknownAction(f"run {self.run_id} step {ev.step} ran `{ev.action}`, which machine "
                                     f"`{self.machine.name}` lacks; cannot redo it")
+            late = ev.info.get("late") if isinstance(ev.info, dict) else None
+            late = dict(late) if isinstance(late, Mapping) and late else None
             try:
-                updates = act.execute(state, ev.inputs or {}, self.resources)
+                updates = act.execute(state.apply(late) if late else state, ev.inputs or {}, self.resources)
+                if late:
+                    updates = {**late, **updates}
             except FsmtrainError:
                 raise
             except Exception as e:
@@ -503,6 +521,14 @@ def _changes(log: EventLog, run_id: int, recorded: str, machine: Machine) -> dic
         out["conditions"] = [{"source": s, "target": t, "was": before.get((s, t)), "now": after.get((s, t))}
                              for (s, t) in sorted(set(before) | set(after)) if before.get((s, t)) != after.get((s, t))]
     return out
+
+
+def _with_late(cond: str | None, reason: str | None, late: Mapping[str, Any] | None) -> Encoded | None:
+    """A step's info: the transition decision (if any) and the late updates merged into it (if any)."""
+    info: dict[str, Any] = {"condition": cond, "reason": reason} if cond is not None else {}
+    if late:
+        info["late"] = dict(late)
+    return Encoded(dumps(info)) if info else None
 
 
 def _clip(text: str, width: int = 200) -> str:

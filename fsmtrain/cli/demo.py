@@ -41,12 +41,16 @@ __all__ = ["demo"]
 @click.option("--nproc", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Train one run on N processes (torch.distributed DDP through torchrun; gloo on the CPU).")
 @click.option("--distributed", is_flag=True, hidden=True, help="(set by --nproc on each torchrun process)")
+@click.option("--checkpoints", "checkpoint_mode", type=click.Choice(["sync", "async"]), default="sync",
+              show_default=True,
+              help="async: write each checkpoint from a copy in memory in the background while training goes on "
+                   "(its Ref is committed once the file is durable); one process only.")
 @click.option("--gate", is_flag=True,
               help="After training, wait at a go/no-go review gate; go exports the best model (see fsmtrain approve).")
 @home_option
 def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data: str | None, new: bool,
          as_json: bool, delay: float, chunk: int | None, accumulate: int, precision: str, nproc: int,
-         distributed: bool, gate: bool, home: str | None) -> None:
+         distributed: bool, gate: bool, home: str | None, checkpoint_mode: str) -> None:
     """Train a small digits classifier, one epoch per step (or --chunk N optimizer steps), with checkpoints and
     early stopping.
 
@@ -72,6 +76,9 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
     from ..hooks import Hook
     from ..train import demo as d
 
+    if checkpoint_mode == "async" and (nproc > 1 or distributed):
+        raise click.BadParameter("asynchronous checkpoints run in one process; with --nproc use --checkpoints sync",
+                                 param_hint="--checkpoints")
     if nproc > 1 and not distributed:  # start this same command on nproc processes, through torchrun
         import subprocess
 
@@ -114,7 +121,8 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
     if distributed:
         _demo_rank(log_path, d, gate, Progress(), as_json, new, {
             **d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data,
-            "chunk": chunk, "accumulate": accumulate, "precision": precision})
+            "chunk": chunk, "accumulate": accumulate, "precision": precision,
+                      **({"checkpoint_mode": checkpoint_mode} if checkpoint_mode != "sync" else {})})
         return
     with EventLog(log_path, home=home) as lg:
         trainer = (d.gated_trainer if gate else d.trainer)(lg, hooks=[Progress()])
@@ -141,7 +149,8 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
             return
         else:
             config = {**d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data,
-                      "chunk": chunk, "accumulate": accumulate, "precision": precision}
+                      "chunk": chunk, "accumulate": accumulate, "precision": precision,
+                      **({"checkpoint_mode": checkpoint_mode} if checkpoint_mode != "sync" else {})}
             tags: dict[str, Any] = {"demo": True}
             if gate:
                 tags["worker"] = "fsmtrain.train.demo:gated_trainer"
@@ -208,11 +217,12 @@ def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: s
     ref = best.get("checkpoint")
     if as_json:
         exported = state.get("exported")
+        mode = {"checkpoints": state["checkpoint_mode"]} if "checkpoint_mode" in state else {}
         _print_json({"run_id": run_id, "status": status, "epochs": state["epoch"], "best_epoch": best.get("epoch"),
                      "best_val_loss": best.get("value"), "weights_sha256": state["weights_sha256"],
                      "best_checkpoint": ref.path if ref else None,
                      **({"decision": state.get("decision"), "exported": exported.path if exported else None}
-                        if "decision" in state else {}), **(extra or {})})
+                        if "decision" in state else {}), **mode, **(extra or {})})
         return
     echo(f"run {run_id} {note or status}: {state['epoch']} epochs, best val_loss {best.get('value', float('nan')):.4f} "
                f"at epoch {best.get('epoch')}; final weights sha256 {(state['weights_sha256'] or '?')[:16]}…")

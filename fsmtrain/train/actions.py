@@ -21,6 +21,7 @@ from ..errors import CheckpointError, FsmtrainError, InvalidDefinition, MetricEr
 from ..state import Ref, State, append
 from .checkpoints import FORMAT, capture_rng, load_checkpoint, save_checkpoint, weights_sha256
 from .resources import Resources, batches, feed, shard, stateful
+from .saver import commit_updates
 
 __all__ = ["accuracy", "artifact_refs", "checkpoint", "evaluate", "export_best", "finish", "fits_a_classifier",
            "run_folder", "train_epoch", "train_steps"]
@@ -323,14 +324,9 @@ def _warn_skipped(action: str, outputs: Any, targets: Any) -> None:
                   "metrics={} to say none", stacklevel=2)
 
 
-def _better(value: float, best: float | None, mode: str) -> bool:
-    if not math.isfinite(value):
-        return False
-    return best is None or (value < best if mode == "min" else value > best)
-
-
 def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last: int = 3,
-               name: str = "checkpoint", at: str | None = None) -> Action:
+               name: str = "checkpoint", at: str | None = None, async_: Any = False,
+               sync_when: Any = None) -> Action:
     """Save model, optimizer, scheduler (and a GradScaler's), RNG states and position; commit the file's Ref.
 
     Writes ``checkpoint`` (the newest Ref), ``checkpoints`` (the ``keep_last``
@@ -340,6 +336,14 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
     empty) there is no best yet.  Files that fall out of both are deleted after
     the step commits (by the Trainer), never before.  ``at`` (optional) names a
     state key set to the step count (a schedule "every N steps" reads it).
+
+    ``async_=True``: the state dicts are copied into reusable CPU buffers and written by a background thread
+    while training goes on; the step commits ``checkpoint_pending`` (what is being saved) and the first step
+    that commits after the file is durable commits ``checkpoint``, ``checkpoints`` and ``best`` (see
+    :mod:`fsmtrain.train.saver`).  At most one save is in flight: this action first waits for the previous one.
+    ``sync_when`` (a condition; ``training_machine`` passes its stop condition): where it holds, the save is
+    synchronous (the run's last checkpoint: nothing is left to overlap it with, and a gate or the end follows).
+    One process only: a distributed run saves synchronously.
     """
     problems = []
     if mode not in ("min", "max"):
@@ -348,9 +352,19 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
         problems.append(f"keep_last must be an int >= 1, got {keep_last!r}")
     if monitor is not None and (not isinstance(monitor, str) or not monitor):
         problems.append(f"monitor must be a metric key or None, got {monitor!r}")
+    from ..stopping import Setting
+
+    if not isinstance(async_, (bool, Setting)):
+        problems.append(f"async_ must be True, False or setting('key') (the state says 'async' or 'sync'), "
+                        f"got {async_!r}")
+    if sync_when is not None and not callable(sync_when):
+        problems.append(f"sync_when must be a condition (or None), got {type(sync_when).__name__}")
     if problems:
         raise InvalidDefinition(f"action `{name}`", problems)
-    reads = ["epoch", "offset", "steps", "checkpoints", "best"] + ([monitor] if monitor else [])
+    reads = ["epoch", "offset", "steps", "checkpoints", "best"] + ([monitor] if monitor else []) \
+        + (["checkpoint_pending"] if async_ is not False else []) + ([async_.key] if isinstance(async_, Setting) else [])
+    if async_ is not False and sync_when is not None:
+        reads += sorted(k for k in getattr(sync_when, "keys", ()) if k not in reads)
 
     def fn(state: State, resources: Any) -> dict[str, Any]:
         r = _resources(resources, name)
@@ -367,6 +381,12 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
             value = float(history[-1]) if history else None
         rng = capture_rng()
         ranks = r.dist.gather(rng) if r.dist is not None else None  # every rank's RNG, on the log's rank
+        offset = state.get("offset") or 0
+        stem = f"e{epoch:05d}" if not offset else f"e{epoch:05d}s{state.get('steps', 0)}"  # mid-epoch: its step
+        saved = {"path": f"{run_folder(r.run_id)}/{stem}", "epoch": epoch, "metric": monitor, "value": value,
+                 "mode": mode, "keep_last": keep_last}
+        wanted = _async_mode(state[async_.key], async_.key, name) if isinstance(async_, Setting) else async_
+        background = wanted and r.dist is None and r.saver is not None and not (sync_when and sync_when(state))
         ref: Ref | None = None
         if r.dist is None or r.dist.writer:
             payload = {"format": FORMAT, "epoch": epoch, "model": r.model.state_dict(),
@@ -379,23 +399,29 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
                 payload["loader"] = r.train_data.state_dict()
             if ranks is not None:  # ("rng" is rank 0's, whichever rank writes: the same file either way)
                 payload.update(rng=ranks[0], rng_ranks=ranks, world_size=len(ranks))
-            offset = state.get("offset") or 0
-            stem = f"e{epoch:05d}" if not offset else f"e{epoch:05d}s{state.get('steps', 0)}"  # mid-epoch: its step
+            if background:
+                r.saver.save(run_folder(r.run_id), stem, saved, payload)
+                return {"checkpoint_pending": saved, **({at: state.get("steps", 0)} if at else {})}
             assert r.artifacts is not None
             ref = save_checkpoint(r.artifacts, run_folder(r.run_id), stem, payload)
         if r.dist is not None:  # the file is complete and durable on the log's rank: every rank records its Ref
             ref = r.dist.agree(ref)
         assert ref is not None
-        kept = [k for k in state["checkpoints"] if k != ref][-(keep_last - 1):] if keep_last > 1 else []
-        updates: dict[str, Any] = {"checkpoint": ref, "checkpoints": [*kept, ref]}
-        best = state["best"]
-        if monitor is None or (value is not None and _better(value, best["value"] if best else None, mode)):
-            updates["best"] = {"epoch": epoch, "metric": monitor, "value": value, "checkpoint": ref}
+        updates = commit_updates(state, saved, ref)
         if at:
             updates[at] = state.get("steps", 0)
         return updates
 
-    return Action(fn, name=name, reads=reads, writes=["checkpoint", "checkpoints", "best"] + ([at] if at else []))
+    return Action(fn, name=name, reads=reads, writes=["checkpoint", "checkpoints", "best"] + ([at] if at else [])
+                  + (["checkpoint_pending"] if async_ is not False else []))
+
+
+def _async_mode(value: Any, key: str, name: str) -> bool:
+    if value in ("async", True):
+        return True
+    if value in ("sync", False, None):
+        return False
+    raise ResourceError(f"action `{name}`: state[{key!r}] must be 'async' or 'sync', got {value!r}")
 
 
 def finish(*, name: str = "finish") -> Action:

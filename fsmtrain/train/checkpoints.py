@@ -2,10 +2,11 @@
 
 A checkpoint is one ``torch.save`` file holding the model, optimizer and LR
 scheduler state, the RNG states (torch CPU and CUDA, Python ``random``, NumPy
-when installed) and the loop position.  :func:`save_checkpoint` serialises it in
-memory, hashes it, writes it to a temp file, fsyncs, renames it into place and
-fsyncs the folder, and only then returns the :class:`~fsmtrain.Ref` that a step
-commits: a committed Ref always names a complete file.  :func:`load_checkpoint`
+when installed) and the loop position.  :func:`save_checkpoint` serialises it
+straight into a temp file while hashing it (one pass, no copy in memory), fsyncs,
+renames it into place and fsyncs the folder, and only then returns the
+:class:`~fsmtrain.Ref` that a step commits: a committed Ref always names a
+complete file (asynchronous saves: :mod:`fsmtrain.train.saver`).  :func:`load_checkpoint`
 checks size and sha256 before ``torch.load(..., weights_only=True)``.
 """
 
@@ -24,6 +25,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..state import Ref
+from .saver import save_streaming
 
 __all__ = ["FORMAT", "capture_rng", "load_checkpoint", "read_verified", "restore_rng", "save_checkpoint",
            "seed_everything", "sweep", "unnamed", "weights_sha256", "write_artifact"]
@@ -124,11 +126,7 @@ def save_checkpoint(root: Path, folder: str, stem: str, payload: Mapping[str, An
     The name carries the content hash, so a file is never overwritten with
     different bytes: a Ref committed earlier keeps pointing at what it hashed.
     """
-    buf = io.BytesIO()
-    torch.save(dict(payload), buf)
-    data = buf.getvalue()
-    digest = hashlib.sha256(data).hexdigest()
-    return write_artifact(root, f"{folder}/{stem}-{digest[:12]}.pt", data)
+    return save_streaming(root, folder, stem, payload)
 
 
 def read_verified(root: Path, ref: Ref) -> bytes:

@@ -32,22 +32,24 @@ DIGITS_SHA256 = "68aea062d35a127749050fa0e52dca09d6569ac08092c925610e0954e172dde
 
 CONFIG: dict[str, Any] = {
     "seed": 0, "lr": 0.01, "batch_size": 64, "hidden": 64, "max_epochs": 30, "patience": 5, "data": None,
-    "chunk": None, "accumulate": 1, "precision": "32",
+    "chunk": None, "accumulate": 1, "precision": "32", "checkpoint_mode": "sync",
 }
 """The demo's settings.  ``chunk``: optimizer steps per training action (None: a whole epoch);
-``accumulate``: batches per optimizer step; ``precision``: "32" or "bf16"."""
+``accumulate``: batches per optimizer step; ``precision``: "32" or "bf16"; ``checkpoint_mode``: "sync" or
+"async" (written in the background, :mod:`fsmtrain.train.saver`)."""
 
 STOP = early_stopping("val_loss", patience=setting("patience")) | max_epochs(setting("max_epochs"))
 
 machine = training_machine(STOP, name="demo", monitor="val_loss", keep_last=2, initial=CONFIG,
                            every=setting("chunk"), accumulate=setting("accumulate"),
-                           evaluate_every="epoch", checkpoint_every=1)
+                           evaluate_every="epoch", checkpoint_every=1, checkpoints=setting("checkpoint_mode"))
 """Chunks of ``chunk`` optimizer steps (a whole epoch by default), each followed by a checkpoint;
 an evaluation at each epoch's end; early stopping on validation loss."""
 
 gated_machine = training_machine(STOP, name="demo-gate", monitor="val_loss", keep_last=2, initial=CONFIG, review=True,
                                  every=setting("chunk"), accumulate=setting("accumulate"),
-                                 evaluate_every="epoch", checkpoint_every=1)
+                                 evaluate_every="epoch", checkpoint_every=1,
+                                 checkpoints=setting("checkpoint_mode"))
 """The demo with a go/no-go gate after training: go exports the best model (``fsmtrain demo --gate``)."""
 
 

@@ -61,7 +61,8 @@ def _due(unit: str, n: int, at: str) -> Condition:
 def training_machine(stop: Condition, *, name: str = "train", monitor: str | None = "val_loss", mode: str = "min",
                      keep_last: int = 3, checkpoint_every: Schedule = 1, metrics: Mapping[str, A.Metric] | None = None,
                      initial: Mapping[str, Any] | None = None, review: bool = False, every: Any = None,
-                     accumulate: Any = 1, evaluate_every: Schedule | None = None) -> Machine:
+                     accumulate: Any = 1, evaluate_every: Schedule | None = None,
+                     checkpoints: Any = "sync") -> Machine:
     """The usual loop as a machine: ``train_epoch → evaluate → checkpoint → (stop? finish : train_epoch)``.
 
     ``stop`` is any condition over the state (see :mod:`fsmtrain.stopping`).
@@ -88,10 +89,19 @@ def training_machine(stop: Condition, *, name: str = "train", monitor: str | Non
     and checkpointed at its end.  ``every`` and ``accumulate``
     may be ``setting("key")`` (the run's state says; ``None`` there trains whole
     epochs).
+
+    ``checkpoints="async"``: each checkpoint but the last is written in the background while training goes on
+    (``checkpoint(async_=True)``; its Ref is committed by the first step after the file is durable); the last
+    (where ``stop`` holds) is synchronous.  ``"sync"`` (default): the step commits once the file is durable.
+    ``setting("key")``: the run's state says (``"async"`` or ``"sync"``).
     """
     problems: list[str] = []
     if not isinstance(stop, Condition):
         problems.append(f"stop must be a Condition (e.g. max_epochs(20)), got {type(stop).__name__}")
+    from ..stopping import Setting
+
+    if not isinstance(checkpoints, Setting) and checkpoints not in ("sync", "async"):
+        problems.append(f"checkpoints must be 'sync', 'async' or setting('key'), got {checkpoints!r}")
     chunked = every is not None
     ckpt = _schedule(checkpoint_every, "checkpoint_every", problems)
     ev = _schedule(evaluate_every if evaluate_every is not None else ("epoch" if chunked else 1), "evaluate_every",
@@ -111,14 +121,17 @@ def training_machine(stop: Condition, *, name: str = "train", monitor: str | Non
     assert train is not None and ckpt is not None and ev is not None
     ev_at = "evaluated_at" if chunked and ev[0] == "steps" else None
     ck_at = "checkpointed_at" if chunked and ckpt[0] == "steps" else None
-    acts = [train, A.evaluate(metrics, at=ev_at), A.checkpoint(monitor, mode=mode, keep_last=keep_last, at=ck_at),
+    acts = [train, A.evaluate(metrics, at=ev_at), A.checkpoint(monitor, mode=mode, keep_last=keep_last, at=ck_at,
+                                                                async_=checkpoints if isinstance(checkpoints, Setting)
+                                                                else checkpoints == "async", sync_when=stop),
             A.finish()]
     written = sorted({k for a in acts for k in a.writes})
     if monitor is not None and monitor not in written:
         raise InvalidDefinition(f"training machine `{name}`", [
             f"monitor `{monitor}` is written by no action (metrics written: {', '.join(written)})"])
     t = train.name
-    init = {**DEFAULTS, **{k: [] for k in acts[1].writes if k != ev_at}, **(initial or {})}
+    init = {**DEFAULTS, **{k: [] for k in acts[1].writes if k != ev_at},
+            **({"checkpoint_pending": None} if checkpoints != "sync" else {}), **(initial or {})}
     if chunked:
         init.update({"offset": 0, "chunks": 0, **({ev_at: 0} if ev_at else {}),
                      **({ck_at: 0} if ck_at else {})})

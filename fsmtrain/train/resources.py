@@ -125,6 +125,7 @@ class Resources:
     # Set by the Trainer: where this run's checkpoints go.
     artifacts: Path | None = None
     run_id: int | None = None
+    saver: Any = attrs.field(default=None, repr=False)  # the Trainer's AsyncSaver (asynchronous checkpoints)
 
     def problems(self) -> list[str]:
         """What is wrong with these resources (empty when usable)."""

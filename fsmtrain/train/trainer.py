@@ -35,6 +35,7 @@ from .loop import DEFAULTS as DEFAULTS
 from .loop import Schedule as Schedule
 from .loop import training_machine
 from .resources import Resources, check, rank_seed, stateful
+from .saver import AsyncSaver
 
 __all__ = ["Trainer", "training_machine"]
 
@@ -97,8 +98,9 @@ class _Retention(Hook):
         for _, run_id, path in due:
             if run_id not in forks:
                 forks[run_id] = {r.path for r in self.trainer.fork_refs(run_id)}
-            if path in forks[run_id] or any(r.path == path for r in self.kept.get(run_id, ())):
-                continue  # named again meanwhile (a fork, or a step redone after a power loss)
+            if path in forks[run_id] or any(r.path == path for r in self.kept.get(run_id, ())) \
+                    or self.trainer._saving(path):
+                continue  # named again meanwhile (a fork, a step redone after a power loss, a save in flight)
             (self.trainer.artifacts / path).unlink(missing_ok=True)
             deleted.append(path)
         return deleted
@@ -142,6 +144,8 @@ class Trainer:
         if self.dist is None or self.dist.writer:
             self._log = log if isinstance(log, EventLog) else EventLog(log, home=home, storage_options=storage_options)
         self.hooks = [_Retention(self), *hooks] if self._log is not None else []  # hooks run where the log is
+        # asynchronous checkpoints (checkpoint(async_=True)) write from here; one process only
+        self.saver: AsyncSaver | None = AsyncSaver(self.artifacts) if self.dist is None else None
         self.max_attempts = max_attempts
         self.max_interruptions = max_interruptions
         self.map_location = map_location
@@ -206,7 +210,10 @@ class Trainer:
         """The runner of this process: the log's rank makes it; in a distributed run, every other rank makes
         its twin from the position the log's rank tells it (resources are rebuilt at the restore)."""
         if self.dist is None:
-            return make()
+            made = make()
+            if self.saver is not None:
+                made.late = self.saver.late
+            return made
         runner: Runner | None = None
         error: BaseException | None = None
         if self.dist.writer:
@@ -323,11 +330,18 @@ class Trainer:
         """Delete the run's checkpoint files that neither ``state`` (committed) nor a fork of it still needs,
         after a barrier (so that no state the log could fall back to on a power loss names them)."""
         self.log.barrier()
+        if self.saver is not None:
+            self.saver.wait()  # (a save in flight is not yet named by any state: let it land first)
         return sweep(self.artifacts, A.run_folder(run_id), A.artifact_refs(state) + self.fork_refs(run_id))
 
     def unneeded(self, run_id: int | None, state: Any) -> list[str]:
         """The run's files (relative to the artifacts folder) that neither ``state`` nor a fork of it names."""
-        return unnamed(self.artifacts, A.run_folder(run_id), A.artifact_refs(state) + self.fork_refs(run_id))
+        files = unnamed(self.artifacts, A.run_folder(run_id), A.artifact_refs(state) + self.fork_refs(run_id))
+        return [f for f in files if not self._saving(f)]
+
+    def _saving(self, relpath: str) -> bool:
+        """Whether ``relpath`` may be the file of an asynchronous save not yet committed (retention spares it)."""
+        return self.saver is not None and self.saver.protects(relpath)
 
     def fork_refs(self, run_id: int | None) -> list[Ref]:
         """The run's files that its forks' start and latest states name."""
@@ -353,7 +367,7 @@ class Trainer:
         except Exception as e:
             raise ResourceError(f"the resource factory `{name}` raised {type(e).__name__}: {e}") from e
         resources = check(resources, name)
-        resources.artifacts, resources.run_id = self.artifacts, run_id
+        resources.artifacts, resources.run_id, resources.saver = self.artifacts, run_id, self.saver
         if self.dist is not None:  # DDP over the ranks; each rank's own random stream from here on
             resources.dist = self.dist
             resources._ddp = self.dist.wrap(resources.model)
@@ -438,14 +452,34 @@ class Trainer:
         return None, None, 1, skipped
 
     def _committed_checkpoints(self, run_id: int, upto: int) -> list[tuple[int, Ref]]:
-        """Every checkpoint the run committed up to event ``upto``, newest first, with the seq of its step."""
+        """Every checkpoint the run committed up to event ``upto``, newest first, with the seq of the step whose
+        state it holds."""
         found = []
+        staged = 1
         for ev in self.log.events(run_id, start=2, end=upto):
             if ev.kind == "step" and ev.updates:
-                ref = (ev.updates.get("set") or {}).get("checkpoint")
+                sets = ev.updates.get("set") or {}
+                ref = sets.get("checkpoint")
                 if isinstance(ref, Ref):
-                    found.append((ev.seq, ref))
+                    found.append((staged if _late_checkpoint(ev) else ev.seq, ref))
+                if isinstance(sets.get("checkpoint_pending"), Mapping):
+                    staged = ev.seq
         return found[::-1]
+
+    def _staged_at(self, run_id: int, ev: Any) -> int:
+        """``ev`` (the step that committed a checkpoint) or, when it committed an asynchronous save late, the
+        step that staged that save: the newest step before it that set ``checkpoint_pending``."""
+        if not _late_checkpoint(ev):
+            return int(ev.seq)
+        staged = None
+        for e in self.log.events(run_id, start=2, end=ev.seq - 1):
+            if e.kind == "step" and e.updates and isinstance((e.updates.get("set") or {}).get("checkpoint_pending"),
+                                                              Mapping):
+                staged = e.seq
+        if staged is None:
+            raise CheckpointError(f"run {run_id} committed checkpoint at event {ev.seq} late, but no step before it "
+                                  "staged a save")
+        return int(staged)
 
     def _restore_distributed(self, runner: Runner) -> dict[str, Any]:
         """:meth:`_restore` on every rank of a distributed run: the log's rank finds the checkpoint and the steps
@@ -503,10 +537,11 @@ class Trainer:
         return ref
 
     def _written_at(self, run_id: int, ref: Ref) -> int:
-        """The seq of the step that committed ``ref`` as the run's newest checkpoint."""
+        """The seq of the step whose state ``ref``'s file holds: the step that committed it as the run's newest
+        checkpoint, or for an asynchronous save (committed late), the step that staged it."""
         for ev in self.log.events(run_id):
             if ev.kind == "step" and ev.updates and ev.updates.get("set", {}).get("checkpoint") == ref:
-                return ev.seq
+                return self._staged_at(run_id, ev)
             elif ev.kind == "start" and ev.snapshot and ev.snapshot.get("checkpoint") == ref:
                 info = self.log.run(run_id)
                 if info.parent_id is not None and info.parent_seq is not None:
@@ -518,6 +553,12 @@ class Trainer:
                     f"run {run_id} inherited checkpoint {ref.path} from the run it was forked from, but not at the "
                     "step that wrote it; fork a training run right after a checkpoint step")
         raise CheckpointError(f"no step of run {run_id} recorded checkpoint {ref.path}")
+
+
+def _late_checkpoint(ev: Any) -> bool:
+    """Whether step ``ev`` committed its checkpoint late (an asynchronous save, staged by an earlier step)."""
+    late = ev.info.get("late") if isinstance(ev.info, Mapping) else None
+    return isinstance(late, Mapping) and "checkpoint" in late
 
 
 def _start_state(log: EventLog, run_id: int) -> State:
