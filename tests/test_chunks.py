@@ -334,9 +334,10 @@ class TestCurvesPerChunk:
         assert "train_loss: 9 points" in p.stdout
         svg = out.read_text()
         titles = re.findall(r"<title>(\w+) at step (\d+): ([^<]+)</title>", svg)
-        assert [(int(s), float(v)) for k, s, v in titles if k == "train_loss"] == list(zip(train_at,
-                                                                                            state["train_loss"]))
-        assert [(int(s), float(v)) for k, s, v in titles if k == "val_loss"] == list(zip(eval_at, state["val_loss"]))
+        train = list(zip(train_at, state["train_loss"], strict=True))
+        evals = list(zip(eval_at, state["val_loss"], strict=True))
+        assert [(int(s), float(v)) for k, s, v in titles if k == "train_loss"] == train
+        assert [(int(s), float(v)) for k, s, v in titles if k == "val_loss"] == evals
         assert ">step<" in svg
 
     def test_watch_says_the_step_of_each_chunks_point(self, tmp_path):

@@ -125,11 +125,15 @@ class Stager:
     def _copy(self, obj: Any, path: tuple[Any, ...], seen: dict[tuple[Any, ...], torch.Tensor],
               cuda: list[bool]) -> Any:
         if isinstance(obj, torch.Tensor):
+            if ("id", id(obj)) in seen:  # the same object again: the same copy (pickle refers to it)
+                return seen[("id", id(obj))]
             t = obj.detach()
             storage = t.untyped_storage()
             key = (t.device, storage.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-            if key in seen:
-                return seen[key]
+            if key in seen:  # another tensor over the same memory (tied weights): another view of the same copy
+                view = seen[key].detach()
+                seen[("id", id(obj))] = view
+                return view
             buf = self._buffers.get(path)
             if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
                 pin = t.is_cuda
@@ -137,7 +141,7 @@ class Stager:
                 self._buffers[path] = buf
             buf.copy_(t, non_blocking=t.is_cuda)
             cuda[0] = cuda[0] or t.is_cuda
-            seen[key] = buf
+            seen[key] = seen[("id", id(obj))] = buf
             return buf
         if isinstance(obj, dict):
             items = ((k, self._copy(v, (*path, k), seen, cuda)) for k, v in obj.items())
