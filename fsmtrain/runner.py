@@ -45,8 +45,9 @@ __all__ = ["Halt", "Redo", "Restore", "Runner", "StepResult", "Sync", "decide", 
 
 
 Restore = Callable[["Runner"], "Mapping[str, Any] | None"]
-Late = Callable[[State, Action, bool, bool], "Mapping[str, Any] | None"]
 """``restore(runner)``: bring ``runner.resources`` to the run's last committed step; may return a note to log."""
+Late = Callable[[State, Action, bool, bool], "Mapping[str, Any] | None"]
+"""``late(state, action, terminal, after)``: see :attr:`Runner.late`."""
 
 
 class StepResult(NamedTuple):
@@ -317,7 +318,8 @@ class Runner(RunCore):
             try:
                 late = self.late
                 extra = late(state, act, name in self.machine.terminal, False) if late is not None else None
-                updates = act.execute(state.apply(extra) if extra else state, values, self.resources)
+                seen = state.apply(extra, elapsed=state.elapsed) if extra else state
+                updates = act.execute(seen, values, self.resources)
                 if late is not None and not extra:  # (work that finished while the action ran counts too)
                     extra = late(state, act, name in self.machine.terminal, True)
                 if extra:

@@ -21,7 +21,7 @@ import torch
 from fsmtrain import EventLog, state_at
 from fsmtrain.errors import StorageError
 from fsmtrain.hooks import Hook
-from fsmtrain.state import State
+from fsmtrain.state import Ref, State
 from fsmtrain.stopping import max_epochs
 from fsmtrain.train import Trainer, training_machine
 from fsmtrain.train import saver as saver_module
@@ -107,6 +107,107 @@ class TestSameTraining:
         first.saver.wait()
 
 
+def stem_position(ref):
+    """(epoch, steps or None) from a checkpoint's name: e<epoch>-… at an epoch's end, e<epoch>s<steps>-… mid-epoch."""
+    stem = Path(ref.path).name.split("-")[0][1:]
+    epoch, _, steps = stem.partition("s")
+    return int(epoch), int(steps) if steps else None
+
+
+class TestWhichStateAFileHolds:
+    def test_every_committed_checkpoint_maps_to_the_step_whose_state_it_holds(self, tmp_path, monkeypatch):
+        """Late commits, a late commit overridden by the final synchronous save in the same step, and plain ones:
+        the step each maps to has the epoch and step count the file was named after."""
+        from fsmtrain.train.history import checkpoint_commits, origin_of
+
+        monkeypatch.setattr(saver_module, "_PAUSE", 0.03)  # saves still in flight when the next checkpoint comes
+        Trainer(machine("async", every=3), tiny_build, log=tmp_path / "a.db").fit()
+        with EventLog(tmp_path / "a.db", readonly=True) as log:
+            commits = list(checkpoint_commits(log.events(1)))
+            assert len(commits) == 6  # 5 steps an epoch, in chunks of 3 and 2, a checkpoint after each: all committed
+            overridden = [c for c in commits if c[0] == commits[-1][0]]
+            for commit_seq, state_seq, ref in commits:
+                assert state_seq is not None and state_seq <= commit_seq
+                assert origin_of(log, 1, ref).seq == state_seq
+                held = state_at(log, 1, state_seq)
+                epoch, steps = stem_position(ref)
+                assert held["epoch"] == epoch and (steps is None or held["steps"] == steps), (ref.path, state_seq)
+        assert len(overridden) in (1, 2)  # (2: the last async save committed by the final sync checkpoint's step)
+
+    def test_a_time_budget_in_the_stop_condition_works_with_async_saves_and_their_redo(self, tmp_path):
+        from fsmtrain.stopping import time_budget
+
+        stop = max_epochs(3) | time_budget(3600)
+        whole = Trainer(training_machine(stop, initial={"lr": 0.01}, every=2), tiny_build,
+                        log=tmp_path / "s.db").fit()
+        m = training_machine(stop, initial={"lr": 0.01}, every=2, checkpoints="async")
+        first = Trainer(m, tiny_build, log=tmp_path / "a.db")
+        r = first.start()
+        while r.state["steps"] < 9:
+            r.step()
+        r.close()
+        first.close()
+        again = Trainer(m, tiny_build, log=tmp_path / "a.db").fit()
+        assert again.status == "finished" and again.state["weights_sha256"] == whole.state["weights_sha256"]
+        with EventLog(tmp_path / "a.db", readonly=True) as log:
+            notes = [e.info["restore"] for e in log.events(1) if e.kind == "resume"]
+        assert notes and notes[-1]["redone"] >= 1 and not notes[-1].get("mismatches")
+
+    @pytest.mark.parametrize("mode", ["sync", "async"])
+    def test_a_fork_at_any_step_restores_through_the_parents_steps(self, tmp_path, mode):
+        """Forked after a chunk (not a checkpoint step): the fork's checkpoint holds an earlier step of the parent,
+        whose steps up to the fork point are redone first; the fork then ends as the parent did."""
+        from fsmtrain.replay import fork
+
+        t = Trainer(machine(mode), tiny_build, log=tmp_path / "p.db")
+        parent = t.start()
+        with parent:
+            while parent.state["steps"] < 9 or parent.next_action != "train_steps":
+                parent.step()
+            parent.step()  # a chunk: its step is no checkpoint step
+            at = parent.seq
+            child = fork(t.log, 1, at)
+            parent.run()  # the parent goes on and ends (retention spares what the fork names)
+        got = t.resume(child)
+        with got:
+            got.run()
+        assert got.status == "finished" and got.state["weights_sha256"] == parent.state["weights_sha256"]
+        restored = [e.info["restore"] for e in t.log.events(child) if e.kind == "resume"]
+        assert restored and "checkpoint" in restored[0] and restored[0]["prelude"]["to_seq"] == at
+        assert not restored[0].get("mismatches")
+        t.close()
+
+
+class TestWithAHome:
+    def test_a_node_lost_mid_run_continues_elsewhere_from_the_home_with_async_checkpoints(self, tmp_path, monkeypatch):
+        """Late-committed Refs ship like any other: the files a committed state names reach the home, and a new
+        node resumes from them, bit-identical."""
+        import shutil
+
+        monkeypatch.setattr(saver_module, "_PAUSE", 0.02)
+        home = tmp_path / "home"
+        whole = Trainer(machine("sync"), tiny_build, log=tmp_path / "w.db").fit()
+        (tmp_path / "a").mkdir()
+        with Trainer(machine("async"), tiny_build, log=tmp_path / "a" / "r.db", home=home) as t:
+            runner = t.start({})
+            with runner:
+                while runner.state["steps"] < 7 or not isinstance(runner.state.get("checkpoint"), Ref):
+                    runner.step()
+            t.saver.wait()
+        shutil.rmtree(tmp_path / "a")  # the node is gone, with its disk (and the save it had in flight, if any)
+        (tmp_path / "b").mkdir()
+        with Trainer(machine("async"), tiny_build, log=tmp_path / "b" / "r.db", home=home) as t:
+            got = t.fit()
+            assert got.status == "finished" and got.state["weights_sha256"] == whole.state["weights_sha256"]
+            assert list(got.state["val_loss"]) == list(whole.state["val_loss"])
+            assert t.log.verify() == []
+            restored = [e.info["restore"] for e in t.log.events(1) if e.kind == "resume"]
+            assert restored and "checkpoint" in restored[-1]  # fetched from the home, not redone from the start
+            t.log.sync_home()
+        for ref in artifact_refs(got.state):
+            assert read_verified(home / "artifacts", ref)
+
+
 class TestSaver:
     def test_staging_reuses_its_buffers_keeps_tied_tensors_shared_and_saves_the_same_bytes(self, tmp_path):
         import io
@@ -134,6 +235,12 @@ class TestSaver:
         torch.save(two, b)
         assert a.getvalue() == b.getvalue()  # the file a synchronous save writes, byte for byte
         assert two["model"]._metadata == model.state_dict()._metadata
+        import collections
+
+        odd = {"counts": collections.Counter(a=2), "d": collections.defaultdict(list, b=[torch.ones(2)])}
+        got = stager.stage(odd)  # (a loader's state_dict may hold such dicts)
+        assert got["counts"] == odd["counts"] and type(got["d"]) is collections.defaultdict
+        assert got["d"].default_factory is list and torch.equal(got["d"]["b"][0], torch.ones(2))
 
     def test_a_pending_save_with_no_writer_behind_it_is_dropped(self, tmp_path):
         saver = AsyncSaver(tmp_path)

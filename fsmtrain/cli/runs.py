@@ -140,7 +140,7 @@ def replay(log: Path, run_id: int | None, at_seq: int | None, as_json: bool, fro
 def _timeline_row(e: Event) -> list[Any]:
     """One event of ``fsmtrain replay --run``: when, what, and the details that matter."""
     detail = []
-    if e.kind == "step" and isinstance(e.info, dict) and e.info.get("condition") != "default":
+    if e.kind == "step" and isinstance(e.info, dict) and e.info.get("condition") not in (None, "default"):
         detail.append(f"[{_short(e.info.get('reason') or e.info.get('condition'), 60)}]")
     if e.updates:
         detail.append(_short(e.updates))

@@ -385,8 +385,8 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
         stem = f"e{epoch:05d}" if not offset else f"e{epoch:05d}s{state.get('steps', 0)}"  # mid-epoch: its step
         saved = {"path": f"{run_folder(r.run_id)}/{stem}", "epoch": epoch, "metric": monitor, "value": value,
                  "mode": mode, "keep_last": keep_last}
-        wanted = _async_mode(state[async_.key], async_.key, name) if isinstance(async_, Setting) else async_
-        background = wanted and r.dist is None and r.saver is not None and not (sync_when and sync_when(state))
+        wanted = _async_mode(state.get(async_.key), async_.key, name) if isinstance(async_, Setting) else async_
+        background = wanted and r.dist is None and r.saver is not None and not _holds(sync_when, state)
         ref: Ref | None = None
         if r.dist is None or r.dist.writer:
             payload = {"format": FORMAT, "epoch": epoch, "model": r.model.state_dict(),
@@ -408,12 +408,25 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
             ref = r.dist.agree(ref)
         assert ref is not None
         updates = commit_updates(state, saved, ref)
+        if async_ is not False and state.get("checkpoint_pending") is not None:
+            updates["checkpoint_pending"] = None  # (a save staged where no writer commits it: a distributed resume)
         if at:
             updates[at] = state.get("steps", 0)
         return updates
 
     return Action(fn, name=name, reads=reads, writes=["checkpoint", "checkpoints", "best"] + ([at] if at else [])
                   + (["checkpoint_pending"] if async_ is not False else []))
+
+
+def _holds(condition: Any, state: State) -> bool:
+    """Whether ``condition`` holds on ``state``; False where it cannot be judged (a time budget on a state
+    without elapsed time, as a redo's): the save is then asynchronous, the safe default."""
+    if condition is None:
+        return False
+    try:
+        return bool(condition(state))
+    except Exception:
+        return False
 
 
 def _async_mode(value: Any, key: str, name: str) -> bool:

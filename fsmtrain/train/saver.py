@@ -18,6 +18,7 @@ Files of a save in flight are protected from retention (:meth:`AsyncSaver.protec
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -30,8 +31,8 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
-from ..state import Ref, thaw
+from ..errors import CheckpointError, environmental
+from ..state import Ref
 
 __all__ = ["LATE_KEYS", "AsyncSaver", "Stager", "better", "commit_updates", "save_streaming"]
 
@@ -51,20 +52,63 @@ def _trace(what: str, stem: str) -> None:
 
 
 class _Hashing:
-    """A write-only file that hashes and counts what passes through it (``torch.save`` writes to it)."""
+    """A write-only file that hashes and counts what passes through it (``torch.save`` writes to it).  A large
+    write is hashed on a helper thread while this one writes it (both release the GIL): the hash costs little
+    more than the write.  ``close()`` ends the helper."""
+
+    BIG = 1 << 20
 
     def __init__(self, f: Any) -> None:
         self.f, self.sha, self.size = f, hashlib.sha256(), 0
+        self._go, self._done = threading.Event(), threading.Event()
+        self._buf: Any = None
+        self._error: BaseException | None = None
+        self._helper: threading.Thread | None = None
+
+    def _hash_loop(self) -> None:
+        while True:
+            self._go.wait()
+            self._go.clear()
+            buf = self._buf
+            if buf is None:
+                return
+            try:
+                self.sha.update(buf)
+            except BaseException as e:  # (re-raised by write)
+                self._error = e
+            self._done.set()
 
     def write(self, data: Any) -> int:
-        self.sha.update(data)
-        n = len(data) if isinstance(data, (bytes, bytearray)) else memoryview(data).nbytes
+        n = data.nbytes if isinstance(data, memoryview) else len(data)
+        if n < self.BIG:
+            self.sha.update(data)
+            self.f.write(data)
+        else:
+            if self._helper is None:
+                self._helper = threading.Thread(target=self._hash_loop, name="fsmtrain-hash", daemon=True)
+                self._helper.start()
+            self._buf = data
+            self._done.clear()
+            self._go.set()
+            try:
+                self.f.write(data)
+            finally:
+                self._done.wait()  # (the buffer is torch's: it must not outlive this call)
+                self._buf = None
+            if self._error is not None:
+                raise self._error
         self.size += n
-        self.f.write(data)
         return n
 
     def flush(self) -> None:
         self.f.flush()
+
+    def close(self) -> None:
+        if self._helper is not None:
+            self._buf = None
+            self._go.set()
+            self._helper.join()
+            self._helper = None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -89,9 +133,15 @@ def save_streaming(root: Path, folder: str, stem: str, payload: Mapping[str, Any
     try:
         with open(tmp, "wb") as f:
             out = _Hashing(f)
-            torch.save(dict(payload), out)  # type: ignore[arg-type]  # (a file-like: write and flush)
+            try:
+                torch.save(dict(payload), out)  # type: ignore[arg-type]  # (a file-like: write and flush)
+            finally:
+                out.close()
             f.flush()
             os.fsync(f.fileno())
+            if hasattr(os, "posix_fadvise"):  # durable now: its pages need not crowd the page cache
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         digest = out.sha.hexdigest()
         rel = f"{folder}/{stem}-{digest[:12]}.pt"
         _trace("written", stem)
@@ -115,15 +165,17 @@ class Stager:
 
     def stage(self, obj: Any) -> Any:
         seen: dict[tuple[Any, ...], torch.Tensor] = {}
-        cuda = [False]
-        out = self._copy(obj, (), seen, cuda)
-        if cuda[0]:
-            torch.cuda.synchronize()
+        devices: set[Any] = set()
+        out = self._copy(obj, (), seen, devices)
+        for device in devices:  # every device copied from: the copies are complete before the writer reads them
+            torch.cuda.synchronize(device)
+        used = {k[1] for k in seen if k[0] == "path"}
+        for path in [p for p in self._buffers if p not in used]:  # (buffers of a payload that changed shape)
+            del self._buffers[path]
         self.bytes = sum(b.numel() * b.element_size() for b in self._buffers.values())
         return out
 
-    def _copy(self, obj: Any, path: tuple[Any, ...], seen: dict[tuple[Any, ...], torch.Tensor],
-              cuda: list[bool]) -> Any:
+    def _copy(self, obj: Any, path: tuple[Any, ...], seen: dict[tuple[Any, ...], Any], devices: set[Any]) -> Any:
         if isinstance(obj, torch.Tensor):
             if ("id", id(obj)) in seen:  # the same object again: the same copy (pickle refers to it)
                 return seen[("id", id(obj))]
@@ -140,20 +192,23 @@ class Stager:
                 buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
                 self._buffers[path] = buf
             buf.copy_(t, non_blocking=t.is_cuda)
-            cuda[0] = cuda[0] or t.is_cuda
+            if t.is_cuda:
+                devices.add(t.device)
             seen[key] = seen[("id", id(obj))] = buf
+            seen[("path", path)] = buf
             return buf
         if isinstance(obj, dict):
-            items = ((k, self._copy(v, (*path, k), seen, cuda)) for k, v in obj.items())
             if type(obj) is dict:
-                return dict(items)
-            out = type(obj)(items)  # an OrderedDict state_dict, with its _metadata (module versions)
-            out.__dict__.update(copy.deepcopy(obj.__dict__))
+                return {k: self._copy(v, (*path, k), seen, devices) for k, v in obj.items()}
+            out = copy.copy(obj)  # an OrderedDict state_dict keeps its _metadata; a defaultdict its factory
+            out.clear()
+            for k, v in obj.items():
+                out[k] = self._copy(v, (*path, k), seen, devices)
             return out
         if isinstance(obj, list):
-            return [self._copy(v, (*path, i), seen, cuda) for i, v in enumerate(obj)]
+            return [self._copy(v, (*path, i), seen, devices) for i, v in enumerate(obj)]
         if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(self._copy(v, (*path, i), seen, cuda) for i, v in enumerate(obj))
+            return tuple(self._copy(v, (*path, i), seen, devices) for i, v in enumerate(obj))
         return copy.deepcopy(obj)
 
 
@@ -188,8 +243,8 @@ class AsyncSaver:
         self.stats["staging"].append(staging)
         self.stats["stall"].append(time.perf_counter() - t0)
         job = _Job(dict(pending), folder, stem, staged)
-        self._job = job
         threading.Thread(target=self._write, args=(job,), name="fsmtrain-checkpoint-writer", daemon=True).start()
+        self._job = job
 
     def _write(self, job: _Job) -> None:
         try:
@@ -241,7 +296,7 @@ class AsyncSaver:
         if not isinstance(pending, Mapping):
             return None
         job = self._job
-        if job is None or job.pending != thaw(pending):
+        if job is None or job.pending.get("path") != pending.get("path"):  # (the path names the run and the step)
             return {"checkpoint_pending": None}  # lost with the process that was writing it
         if not job.done.is_set():
             if after or not (terminal or set(action.reads) & set(LATE_KEYS)):
@@ -249,7 +304,7 @@ class AsyncSaver:
             self.wait()
         if job.error is not None:
             e = job.error
-            if isinstance(e, OSError):
+            if environmental(e):
                 raise e  # the disk (full, failing): the runner stops the run, resumable
             raise CheckpointError(f"the asynchronous save of checkpoint {job.folder}/{job.stem} failed: "
                                   f"{type(e).__name__}: {e}") from e

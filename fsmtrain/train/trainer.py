@@ -30,7 +30,8 @@ from ..replay import state_at
 from ..runner import Runner
 from ..state import Ref, State, dumps
 from . import actions as A
-from .checkpoints import load_checkpoint, read_verified, restore_rng, seed_everything, sweep, unnamed
+from .checkpoints import load_checkpoint, read_verified, restore_rng, seed_everything, unnamed
+from .history import Origin, committed_checkpoints, origin_of
 from .loop import DEFAULTS as DEFAULTS
 from .loop import Schedule as Schedule
 from .loop import training_machine
@@ -166,7 +167,10 @@ class Trainer:
         return self._log_path.with_name(self._log_path.name + ".artifacts")
 
     def close(self) -> None:
-        """Close the log (also done by ``with Trainer(...) as trainer:``)."""
+        """Close the log (also done by ``with Trainer(...) as trainer:``), once an asynchronous save in flight has
+        reached its file (a later process commits it, or drops it, as spec/training.md §3b says)."""
+        if self.saver is not None:
+            self.saver.wait()
         if self._log is not None:
             self._log.close()
 
@@ -330,9 +334,11 @@ class Trainer:
         """Delete the run's checkpoint files that neither ``state`` (committed) nor a fork of it still needs,
         after a barrier (so that no state the log could fall back to on a power loss names them)."""
         self.log.barrier()
-        if self.saver is not None:
-            self.saver.wait()  # (a save in flight is not yet named by any state: let it land first)
-        return sweep(self.artifacts, A.run_folder(run_id), A.artifact_refs(state) + self.fork_refs(run_id))
+        deleted = []
+        for rel in self.unneeded(run_id, state):  # (never the file of an asynchronous save not yet committed)
+            (self.artifacts / rel).unlink(missing_ok=True)
+            deleted.append(rel)
+        return deleted
 
     def unneeded(self, run_id: int | None, state: Any) -> list[str]:
         """The run's files (relative to the artifacts folder) that neither ``state`` nor a fork of it names."""
@@ -399,7 +405,7 @@ class Trainer:
         assert runner.run_id is not None
         resources = self._build(_start_state(self.log, runner.run_id), runner.run_id)
         note: dict[str, Any] = {}
-        ref, payload, after, skipped = self._choose(
+        ref, payload, origin, skipped = self._choose(
             runner, lambda r: load_checkpoint(self.artifacts, self._here(r), map_location=self.map_location))
         if ref is not None:
             self._apply(resources, payload)
@@ -408,16 +414,28 @@ class Trainer:
             note["skipped"] = skipped
             note["fallback"] = "an earlier checkpoint" if ref is not None else "the start"
         runner.resources = resources
-        redo = runner.redo(after)
-        note["from_seq"] = after
-        note["redone"] = redo.steps
-        if redo.mismatches:
-            note["mismatches"] = redo.mismatches[:10]
+        steps, mismatches = 0, []
+        if origin.prelude is not None:  # a fork: first the parent's steps after the one the checkpoint holds
+            parent, lo, hi = origin.prelude
+            resources.run_id = parent  # (its steps redone as they ran: a checkpoint among them names its files)
+            try:
+                first = runner.redo(lo, events=list(self.log.events(parent, start=lo + 1, end=hi)),
+                                    state=state_at(self.log, parent, lo))
+            finally:
+                resources.run_id = runner.run_id
+            steps, mismatches = first.steps, first.mismatches
+            note["prelude"] = {"run": parent, "from_seq": lo, "to_seq": hi}
+        redo = runner.redo(origin.seq)
+        note["from_seq"] = origin.seq
+        note["redone"] = steps + redo.steps
+        if mismatches or redo.mismatches:
+            note["mismatches"] = (mismatches + redo.mismatches)[:10]
         return note
 
-    def _choose(self, runner: Runner, load: Callable[[Ref], Any]) -> tuple[Ref | None, Any, int, list[dict[str, Any]]]:
-        """The checkpoint to restore from: (its Ref, what ``load`` made of it, the seq of the step that wrote it,
-        the ones skipped and why).
+    def _choose(self, runner: Runner, load: Callable[[Ref], Any]) -> tuple[Ref | None, Any, Origin,
+                                                                         list[dict[str, Any]]]:
+        """The checkpoint to restore from: (its Ref, what ``load`` made of it, where its state is in the log (see
+        :func:`~fsmtrain.train.history.origin_of`), the ones skipped and why).
 
         The Refs the state names come first (newest, kept, best); if none verifies — damaged files, or a log
         restored from a backup or left by a power loss beside a folder that has moved on — every other
@@ -432,54 +450,24 @@ class Trainer:
             tried.add(ref)
             try:
                 got = load(ref)
-                return ref, got, self._written_at(runner.run_id, ref), skipped
+                return ref, got, origin_of(self.log, runner.run_id, ref), skipped
             except CheckpointError as e:
                 skipped.append({"checkpoint": ref.path, "problem": str(e)})
         if not candidates:
-            return None, None, 1, skipped  # no checkpoint yet: from the seeded, freshly built resources
-        for seq, ref in self._committed_checkpoints(runner.run_id, runner.seq):
+            return None, None, Origin(1), skipped  # no checkpoint yet: from the seeded, freshly built resources
+        for seq, ref in committed_checkpoints(self.log, runner.run_id, runner.seq):
             if ref in tried:
                 continue
             tried.add(ref)
             try:
-                return ref, load(ref), seq, skipped
+                return ref, load(ref), Origin(seq), skipped
             except CheckpointError as e:
                 skipped.append({"checkpoint": ref.path, "problem": str(e)})
         if A.kept_refs(_start_state(self.log, runner.run_id)):
             problems = "; ".join(s["problem"] for s in skipped)
             raise CheckpointError(f"run {runner.run_id} has no usable checkpoint left, and it began from a "
                                   f"checkpoint (a fork), so it cannot be redone from its start: {problems}")
-        return None, None, 1, skipped
-
-    def _committed_checkpoints(self, run_id: int, upto: int) -> list[tuple[int, Ref]]:
-        """Every checkpoint the run committed up to event ``upto``, newest first, with the seq of the step whose
-        state it holds."""
-        found = []
-        staged = 1
-        for ev in self.log.events(run_id, start=2, end=upto):
-            if ev.kind == "step" and ev.updates:
-                sets = ev.updates.get("set") or {}
-                ref = sets.get("checkpoint")
-                if isinstance(ref, Ref):
-                    found.append((staged if _late_checkpoint(ev) else ev.seq, ref))
-                if isinstance(sets.get("checkpoint_pending"), Mapping):
-                    staged = ev.seq
-        return found[::-1]
-
-    def _staged_at(self, run_id: int, ev: Any) -> int:
-        """``ev`` (the step that committed a checkpoint) or, when it committed an asynchronous save late, the
-        step that staged that save: the newest step before it that set ``checkpoint_pending``."""
-        if not _late_checkpoint(ev):
-            return int(ev.seq)
-        staged = None
-        for e in self.log.events(run_id, start=2, end=ev.seq - 1):
-            if e.kind == "step" and e.updates and isinstance((e.updates.get("set") or {}).get("checkpoint_pending"),
-                                                              Mapping):
-                staged = e.seq
-        if staged is None:
-            raise CheckpointError(f"run {run_id} committed checkpoint at event {ev.seq} late, but no step before it "
-                                  "staged a save")
-        return int(staged)
+        return None, None, Origin(1), skipped
 
     def _restore_distributed(self, runner: Runner) -> dict[str, Any]:
         """:meth:`_restore` on every rank of a distributed run: the log's rank finds the checkpoint and the steps
@@ -491,11 +479,17 @@ class Trainer:
         if d.writer:
             try:
                 plan["start"] = _start_state(self.log, runner.run_id).to_json()
-                ref, blob, after, skipped = self._choose(runner, lambda r: read_verified(self.artifacts, self._here(r)))
+                ref, blob, origin, skipped = self._choose(runner, lambda r: read_verified(self.artifacts,
+                                                                                          self._here(r)))
+                after = origin.seq
                 if ref is not None:
                     plan["checkpoint"] = ref.path
                 plan.update(skipped=skipped, after=after, state=state_at(self.log, runner.run_id, after).to_json(),
                             events=list(self.log.events(runner.run_id, start=after + 1, end=runner.seq)))
+                if origin.prelude is not None:  # a fork: the parent's steps first
+                    parent, lo, hi = origin.prelude
+                    plan["prelude"] = {"run": parent, "from_seq": lo, "state": state_at(self.log, parent, lo).to_json(),
+                                       "events": list(self.log.events(parent, start=lo + 1, end=hi))}
             except BaseException as e:
                 plan = {"error": f"{type(e).__name__}: {e}"}
         plan = d.agree(plan)
@@ -515,10 +509,19 @@ class Trainer:
             note["skipped"] = plan["skipped"]
             note["fallback"] = "an earlier checkpoint" if "checkpoint" in plan else "the start"
         runner.resources = resources
+        steps, mismatches = 0, []
+        if plan.get("prelude"):
+            pre = plan["prelude"]
+            resources.run_id = pre["run"]
+            try:
+                first = runner.redo(pre["from_seq"], events=pre["events"], state=State.from_json(pre["state"]))
+            finally:
+                resources.run_id = runner.run_id
+            steps, mismatches = first.steps, first.mismatches
         redo = runner.redo(plan["after"], events=plan["events"], state=State.from_json(plan["state"]))
-        note.update(from_seq=plan["after"], redone=redo.steps)
-        if redo.mismatches:
-            note["mismatches"] = redo.mismatches[:10]
+        note.update(from_seq=plan["after"], redone=steps + redo.steps)
+        if mismatches or redo.mismatches:
+            note["mismatches"] = (mismatches + redo.mismatches)[:10]
         return note
 
     def _here(self, ref: Ref) -> Ref:
@@ -535,30 +538,6 @@ class Trainer:
             raise CheckpointError(f"checkpoint {ref.path} is not on this machine, and its home {home.url} cannot "
                                   f"give it ({type(e).__name__}: {e})") from None
         return ref
-
-    def _written_at(self, run_id: int, ref: Ref) -> int:
-        """The seq of the step whose state ``ref``'s file holds: the step that committed it as the run's newest
-        checkpoint, or for an asynchronous save (committed late), the step that staged it."""
-        for ev in self.log.events(run_id):
-            if ev.kind == "step" and ev.updates and ev.updates.get("set", {}).get("checkpoint") == ref:
-                return self._staged_at(run_id, ev)
-            elif ev.kind == "start" and ev.snapshot and ev.snapshot.get("checkpoint") == ref:
-                info = self.log.run(run_id)
-                if info.parent_id is not None and info.parent_seq is not None:
-                    parent_ev = self.log.event(info.parent_id, info.parent_seq)
-                    got = ((parent_ev.updates or {}).get("set") or {}).get("checkpoint")
-                    if got == ref:
-                        return 1  # forked right after the step that wrote it
-                raise CheckpointError(
-                    f"run {run_id} inherited checkpoint {ref.path} from the run it was forked from, but not at the "
-                    "step that wrote it; fork a training run right after a checkpoint step")
-        raise CheckpointError(f"no step of run {run_id} recorded checkpoint {ref.path}")
-
-
-def _late_checkpoint(ev: Any) -> bool:
-    """Whether step ``ev`` committed its checkpoint late (an asynchronous save, staged by an earlier step)."""
-    late = ev.info.get("late") if isinstance(ev.info, Mapping) else None
-    return isinstance(late, Mapping) and "checkpoint" in late
 
 
 def _start_state(log: EventLog, run_id: int) -> State:
