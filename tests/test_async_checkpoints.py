@@ -274,13 +274,28 @@ class TestSaver:
         whole = Trainer(machine("sync"), tiny_build, log=tmp_path / "s.db").fit()
         assert again.status == "finished" and again.state["weights_sha256"] == whole.state["weights_sha256"]
 
+    @pytest.mark.parametrize(("threshold", "staged"), [(1, True), (1 << 40, False)])
+    def test_auto_saves_in_the_background_from_a_size_of_state(self, tmp_path, monkeypatch, threshold, staged):
+        from fsmtrain.train import actions
+
+        monkeypatch.setattr(actions, "AUTO_ASYNC_BYTES", threshold)
+        got = Trainer(training_machine(max_epochs(2), initial={"lr": 0.01}, every=2), tiny_build,
+                      log=tmp_path / "a.db").fit()  # checkpoints="auto", the default
+        with EventLog(tmp_path / "a.db", readonly=True) as log:
+            pending = [e for e in log.events(1) if e.kind == "step" and isinstance(
+                ((e.updates or {}).get("set") or {}).get("checkpoint_pending"), dict)]
+        assert bool(pending) is staged and got.status == "finished"
+        r = tiny_build(State({"lr": 0.01, "seed": 0}))
+        size = sum(t.numel() * t.element_size() for t in r.model.state_dict().values())
+        assert actions._state_bytes(r) == size  # (no optimizer state before the first step)
+
     def test_bad_settings_are_refused(self):
         from fsmtrain.errors import InvalidDefinition
         from fsmtrain.train.actions import checkpoint
 
-        with pytest.raises(InvalidDefinition, match="checkpoints must be 'sync', 'async'"):
+        with pytest.raises(InvalidDefinition, match="checkpoints must be 'auto', 'sync', 'async'"):
             training_machine(max_epochs(2), checkpoints="sometimes")
-        with pytest.raises(InvalidDefinition, match="async_ must be True, False or setting"):
+        with pytest.raises(InvalidDefinition, match="async_ must be True, False, 'auto' or setting"):
             checkpoint(async_="yes")
 
 

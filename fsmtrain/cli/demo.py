@@ -41,10 +41,11 @@ __all__ = ["demo"]
 @click.option("--nproc", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Train one run on N processes (torch.distributed DDP through torchrun; gloo on the CPU).")
 @click.option("--distributed", is_flag=True, hidden=True, help="(set by --nproc on each torchrun process)")
-@click.option("--checkpoints", "checkpoint_mode", type=click.Choice(["sync", "async"]), default="sync",
+@click.option("--checkpoints", "checkpoint_mode", type=click.Choice(["auto", "sync", "async"]), default="auto",
               show_default=True,
               help="async: write each checkpoint from a copy in memory in the background while training goes on "
-                   "(its Ref is committed once the file is durable); one process only.")
+                   "(its Ref is committed once the file is durable; one process only); sync: the step commits once "
+                   "the file is durable; auto: async from 64 MiB of model and optimizer state (the demo's is small).")
 @click.option("--gate", is_flag=True,
               help="After training, wait at a go/no-go review gate; go exports the best model (see fsmtrain approve).")
 @home_option
@@ -76,6 +77,8 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
     from ..hooks import Hook
     from ..train import demo as d
 
+    if checkpoint_mode == "auto" and (nproc > 1 or distributed):
+        checkpoint_mode = "sync"  # (a distributed run saves synchronously)
     if checkpoint_mode == "async" and (nproc > 1 or distributed):
         raise click.BadParameter("asynchronous checkpoints run in one process; with --nproc use --checkpoints sync",
                                  param_hint="--checkpoints")
@@ -121,8 +124,7 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
     if distributed:
         _demo_rank(log_path, d, gate, Progress(), as_json, new, {
             **d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data,
-            "chunk": chunk, "accumulate": accumulate, "precision": precision,
-                      **({"checkpoint_mode": checkpoint_mode} if checkpoint_mode != "sync" else {})})
+            "chunk": chunk, "accumulate": accumulate, "precision": precision, "checkpoint_mode": checkpoint_mode})
         return
     with EventLog(log_path, home=home) as lg:
         trainer = (d.gated_trainer if gate else d.trainer)(lg, hooks=[Progress()])
@@ -133,7 +135,7 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
             if not as_json:
                 echo(f"run {runner.run_id}: resuming at `{runner.next_action}` after {runner.steps} steps")
         elif runs and runs[-1].status == "finished":
-            _summary(runs[-1].id, "finished", state_at(lg, runs[-1].id), as_json,
+            _summary(runs[-1].id, "finished", state_at(lg, runs[-1].id), as_json, log=lg,
                      note="already finished (use --new for another run)", artifacts=lg.artifacts)
             return
         elif runs and runs[-1].status == "failed":
@@ -144,13 +146,13 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
                                  f"inspect it with `fsmtrain replay {log_path} --run {runs[-1].id}`, "
                                  "or start another with --new")
         elif runs and runs[-1].status in ("stopped", "pruned"):
-            _summary(runs[-1].id, runs[-1].status, state_at(lg, runs[-1].id), as_json,
+            _summary(runs[-1].id, runs[-1].status, state_at(lg, runs[-1].id), as_json, log=lg,
                      note=f"was {runs[-1].status} (use --new for another run)", artifacts=lg.artifacts)
             return
         else:
             config = {**d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data,
                       "chunk": chunk, "accumulate": accumulate, "precision": precision,
-                      **({"checkpoint_mode": checkpoint_mode} if checkpoint_mode != "sync" else {})}
+                      "checkpoint_mode": checkpoint_mode}
             tags: dict[str, Any] = {"demo": True}
             if gate:
                 tags["worker"] = "fsmtrain.train.demo:gated_trainer"
@@ -168,7 +170,7 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
         if halt.reason == "waiting":
             _waiting(lg, runner.run_id, halt.state, as_json)
             return
-        _summary(runner.run_id, runner.status, halt.state, as_json, artifacts=lg.artifacts)
+        _summary(runner.run_id, runner.status, halt.state, as_json, artifacts=lg.artifacts, log=lg)
 
 
 def _demo_rank(log_path: Path, d: Any, gate: bool, progress: Any, as_json: bool, new: bool,
@@ -211,13 +213,13 @@ def _waiting(lg: EventLog, run_id: int, state: Any, as_json: bool) -> None:
     echo(f"  then:   {worker_cmd}")
 
 
-def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: str = "",
+def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: str = "", log: EventLog | None = None,
              artifacts: Path | None = None, extra: dict[str, Any] | None = None) -> None:
     best = state["best"] or {}
     ref = best.get("checkpoint")
     if as_json:
         exported = state.get("exported")
-        mode = {"checkpoints": state["checkpoint_mode"]} if "checkpoint_mode" in state else {}
+        mode = {"checkpoints": _checkpoint_mode(state, log, run_id)} if "checkpoint_mode" in state else {}
         _print_json({"run_id": run_id, "status": status, "epochs": state["epoch"], "best_epoch": best.get("epoch"),
                      "best_val_loss": best.get("value"), "weights_sha256": state["weights_sha256"],
                      "best_checkpoint": ref.path if ref else None,
@@ -232,3 +234,15 @@ def _summary(run_id: int | None, status: str, state: Any, as_json: bool, note: s
         exported = state.get("exported")
         echo(f"decision: {state['decision']}" + (f" ({state['comment']})" if state.get("comment") else "")
                    + (f"; exported model: {artifacts / exported.path}" if exported and artifacts else "; nothing exported"))
+
+
+def _checkpoint_mode(state: Any, log: EventLog | None, run_id: int | None) -> str:
+    """The run's checkpoints as they were saved: "async" or "sync" ("auto" resolved: did a step stage a save?)."""
+    mode = state["checkpoint_mode"]
+    if mode != "auto":
+        return str(mode)
+    if log is None or run_id is None:
+        return "sync"  # (a distributed run: every save is synchronous)
+    staged = log.conn.execute("SELECT 1 FROM events WHERE run_id = ? AND kind = 'step' AND "
+                              "instr(updates, '\"checkpoint_pending\":{') > 0 LIMIT 1", (run_id,)).fetchone()
+    return "async" if staged else "sync"

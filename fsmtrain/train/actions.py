@@ -341,7 +341,9 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
     while training goes on; the step commits ``checkpoint_pending`` (what is being saved) and the first step
     that commits after the file is durable commits ``checkpoint``, ``checkpoints`` and ``best`` (see
     :mod:`fsmtrain.train.saver`).  At most one save is in flight: this action first waits for the previous one.
-    ``sync_when`` (a condition; ``training_machine`` passes its stop condition): where it holds, the save is
+    ``async_="auto"``: asynchronous when the model's and optimizer's tensors hold at least
+    :data:`AUTO_ASYNC_BYTES` (64 MiB; below that a synchronous save takes milliseconds and a background one
+    buys nothing).  ``sync_when`` (a condition; ``training_machine`` passes its stop condition): where it holds, the save is
     synchronous (the run's last checkpoint: nothing is left to overlap it with, and a gate or the end follows).
     One process only: a distributed run saves synchronously.
     """
@@ -354,9 +356,9 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
         problems.append(f"monitor must be a metric key or None, got {monitor!r}")
     from ..stopping import Setting
 
-    if not isinstance(async_, (bool, Setting)):
-        problems.append(f"async_ must be True, False or setting('key') (the state says 'async' or 'sync'), "
-                        f"got {async_!r}")
+    if not isinstance(async_, (bool, Setting)) and async_ != "auto":
+        problems.append(f"async_ must be True, False, 'auto' or setting('key') (the state says 'async', 'sync' or "
+                        f"'auto'), got {async_!r}")
     if sync_when is not None and not callable(sync_when):
         problems.append(f"sync_when must be a condition (or None), got {type(sync_when).__name__}")
     if problems:
@@ -386,6 +388,8 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
         saved = {"path": f"{run_folder(r.run_id)}/{stem}", "epoch": epoch, "metric": monitor, "value": value,
                  "mode": mode, "keep_last": keep_last}
         wanted = _async_mode(state.get(async_.key), async_.key, name) if isinstance(async_, Setting) else async_
+        if wanted == "auto":
+            wanted = _state_bytes(r) >= AUTO_ASYNC_BYTES
         background = wanted and r.dist is None and r.saver is not None and not _holds(sync_when, state)
         ref: Ref | None = None
         if r.dist is None or r.dist.writer:
@@ -429,12 +433,26 @@ def _holds(condition: Any, state: State) -> bool:
         return False
 
 
-def _async_mode(value: Any, key: str, name: str) -> bool:
+AUTO_ASYNC_BYTES = 64 << 20
+"""``checkpoint(async_="auto")`` saves in the background from this many bytes of model and optimizer tensors."""
+
+
+def _state_bytes(r: Resources) -> int:
+    """The bytes of the model's and the optimizer's tensors (what a checkpoint mostly holds)."""
+    total = sum(t.numel() * t.element_size() for t in r.model.state_dict().values() if isinstance(t, torch.Tensor))
+    for per_param in r.optimizer.state.values():
+        total += sum(t.numel() * t.element_size() for t in per_param.values() if isinstance(t, torch.Tensor))
+    return total
+
+
+def _async_mode(value: Any, key: str, name: str) -> bool | str:
     if value in ("async", True):
         return True
     if value in ("sync", False, None):
         return False
-    raise ResourceError(f"action `{name}`: state[{key!r}] must be 'async' or 'sync', got {value!r}")
+    if value == "auto":
+        return "auto"
+    raise ResourceError(f"action `{name}`: state[{key!r}] must be 'async', 'sync' or 'auto', got {value!r}")
 
 
 def finish(*, name: str = "finish") -> Action:

@@ -32,11 +32,11 @@ DIGITS_SHA256 = "68aea062d35a127749050fa0e52dca09d6569ac08092c925610e0954e172dde
 
 CONFIG: dict[str, Any] = {
     "seed": 0, "lr": 0.01, "batch_size": 64, "hidden": 64, "max_epochs": 30, "patience": 5, "data": None,
-    "chunk": None, "accumulate": 1, "precision": "32", "checkpoint_mode": "sync",
+    "chunk": None, "accumulate": 1, "precision": "32", "checkpoint_mode": "auto",
 }
 """The demo's settings.  ``chunk``: optimizer steps per training action (None: a whole epoch);
-``accumulate``: batches per optimizer step; ``precision``: "32" or "bf16"; ``checkpoint_mode``: "sync" or
-"async" (written in the background, :mod:`fsmtrain.train.saver`)."""
+``accumulate``: batches per optimizer step; ``precision``: "32" or "bf16"; ``checkpoint_mode``: "auto", "sync"
+or "async" (written in the background, :mod:`fsmtrain.train.saver`)."""
 
 STOP = early_stopping("val_loss", patience=setting("patience")) | max_epochs(setting("max_epochs"))
 

@@ -62,7 +62,7 @@ def training_machine(stop: Condition, *, name: str = "train", monitor: str | Non
                      keep_last: int = 3, checkpoint_every: Schedule = 1, metrics: Mapping[str, A.Metric] | None = None,
                      initial: Mapping[str, Any] | None = None, review: bool = False, every: Any = None,
                      accumulate: Any = 1, evaluate_every: Schedule | None = None,
-                     checkpoints: Any = "sync") -> Machine:
+                     checkpoints: Any = "auto") -> Machine:
     """The usual loop as a machine: ``train_epoch → evaluate → checkpoint → (stop? finish : train_epoch)``.
 
     ``stop`` is any condition over the state (see :mod:`fsmtrain.stopping`).
@@ -92,16 +92,17 @@ def training_machine(stop: Condition, *, name: str = "train", monitor: str | Non
 
     ``checkpoints="async"``: each checkpoint but the last is written in the background while training goes on
     (``checkpoint(async_=True)``; its Ref is committed by the first step after the file is durable); the last
-    (where ``stop`` holds) is synchronous.  ``"sync"`` (default): the step commits once the file is durable.
-    ``setting("key")``: the run's state says (``"async"`` or ``"sync"``).
+    (where ``stop`` holds) is synchronous.  ``"sync"``: the step commits once the file is durable.  ``"auto"``
+    (default): asynchronous where the model and optimizer hold at least 64 MiB of tensors (where it measures
+    better: ``benchmarks/checkpoints.py``), else synchronous.  ``setting("key")``: the run's state says.
     """
     problems: list[str] = []
     if not isinstance(stop, Condition):
         problems.append(f"stop must be a Condition (e.g. max_epochs(20)), got {type(stop).__name__}")
     from ..stopping import Setting
 
-    if not isinstance(checkpoints, Setting) and checkpoints not in ("sync", "async"):
-        problems.append(f"checkpoints must be 'sync', 'async' or setting('key'), got {checkpoints!r}")
+    if not isinstance(checkpoints, Setting) and checkpoints not in ("sync", "async", "auto"):
+        problems.append(f"checkpoints must be 'auto', 'sync', 'async' or setting('key'), got {checkpoints!r}")
     chunked = every is not None
     ckpt = _schedule(checkpoint_every, "checkpoint_every", problems)
     ev = _schedule(evaluate_every if evaluate_every is not None else ("epoch" if chunked else 1), "evaluate_every",
@@ -123,7 +124,8 @@ def training_machine(stop: Condition, *, name: str = "train", monitor: str | Non
     ck_at = "checkpointed_at" if chunked and ckpt[0] == "steps" else None
     acts = [train, A.evaluate(metrics, at=ev_at), A.checkpoint(monitor, mode=mode, keep_last=keep_last, at=ck_at,
                                                                 async_=checkpoints if isinstance(checkpoints, Setting)
-                                                                else checkpoints == "async", sync_when=stop),
+                                                                else {"async": True, "sync": False}.get(checkpoints, "auto"),
+                                                                sync_when=stop),
             A.finish()]
     written = sorted({k for a in acts for k in a.writes})
     if monitor is not None and monitor not in written:
