@@ -14,6 +14,7 @@ mlflow = pytest.importorskip("mlflow", reason="the optional `mlflow` extra (inst
 
 def test_metrics_params_and_the_best_checkpoint_reach_mlflow_once_even_across_a_resume(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.chdir(tmp_path)  # (a sqlite store keeps artifacts in ./mlruns: here, not in the checkout)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log = tmp_path / "runs.db"
     hook = MLflowLogger(tracking_uri=uri, experiment="tiny")
