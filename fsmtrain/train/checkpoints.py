@@ -17,7 +17,7 @@ import hashlib
 import io
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..state import Ref
-from .saver import save_streaming
+from .saver import fsync_dir, save_streaming
 
 __all__ = ["FORMAT", "capture_rng", "load_checkpoint", "read_verified", "restore_rng", "save_checkpoint",
            "seed_everything", "sweep", "unnamed", "weights_sha256", "write_artifact"]
@@ -88,14 +88,6 @@ def restore_rng(rng: Mapping[str, Any]) -> None:
         np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_artifact(root: Path, relpath: str, data: bytes) -> Ref:
     """Write ``data`` to ``root/relpath`` atomically and durably; return its Ref.
 
@@ -116,7 +108,7 @@ def write_artifact(root: Path, relpath: str, data: bytes) -> Ref:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return ref
 
 
@@ -162,24 +154,25 @@ def load_checkpoint(root: Path, ref: Ref, *, map_location: Any = None) -> dict[s
     return payload
 
 
-def unnamed(root: Path, folder: str, keep: Iterable[Ref]) -> list[str]:
+def unnamed(root: Path, folder: str, keep: Iterable[Ref], spare: Callable[[str], bool] | None = None) -> list[str]:
     """The checkpoint files (and temp files of killed writes) in ``root/folder`` that no Ref in ``keep``
-    names, as paths relative to ``root``."""
+    names, as paths relative to ``root``; less those ``spare(path)`` keeps (an asynchronous save's)."""
     base = root / folder
     if not base.is_dir():
         return []
     kept = {Path(r.path).name for r in keep if Path(r.path).parent == Path(folder)}
-    return [f"{folder}/{p.name}" for p in sorted(base.iterdir())
-            if p.is_file() and p.name not in kept and (p.suffix == ".pt" or p.name.endswith(".tmp"))]
+    found = [f"{folder}/{p.name}" for p in sorted(base.iterdir())
+             if p.is_file() and p.name not in kept and (p.suffix == ".pt" or p.name.endswith(".tmp"))]
+    return [f for f in found if not spare(f)] if spare is not None else found
 
 
-def sweep(root: Path, folder: str, keep: Iterable[Ref]) -> list[str]:
+def sweep(root: Path, folder: str, keep: Iterable[Ref], spare: Callable[[str], bool] | None = None) -> list[str]:
     """Delete files in ``root/folder`` that no Ref in ``keep`` names; return what was deleted.
 
     Call it only with the Refs of *committed* state, after the commit — and, for a log that
     may lose its last commits on a power loss, once that commit is behind a barrier.
     """
-    deleted = unnamed(root, folder, keep)
+    deleted = unnamed(root, folder, keep, spare)
     for rel in deleted:
         (root / rel).unlink(missing_ok=True)
     return deleted

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from ..errors import CheckpointError
 from ..log import EventLog
 from ..state import Ref
+from .actions import kept_refs
 
 __all__ = ["Origin", "checkpoint_commits", "committed_checkpoints", "origin_of"]
 
@@ -58,7 +59,7 @@ def origin_of(log: EventLog, run_id: int, ref: Ref) -> Origin:
     """Where ``ref``'s state is: the step of ``run_id`` whose state it holds, or, for a checkpoint the run inherited
     from the run it was forked from, its start (seq 1) with the parent's steps to redo before it."""
     start = next(log.events(run_id, end=1))
-    if ref in _named(start.snapshot or {}):
+    if ref in kept_refs(start.snapshot or {}):
         info = log.run(run_id)
         if info.parent_id is None or info.parent_seq is None:
             raise CheckpointError(f"run {run_id} began with checkpoint {ref.path}, but it was not forked from a run")
@@ -76,9 +77,3 @@ def origin_of(log: EventLog, run_id: int, ref: Ref) -> Origin:
                 break
             return Origin(state_seq)
     raise CheckpointError(f"no step of run {run_id} recorded checkpoint {ref.path}")
-
-
-def _named(snapshot: Mapping[str, Any]) -> list[Ref]:
-    refs = [snapshot.get("checkpoint"), *(snapshot.get("checkpoints") or ()), (snapshot.get("best") or {}).get(
-        "checkpoint")]
-    return [r for r in refs if isinstance(r, Ref)]

@@ -34,7 +34,7 @@ import torch
 from ..errors import CheckpointError, environmental
 from ..state import Ref
 
-__all__ = ["LATE_KEYS", "AsyncSaver", "Stager", "better", "commit_updates", "save_streaming"]
+__all__ = ["LATE_KEYS", "AsyncSaver", "Stager", "better", "commit_updates", "fsync_dir", "save_streaming"]
 
 LATE_KEYS = ("checkpoint", "checkpoints", "best", "checkpoint_pending")
 """The state keys an asynchronous save commits late (in the first step after its file is durable)."""
@@ -111,7 +111,8 @@ class _Hashing:
             self._helper = None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder: a rename into it (or a new file in it) survives a power loss."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -149,7 +150,7 @@ def save_streaming(root: Path, folder: str, stem: str, payload: Mapping[str, Any
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(base)
+    fsync_dir(base)
     return Ref(rel, digest, out.size)
 
 
@@ -166,16 +167,17 @@ class Stager:
     def stage(self, obj: Any) -> Any:
         seen: dict[tuple[Any, ...], torch.Tensor] = {}
         devices: set[Any] = set()
-        out = self._copy(obj, (), seen, devices)
+        used: set[tuple[Any, ...]] = set()
+        out = self._copy(obj, (), seen, devices, used)
         for device in devices:  # every device copied from: the copies are complete before the writer reads them
             torch.cuda.synchronize(device)
-        used = {k[1] for k in seen if k[0] == "path"}
         for path in [p for p in self._buffers if p not in used]:  # (buffers of a payload that changed shape)
             del self._buffers[path]
         self.bytes = sum(b.numel() * b.element_size() for b in self._buffers.values())
         return out
 
-    def _copy(self, obj: Any, path: tuple[Any, ...], seen: dict[tuple[Any, ...], Any], devices: set[Any]) -> Any:
+    def _copy(self, obj: Any, path: tuple[Any, ...], seen: dict[tuple[Any, ...], Any], devices: set[Any],
+              used: set[tuple[Any, ...]]) -> Any:
         if isinstance(obj, torch.Tensor):
             if ("id", id(obj)) in seen:  # the same object again: the same copy (pickle refers to it)
                 return seen[("id", id(obj))]
@@ -188,27 +190,26 @@ class Stager:
                 return view
             buf = self._buffers.get(path)
             if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                pin = t.is_cuda
-                buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
+                buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=t.is_cuda)
                 self._buffers[path] = buf
             buf.copy_(t, non_blocking=t.is_cuda)
             if t.is_cuda:
                 devices.add(t.device)
             seen[key] = seen[("id", id(obj))] = buf
-            seen[("path", path)] = buf
+            used.add(path)
             return buf
         if isinstance(obj, dict):
             if type(obj) is dict:
-                return {k: self._copy(v, (*path, k), seen, devices) for k, v in obj.items()}
+                return {k: self._copy(v, (*path, k), seen, devices, used) for k, v in obj.items()}
             out = copy.copy(obj)  # an OrderedDict state_dict keeps its _metadata; a defaultdict its factory
             out.clear()
             for k, v in obj.items():
-                out[k] = self._copy(v, (*path, k), seen, devices)
+                out[k] = self._copy(v, (*path, k), seen, devices, used)
             return out
         if isinstance(obj, list):
-            return [self._copy(v, (*path, i), seen, devices) for i, v in enumerate(obj)]
+            return [self._copy(v, (*path, i), seen, devices, used) for i, v in enumerate(obj)]
         if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(self._copy(v, (*path, i), seen, devices) for i, v in enumerate(obj))
+            return tuple(self._copy(v, (*path, i), seen, devices, used) for i, v in enumerate(obj))
         return copy.deepcopy(obj)
 
 

@@ -30,7 +30,7 @@ from ..replay import state_at
 from ..runner import Runner
 from ..state import Ref, State, dumps
 from . import actions as A
-from .checkpoints import load_checkpoint, read_verified, restore_rng, seed_everything, unnamed
+from .checkpoints import load_checkpoint, read_verified, restore_rng, seed_everything, sweep, unnamed
 from .history import Origin, committed_checkpoints, origin_of
 from .loop import DEFAULTS as DEFAULTS
 from .loop import Schedule as Schedule
@@ -334,16 +334,13 @@ class Trainer:
         """Delete the run's checkpoint files that neither ``state`` (committed) nor a fork of it still needs,
         after a barrier (so that no state the log could fall back to on a power loss names them)."""
         self.log.barrier()
-        deleted = []
-        for rel in self.unneeded(run_id, state):  # (never the file of an asynchronous save not yet committed)
-            (self.artifacts / rel).unlink(missing_ok=True)
-            deleted.append(rel)
-        return deleted
+        return sweep(self.artifacts, A.run_folder(run_id), A.artifact_refs(state) + self.fork_refs(run_id),
+                     self._saving)
 
     def unneeded(self, run_id: int | None, state: Any) -> list[str]:
         """The run's files (relative to the artifacts folder) that neither ``state`` nor a fork of it names."""
-        files = unnamed(self.artifacts, A.run_folder(run_id), A.artifact_refs(state) + self.fork_refs(run_id))
-        return [f for f in files if not self._saving(f)]
+        return unnamed(self.artifacts, A.run_folder(run_id), A.artifact_refs(state) + self.fork_refs(run_id),
+                       self._saving)
 
     def _saving(self, relpath: str) -> bool:
         """Whether ``relpath`` may be the file of an asynchronous save not yet committed (retention spares it)."""
@@ -414,22 +411,12 @@ class Trainer:
             note["skipped"] = skipped
             note["fallback"] = "an earlier checkpoint" if ref is not None else "the start"
         runner.resources = resources
-        steps, mismatches = 0, []
+        prelude = None
         if origin.prelude is not None:  # a fork: first the parent's steps after the one the checkpoint holds
             parent, lo, hi = origin.prelude
-            resources.run_id = parent  # (its steps redone as they ran: a checkpoint among them names its files)
-            try:
-                first = runner.redo(lo, events=list(self.log.events(parent, start=lo + 1, end=hi)),
-                                    state=state_at(self.log, parent, lo))
-            finally:
-                resources.run_id = runner.run_id
-            steps, mismatches = first.steps, first.mismatches
-            note["prelude"] = {"run": parent, "from_seq": lo, "to_seq": hi}
-        redo = runner.redo(origin.seq)
-        note["from_seq"] = origin.seq
-        note["redone"] = steps + redo.steps
-        if mismatches or redo.mismatches:
-            note["mismatches"] = (mismatches + redo.mismatches)[:10]
+            prelude = {"run": parent, "from_seq": lo, "to_seq": hi, "state": state_at(self.log, parent, lo),
+                       "events": list(self.log.events(parent, start=lo + 1, end=hi))}
+        note.update(_redo(runner, resources, origin.seq, prelude))
         return note
 
     def _choose(self, runner: Runner, load: Callable[[Ref], Any]) -> tuple[Ref | None, Any, Origin,
@@ -488,7 +475,8 @@ class Trainer:
                             events=list(self.log.events(runner.run_id, start=after + 1, end=runner.seq)))
                 if origin.prelude is not None:  # a fork: the parent's steps first
                     parent, lo, hi = origin.prelude
-                    plan["prelude"] = {"run": parent, "from_seq": lo, "state": state_at(self.log, parent, lo).to_json(),
+                    plan["prelude"] = {"run": parent, "from_seq": lo, "to_seq": hi,
+                                       "state": state_at(self.log, parent, lo).to_json(),
                                        "events": list(self.log.events(parent, start=lo + 1, end=hi))}
             except BaseException as e:
                 plan = {"error": f"{type(e).__name__}: {e}"}
@@ -509,19 +497,11 @@ class Trainer:
             note["skipped"] = plan["skipped"]
             note["fallback"] = "an earlier checkpoint" if "checkpoint" in plan else "the start"
         runner.resources = resources
-        steps, mismatches = 0, []
-        if plan.get("prelude"):
-            pre = plan["prelude"]
-            resources.run_id = pre["run"]
-            try:
-                first = runner.redo(pre["from_seq"], events=pre["events"], state=State.from_json(pre["state"]))
-            finally:
-                resources.run_id = runner.run_id
-            steps, mismatches = first.steps, first.mismatches
-        redo = runner.redo(plan["after"], events=plan["events"], state=State.from_json(plan["state"]))
-        note.update(from_seq=plan["after"], redone=steps + redo.steps)
-        if mismatches or redo.mismatches:
-            note["mismatches"] = (mismatches + redo.mismatches)[:10]
+        prelude = plan.get("prelude")
+        if prelude:
+            prelude = {**prelude, "state": State.from_json(prelude["state"])}
+        note.update(_redo(runner, resources, plan["after"], prelude, events=plan["events"],
+                          state=State.from_json(plan["state"])))
         return note
 
     def _here(self, ref: Ref) -> Ref:
@@ -538,6 +518,28 @@ class Trainer:
             raise CheckpointError(f"checkpoint {ref.path} is not on this machine, and its home {home.url} cannot "
                                   f"give it ({type(e).__name__}: {e})") from None
         return ref
+
+
+def _redo(runner: Runner, resources: Resources, after: int, prelude: Mapping[str, Any] | None,
+          events: Any = None, state: State | None = None) -> dict[str, Any]:
+    """Redo the steps after ``after`` (``events``/``state``: given, or read from the log), preceded for a fork by
+    its parent's steps (``prelude``: ``run``, ``from_seq``, ``to_seq``, the ``state`` then, the ``events``), redone
+    as they ran, in the parent's name; what the restore's note records of it."""
+    steps, mismatches = 0, []
+    note: dict[str, Any] = {}
+    if prelude:
+        resources.run_id = prelude["run"]  # (a checkpoint among the parent's steps names the parent's files)
+        try:
+            first = runner.redo(prelude["from_seq"], events=prelude["events"], state=prelude["state"])
+        finally:
+            resources.run_id = runner.run_id
+        steps, mismatches = first.steps, first.mismatches
+        note["prelude"] = {k: prelude[k] for k in ("run", "from_seq", "to_seq")}
+    redo = runner.redo(after, events=events, state=state)
+    note.update(from_seq=after, redone=steps + redo.steps)
+    if mismatches or redo.mismatches:
+        note["mismatches"] = (mismatches + redo.mismatches)[:10]
+    return note
 
 
 def _start_state(log: EventLog, run_id: int) -> State:
