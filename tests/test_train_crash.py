@@ -63,7 +63,9 @@ def test_a_kill_at_every_commit_and_checkpoint_write_resumes_identically(tmp_pat
 def test_the_demo_cli_survives_random_kills(tmp_path):
     """`fsmtrain demo` SIGKILLed at random moments, rerun until done, ends as an uninterrupted run."""
     ref, crashed = tmp_path / "ref.db", tmp_path / "crashed.db"
-    cmd = [sys.executable, "-m", "fsmtrain", "demo", "--delay", "0.03", "--epochs", "6", "--patience", "100",
+    # (long enough that a poller starved on a busy machine still finds the run unfinished when it kills: 10 epochs
+    # of at least 0.08 s; with 6 of 0.03 s a CI run once saw the first process finish the run before its kill)
+    cmd = [sys.executable, "-m", "fsmtrain", "demo", "--delay", "0.08", "--epochs", "10", "--patience", "100",
            "--json", "--log"]
     done = subprocess.run(cmd + [str(ref)], cwd=ROOT, check=True, capture_output=True, text=True)
     killed, out = kill_until_done(cmd + [str(crashed)], crashed, random.Random(11), 10, 0.06)
