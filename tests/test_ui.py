@@ -156,6 +156,13 @@ def open_page(browser, url, viewport=DESKTOP, **context):
     return page
 
 
+def follow(page, selector):
+    """Click a link or a submit button and wait for the page it loads: a bare click returns once the click is
+    sent, so a query right after it can read the old page while the new one is still loading."""
+    with page.expect_navigation():
+        page.click(selector)
+
+
 def token_of(url):
     return url.split("token=")[1]
 
@@ -177,7 +184,7 @@ def test_the_pages_show_what_the_log_holds_and_go_records_the_input(server, brow
     with EventLog(log_file, readonly=True) as log:
         finished = state_at(log, 1)
         running = log.run(2)
-    page.click("#runs tr[data-run='1'] td:nth-child(2) a")
+    follow(page, "#runs tr[data-run='1'] td:nth-child(2) a")
     for metric in ("val_loss", "val_acc"):
         titles = page.eval_on_selector_all(f"#curves figure[data-metric='{metric}'] svg > :is(circle, rect, polygon) title",
                                            "els => els.map(e => e.textContent)")
@@ -189,7 +196,7 @@ def test_the_pages_show_what_the_log_holds_and_go_records_the_input(server, brow
 
     page.goto(f"http://127.0.0.1:{port}/run/2")
     assert page.get_attribute("#graph g.current", "data-action") == running.next
-    page.click("#timeline tr[data-seq='3'] a")
+    follow(page, "#timeline tr[data-seq='3'] a")
     assert page.inner_text("#state-section h2") == "state after event 3"
     assert page.get_attribute("#timeline tr.at", "data-seq") == "3"
     page.screenshot(path=str(_artifact("ui-running.png")), full_page=True)
@@ -257,9 +264,9 @@ def test_a_2000_event_run_is_paged_latest_first_and_stays_small(tmp_path, serve,
     assert sorted(page.eval_on_selector_all("#curves figure", "fs => fs.map(f => f.dataset.metric)")) == \
         ["lr", "val_acc", "val_loss"]  # one chart per metric: lr is not flattened against the loss
     page.screenshot(path=str(_artifact("ui-long-run.png")), full_page=True)
-    page.click("#timeline-section .pager a[rel='next']")
+    follow(page, "#timeline-section .pager a[rel='next']")
     assert page.eval_on_selector("#timeline tr[data-seq]", "r => +r.dataset.seq") == last - 50
-    page.click("#timeline-section .pager a:text-is('41')")  # the oldest page
+    follow(page, "#timeline-section .pager a:text-is('41')")  # the oldest page
     assert page.eval_on_selector_all("#timeline tr[data-seq]", "rows => rows.map(r => +r.dataset.seq)")[-1] == 1
 
     page.goto(f"{s.base}/run/{rid}?at=1000")
@@ -267,7 +274,7 @@ def test_a_2000_event_run_is_paged_latest_first_and_stays_small(tmp_path, serve,
     marks = page.eval_on_selector_all("#curves figure", "fs => fs.map(f => [f.dataset.metric, !!f.querySelector('.at-mark')])")
     assert dict(marks) == {"lr": True, "val_acc": True, "val_loss": True}
     assert page.inner_text("#state-section h2") == "state after event 1000"
-    page.click("#curves figure[data-metric='lr'] figcaption a:text-is('log scale')")
+    follow(page, "#curves figure[data-metric='lr'] figcaption a:text-is('log scale')")
     assert "lr (log)" in page.text_content("#curves figure[data-metric='lr'] .ylabel")
     assert page.get_attribute("#timeline tr.at", "data-seq") == "1000"  # the view keeps what it looked at
     page.set_viewport_size(PHONE)
@@ -304,17 +311,17 @@ def test_300_runs_are_listed_newest_first_in_pages_sortable_and_filterable(tmp_p
     assert runs() == list(range(300, 250, -1))
     assert page.inner_text("#runs tr[data-run='300'] td:nth-child(10)").startswith(f"{1 / 300:.4g}")
     page.screenshot(path=str(_artifact("ui-runs.png")), full_page=True)
-    page.click(".pager a[rel='next']")
+    follow(page, ".pager a[rel='next']")
     assert runs() == list(range(250, 200, -1))
     page.select_option("select[name='status']", "failed")
-    page.click("form.filters button")
+    follow(page, "form.filters button")
     assert runs() == [i for i in range(300, 0, -1) if i % 7 == 0][:50]
     page.goto(f"{s.base}/?machine=mlp&tag=sweep%3D1")
     assert runs() == [i for i in range(300, 0, -1) if i % 3 == 1 and i % 4 == 1][:50]
     page.goto(f"{s.base}/")
-    page.click("#runs th a:text('updated')")  # newest update first, then the other way round
+    follow(page, "#runs th a:text('updated')")  # newest update first, then the other way round
     assert runs()[0] == 294  # (its failed event is the latest of all)
-    page.click("#runs th a:text('updated')")
+    follow(page, "#runs th a:text('updated')")
     assert runs()[:3] == [1, 2, 3]
     page.set_viewport_size(PHONE)
     page.goto(f"{s.base}/")
