@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,3 +157,48 @@ def forge(path: Path, run_id: int, seq: int, column: str, value: Any) -> None:
         conn.commit()
     finally:
         conn.close()
+
+
+# -- processes a test starts (torchrun's ranks...) are tagged: none may outlive it ---------------------------
+def env(tag: str = "") -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "FSMTRAIN_TEST_TAG": tag or uuid.uuid4().hex}
+
+
+def tagged(tag: str) -> list[int]:
+    """Live processes started by this test (its tag in their environment): none may outlive it."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                if f"FSMTRAIN_TEST_TAG={tag}".encode() in f.read().split(b"\0"):
+                    with open(f"/proc/{d}/stat") as s:
+                        if s.read().rsplit(")", 1)[1].split()[0] != "Z":
+                            found.append(int(d))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture
+def tag():
+    """A tag for this test's processes; at the end, none may be left (they would be killed, and the test fails)."""
+    t = uuid.uuid4().hex
+    yield t
+    deadline = time.monotonic() + 30
+    while tagged(t) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = tagged(t)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes outlived the test: {left}"
+
+
+def env_of(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            pairs = [x.split(b"=", 1) for x in f.read().split(b"\0") if b"=" in x]
+    except OSError:
+        return {}
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}

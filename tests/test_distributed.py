@@ -10,13 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
 from fsmtrain import EventLog, state_at
 from fsmtrain.launch import launch_command
-from tests.conftest import ROOT
+from tests.conftest import ROOT, env, env_of, tagged
 from tests.test_crash import events_in, kill_until_done
 
 torch = pytest.importorskip("torch")
@@ -26,41 +25,6 @@ pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="t
 
 DEMO = [sys.executable, "-m", "fsmtrain", "demo", "--nproc", "2", "--epochs", "3", "--patience", "100", "--chunk", "4",
         "--json"]
-
-
-def env(tag: str = "") -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "FSMTRAIN_TEST_TAG": tag or uuid.uuid4().hex}
-
-
-def tagged(tag: str) -> list[int]:
-    """Live processes started by this test (its tag in their environment): none may outlive it."""
-    found = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/environ", "rb") as f:
-                if f"FSMTRAIN_TEST_TAG={tag}".encode() in f.read().split(b"\0"):
-                    with open(f"/proc/{d}/stat") as s:
-                        if s.read().rsplit(")", 1)[1].split()[0] != "Z":
-                            found.append(int(d))
-        except OSError:
-            pass
-    return found
-
-
-@pytest.fixture
-def tag():
-    """A tag for this test's processes; at the end, none may be left (they would be killed, and the test fails)."""
-    t = uuid.uuid4().hex
-    yield t
-    deadline = time.monotonic() + 30
-    while tagged(t) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = tagged(t)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes outlived the test: {left}"
 
 
 def ranks(tmp_path, mode: str, tag: str, **extra_env: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
@@ -130,7 +94,7 @@ def test_one_rank_killed_alone_restarts_the_group_which_ends_identically(tmp_pat
         while events_in(log) < 3:
             assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
             time.sleep(0.02)
-        rank1 = [pid for pid in tagged(tag) if _env_of(pid).get("RANK") == "1"]
+        rank1 = [pid for pid in tagged(tag) if env_of(pid).get("RANK") == "1"]
         assert len(rank1) == 1
         os.kill(rank1[0], signal.SIGKILL)
         out, err = p.communicate(timeout=600)
@@ -141,15 +105,6 @@ def test_one_rank_killed_alone_restarts_the_group_which_ends_identically(tmp_pat
     assert json.loads(out.splitlines()[-1]) == want
     with EventLog(log, readonly=True) as lg:
         assert lg.verify() == [] and any(e.kind == "resume" for e in lg.events(1))
-
-
-def _env_of(pid: int) -> dict[str, str]:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            pairs = [x.split(b"=", 1) for x in f.read().split(b"\0") if b"=" in x]
-    except OSError:
-        return {}
-    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
 
 
 def test_a_gate_waits_and_the_worker_continues_the_two_process_run(tmp_path, tag):
@@ -178,7 +133,7 @@ def _kinds(log) -> dict[str, int]:
 
 
 def _rank_pids(tag: str, rank: str, old: set[int]) -> list[int]:
-    return [pid for pid in tagged(tag) if _env_of(pid).get("RANK") == rank and pid not in old
+    return [pid for pid in tagged(tag) if env_of(pid).get("RANK") == rank and pid not in old
             and "torch.distributed.run" not in " ".join(_cmdline(pid))]
 
 

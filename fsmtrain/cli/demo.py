@@ -40,6 +40,9 @@ __all__ = ["demo"]
               help="32-bit floats, bfloat16 autocast (CPU or CUDA), or float16 with a GradScaler (CUDA only).")
 @click.option("--nproc", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Train one run on N processes (torch.distributed DDP through torchrun; gloo on the CPU).")
+@click.option("--fsdp", is_flag=True,
+              help="With --nproc: shard the model with FSDP2 (fully_shard) instead of DDP; each rank saves its shards "
+                   "(sharded checkpoints through torch.distributed.checkpoint, in a folder every rank sees).")
 @click.option("--distributed", is_flag=True, hidden=True, help="(set by --nproc on each torchrun process)")
 @click.option("--checkpoints", "checkpoint_mode", type=click.Choice(["auto", "sync", "async"]), default="auto",
               show_default=True,
@@ -51,7 +54,7 @@ __all__ = ["demo"]
 @home_option
 def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data: str | None, new: bool,
          as_json: bool, delay: float, chunk: int | None, accumulate: int, precision: str, nproc: int,
-         distributed: bool, gate: bool, home: str | None, checkpoint_mode: str) -> None:
+         distributed: bool, gate: bool, home: str | None, checkpoint_mode: str, fsdp: bool) -> None:
     """Train a small digits classifier, one epoch per step (or --chunk N optimizer steps), with checkpoints and
     early stopping.
 
@@ -70,6 +73,7 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
         fsmtrain demo --log runs.db
         fsmtrain demo --log gate.db --gate && fsmtrain approve gate.db 1
         fsmtrain demo --log ddp.db --nproc 2 --json
+        fsmtrain demo --log fsdp.db --nproc 2 --fsdp --json
         fsmtrain demo --log /tmp/runs.db --home /shared/runs   # a requeued job continues on any node
     """
     import signal
@@ -77,12 +81,15 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
     from ..hooks import Hook
     from ..train import demo as d
 
-    if checkpoint_mode == "auto" and (nproc > 1 or distributed):
+    if checkpoint_mode == "auto" and (nproc > 1 or distributed or fsdp):
         checkpoint_mode = "sync"  # (a distributed run saves synchronously)
     if checkpoint_mode == "async" and (nproc > 1 or distributed):
         raise click.BadParameter("asynchronous checkpoints run in one process; with --nproc use --checkpoints sync",
                                  param_hint="--checkpoints")
-    if nproc > 1 and not distributed:  # start this same command on nproc processes, through torchrun
+    if fsdp and checkpoint_mode == "async":
+        raise click.BadParameter("sharded checkpoints (--fsdp) are written synchronously; use --checkpoints sync",
+                                 param_hint="--checkpoints")
+    if (nproc > 1 or fsdp) and not distributed:  # start this same command on nproc processes, through torchrun
         import subprocess
 
         from ..launch import launch_command
@@ -124,7 +131,8 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
     if distributed:
         _demo_rank(log_path, d, gate, Progress(), as_json, new, {
             **d.CONFIG, "max_epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "data": data,
-            "chunk": chunk, "accumulate": accumulate, "precision": precision, "checkpoint_mode": checkpoint_mode})
+            "chunk": chunk, "accumulate": accumulate, "precision": precision, "checkpoint_mode": checkpoint_mode,
+            "fsdp": fsdp})
         return
     with EventLog(log_path, home=home) as lg:
         trainer = (d.gated_trainer if gate else d.trainer)(lg, hooks=[Progress()])
@@ -192,7 +200,7 @@ def _demo_rank(log_path: Path, d: Any, gate: bool, progress: Any, as_json: bool,
             _waiting(lg, runner.run_id or 0, runner.state, as_json)
         return
     _summary(runner.run_id, runner.status, runner.state, as_json, artifacts=trainer.artifacts,
-             extra={"world_size": dist.world})
+             extra={"world_size": dist.world, **({"sharded": True} if config.get("fsdp") else {})})
 
 
 def _waiting(lg: EventLog, run_id: int, state: Any, as_json: bool) -> None:

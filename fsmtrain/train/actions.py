@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from ..state import Ref, State, append
 from .checkpoints import FORMAT, capture_rng, load_checkpoint, save_checkpoint, weights_sha256
 from .resources import Resources, batches, feed, shard, stateful
 from .saver import commit_updates
+from .sharded import even_out, full_model_state, full_weights, is_sharded, is_sharded_ref, save_sharded, verify_sharded
 
 __all__ = ["accuracy", "artifact_refs", "checkpoint", "evaluate", "export_best", "finish", "fits_a_classifier",
            "run_folder", "train_epoch", "train_steps"]
@@ -243,6 +245,7 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
         n = 0
         rank, world = r.shard()  # each rank evaluates its share; the sums are added over the ranks
         skipped: set[str] = set()
+        ran, sample = 0, None
         with torch.no_grad():
             for *inputs, targets in batches(shard(r.val_data, rank, world), r.batch_size * 4, device=r.device,
                                             num_workers=r.num_workers, collate_fn=r.collate_fn,
@@ -258,6 +261,9 @@ def evaluate(metrics: Mapping[str, Metric] | None = None, *, prefix: str = "val_
                         continue
                     sums[m] += _measured(name, f"metric `{m}`", f, out, targets) * k
                 n += k
+                ran, sample = ran + 1, inputs
+            if r.dist is not None and is_sharded(model):  # FSDP: as many forwards (all-gathers) on every rank
+                even_out(r, ran, sample)
         if skipped:
             _warn_skipped(name, out, targets)
         if r.dist is not None:
@@ -382,11 +388,18 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
                     f"make an action that writes `{monitor}` run before `{name}`")
             value = float(history[-1]) if history else None
         rng = capture_rng()
-        ranks = r.dist.gather(rng) if r.dist is not None else None  # every rank's RNG, on the log's rank
+        sharded = r.dist is not None and is_sharded(r.model)
+        ranks = r.dist.gather(rng) if r.dist is not None and not sharded else None  # every rank's RNG, on the log's
         offset = state.get("offset") or 0
         stem = f"e{epoch:05d}" if not offset else f"e{epoch:05d}s{state.get('steps', 0)}"  # mid-epoch: its step
         saved = {"path": f"{run_folder(r.run_id)}/{stem}", "epoch": epoch, "metric": monitor, "value": value,
                  "mode": mode, "keep_last": keep_last}
+        if sharded:  # FSDP2: every rank writes its shards and its own state (synchronously: spec/training.md §3c)
+            own = {"epoch": epoch, "rng": rng, "scheduler": r.scheduler.state_dict() if r.scheduler else None,
+                   "scaler": r.scaler.state_dict() if r.scaler is not None else None,
+                   "loader": r.train_data.state_dict() if stateful(r.train_data) else None}
+            return _committed(state, saved, save_sharded(r, r.artifacts or Path(), run_folder(r.run_id), stem, own),
+                              async_ is not False, at)
         wanted = _async_mode(state.get(async_.key), async_.key, name) if isinstance(async_, Setting) else async_
         if wanted == "auto":
             wanted = _state_bytes(r) >= AUTO_ASYNC_BYTES
@@ -411,15 +424,20 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
         if r.dist is not None:  # the file is complete and durable on the log's rank: every rank records its Ref
             ref = r.dist.agree(ref)
         assert ref is not None
-        updates = commit_updates(state, saved, ref)
-        if async_ is not False and state.get("checkpoint_pending") is not None:
-            updates["checkpoint_pending"] = None  # (a save staged where no writer commits it: a distributed resume)
-        if at:
-            updates[at] = state.get("steps", 0)
-        return updates
+        return _committed(state, saved, ref, async_ is not False, at)
 
     return Action(fn, name=name, reads=reads, writes=["checkpoint", "checkpoints", "best"] + ([at] if at else [])
                   + (["checkpoint_pending"] if async_ is not False else []))
+
+
+def _committed(state: State, saved: dict[str, Any], ref: Ref, may_pend: bool, at: str | None) -> dict[str, Any]:
+    """A synchronous checkpoint step's updates: the durable ``ref`` committed as ``saved`` says."""
+    updates = commit_updates(state, saved, ref)
+    if may_pend and state.get("checkpoint_pending") is not None:
+        updates["checkpoint_pending"] = None  # (a save staged where no writer commits it: a distributed resume)
+    if at:
+        updates[at] = state.get("steps", 0)
+    return updates
 
 
 def _holds(condition: Any, state: State) -> bool:
@@ -460,7 +478,7 @@ def finish(*, name: str = "finish") -> Action:
 
     def fn(state: State, resources: Any) -> dict[str, Any]:
         r = _resources(resources, name)
-        return {"weights_sha256": weights_sha256(r.model)}
+        return {"weights_sha256": weights_sha256(full_weights(r.model) if is_sharded(r.model) else r.model)}
 
     return Action(fn, name=name, reads=[], writes=["weights_sha256"])
 
@@ -481,8 +499,10 @@ def export_best(*, name: str = "export") -> Action:
             raise CheckpointError(f"action `{name}`: the run has no best checkpoint to export")
         if r.artifacts is None:
             raise CheckpointError(f"action `{name}` has nowhere to write: run it with a Trainer and a log")
-        payload = load_checkpoint(r.artifacts, best["checkpoint"], map_location="cpu")
-        exported = {"format": FORMAT, "model": payload["model"], "epoch": best["epoch"], "metric": best["metric"],
+        ref = best["checkpoint"]
+        model = full_model_state(r.artifacts, ref) if is_sharded_ref(ref) and verify_sharded(r.artifacts, ref) \
+            else load_checkpoint(r.artifacts, ref, map_location="cpu")["model"]
+        exported = {"format": FORMAT, "model": model, "epoch": best["epoch"], "metric": best["metric"],
                     "value": best["value"]}
         return {"exported": save_checkpoint(r.artifacts, run_folder(r.run_id), "model", exported)}
 

@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import random
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from ..errors import CheckpointError
 from ..state import Ref
 from .saver import fsync_dir, save_streaming
 
-__all__ = ["FORMAT", "capture_rng", "load_checkpoint", "read_verified", "restore_rng", "save_checkpoint",
+__all__ = ["FORMAT", "capture_rng", "load_checkpoint", "read_verified", "remove", "restore_rng", "save_checkpoint",
            "seed_everything", "sweep", "unnamed", "weights_sha256", "write_artifact"]
 
 FORMAT = 1
@@ -160,10 +161,30 @@ def unnamed(root: Path, folder: str, keep: Iterable[Ref], spare: Callable[[str],
     base = root / folder
     if not base.is_dir():
         return []
+    keep = list(keep)
     kept = {Path(r.path).name for r in keep if Path(r.path).parent == Path(folder)}
-    found = [f"{folder}/{p.name}" for p in sorted(base.iterdir())
-             if p.is_file() and p.name not in kept and (p.suffix == ".pt" or p.name.endswith(".tmp"))]
+    kept_dirs = {Path(r.path).parent.name for r in keep if Path(r.path).parent.parent == Path(folder)}
+    found = []
+    for p in sorted(base.iterdir()):
+        if p.is_dir() and p.name not in kept_dirs and (p.suffix == ".dcp" or p.name.endswith(".dcp.tmp")):
+            # a sharded checkpoint (named by its manifest, as its Ref names it) or one killed while being written
+            found.append(f"{folder}/{p.name}/manifest.json" if p.suffix == ".dcp" else f"{folder}/{p.name}")
+        elif p.is_file() and p.name not in kept and (p.suffix == ".pt" or p.name.endswith(".tmp")):
+            found.append(f"{folder}/{p.name}")
     return [f for f in found if not spare(f)] if spare is not None else found
+
+
+def remove(root: Path, relpath: str) -> None:
+    """Delete a checkpoint file, or a sharded checkpoint (its manifest's path: the manifest first, so that a
+    deletion cut short never leaves a folder that looks complete; or a killed save's temp folder)."""
+    path = root / relpath
+    if path.name == "manifest.json" and path.parent.suffix == ".dcp":
+        path.unlink(missing_ok=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def sweep(root: Path, folder: str, keep: Iterable[Ref], spare: Callable[[str], bool] | None = None) -> list[str]:
@@ -174,5 +195,5 @@ def sweep(root: Path, folder: str, keep: Iterable[Ref], spare: Callable[[str], b
     """
     deleted = unnamed(root, folder, keep, spare)
     for rel in deleted:
-        (root / rel).unlink(missing_ok=True)
+        remove(root, rel)
     return deleted

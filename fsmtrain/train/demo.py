@@ -24,6 +24,7 @@ from ..state import State
 from ..stopping import early_stopping, max_epochs, setting
 from .loop import training_machine
 from .resources import Resources
+from .sharded import shard_model
 from .trainer import Trainer
 
 __all__ = ["CONFIG", "build", "gated_machine", "gated_trainer", "load_digits", "machine", "trainer"]
@@ -32,11 +33,12 @@ DIGITS_SHA256 = "68aea062d35a127749050fa0e52dca09d6569ac08092c925610e0954e172dde
 
 CONFIG: dict[str, Any] = {
     "seed": 0, "lr": 0.01, "batch_size": 64, "hidden": 64, "max_epochs": 30, "patience": 5, "data": None,
-    "chunk": None, "accumulate": 1, "precision": "32", "checkpoint_mode": "auto",
+    "chunk": None, "accumulate": 1, "precision": "32", "checkpoint_mode": "auto", "fsdp": False,
 }
 """The demo's settings.  ``chunk``: optimizer steps per training action (None: a whole epoch);
 ``accumulate``: batches per optimizer step; ``precision``: "32" or "bf16"; ``checkpoint_mode``: "auto", "sync"
-or "async" (written in the background, :mod:`fsmtrain.train.saver`)."""
+or "async" (written in the background, :mod:`fsmtrain.train.saver`); ``fsdp``: shard the model with FSDP2 in a
+distributed run (sharded checkpoints, :mod:`fsmtrain.train.sharded`)."""
 
 STOP = early_stopping("val_loss", patience=setting("patience")) | max_epochs(setting("max_epochs"))
 
@@ -96,8 +98,10 @@ def build(config: State) -> Resources:
     cut = int(len(x) * 0.8)
     train, val = order[:cut], order[cut:]
     classes = int(y.max()) + 1
-    model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], config["hidden"]), torch.nn.ReLU(),
+    model: torch.nn.Module = torch.nn.Sequential(torch.nn.Linear(x.shape[1], config["hidden"]), torch.nn.ReLU(),
                                 torch.nn.Linear(config["hidden"], classes))
+    if config.get("fsdp") and torch.distributed.is_initialized():  # (one process, e.g. Trainer.load: unsharded)
+        model = shard_model(model)  # before the optimizer, which must hold the sharded parameters
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     return Resources(model=model, optimizer=optimizer, train_data=(x[train], y[train]),
                      val_data=(x[val], y[val]), batch_size=config["batch_size"],

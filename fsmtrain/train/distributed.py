@@ -84,6 +84,7 @@ class Distributed:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
         self._stop = False
+        self._save_group: Any = None
         self.stopping = False
         self.writer_rank = self._choose_writer(writer)
         signal.signal(signal.SIGTERM, self._on_term)
@@ -183,9 +184,23 @@ class Distributed:
     def barrier(self) -> None:
         dist.barrier()
 
+    def save_group(self) -> Any:
+        """A gloo group of every rank for the collectives of sharded checkpoints (made on first use, which every
+        rank reaches together): DCP's planning and commit never share a communicator with training (a save
+        on nccl would queue behind, or interleave with, the training's collectives)."""
+        if self._save_group is None:
+            self._save_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=self.timeout))
+        return self._save_group
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` in DistributedDataParallel (its parameters broadcast from rank 0 once)."""
+        """``model`` in DistributedDataParallel (its parameters broadcast from rank 0 once); a model sharded with
+        FSDP2 as it is (it synchronises its own gradients)."""
         from torch.nn.parallel import DistributedDataParallel
+
+        from .sharded import is_sharded
+
+        if is_sharded(model):
+            return model
 
         ids = [self.local_rank] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)

@@ -30,13 +30,14 @@ from ..replay import state_at
 from ..runner import Runner
 from ..state import Ref, State, dumps
 from . import actions as A
-from .checkpoints import load_checkpoint, read_verified, restore_rng, seed_everything, sweep, unnamed
+from .checkpoints import load_checkpoint, read_verified, remove, restore_rng, seed_everything, sweep, unnamed
 from .history import Origin, committed_checkpoints, origin_of
 from .loop import DEFAULTS as DEFAULTS
 from .loop import Schedule as Schedule
 from .loop import training_machine
 from .resources import Resources, check, rank_seed, stateful
 from .saver import AsyncSaver
+from .sharded import is_sharded, is_sharded_ref, load_full, load_own, load_sharded, verify_sharded
 
 __all__ = ["Trainer", "training_machine"]
 
@@ -102,7 +103,7 @@ class _Retention(Hook):
             if path in forks[run_id] or any(r.path == path for r in self.kept.get(run_id, ())) \
                     or self.trainer._saving(path):
                 continue  # named again meanwhile (a fork, a step redone after a power loss, a save in flight)
-            (self.trainer.artifacts / path).unlink(missing_ok=True)
+            remove(self.trainer.artifacts, path)
             deleted.append(path)
         return deleted
 
@@ -327,7 +328,7 @@ class Trainer:
         if not isinstance(ref, Ref):
             raise CheckpointError(f"run {run_id} has no {which} checkpoint yet")
         resources = self._build(_start_state(self.log, run_id), run_id)
-        self._apply(resources, load_checkpoint(self.artifacts, self._here(ref), map_location=self.map_location))
+        self._apply(resources, self._payload(ref))
         return resources
 
     def sweep(self, run_id: int | None, state: Any) -> list[str]:
@@ -377,9 +378,31 @@ class Trainer:
             seed_everything(rank_seed(seed, self.dist.rank))
         return resources
 
+    def _payload(self, ref: Ref) -> dict[str, Any]:
+        """What :meth:`_apply` restores from ``ref`` (verified): a checkpoint file's contents, or for a sharded
+        checkpoint its verified manifest (every rank reads its own shards in ``_apply``)."""
+        ref = self._here(ref)
+        if is_sharded_ref(ref):
+            return {"manifest": verify_sharded(self.artifacts, ref), "ref": ref}
+        return load_checkpoint(self.artifacts, ref, map_location=self.map_location)
+
     def _apply(self, r: Resources, payload: Mapping[str, Any]) -> None:
-        r.model.load_state_dict(payload["model"])
-        r.optimizer.load_state_dict(payload["optimizer"])
+        rank, world = r.shard()
+        if "manifest" in payload:  # a sharded checkpoint (FSDP2): DCP reads the shards, resharding at another size
+            if r.dist is not None:
+                own = load_sharded(r, self.artifacts, payload["ref"], payload["manifest"], self.map_location)
+            else:
+                load_full(self.artifacts, payload["ref"], r.model, r.optimizer)
+                own = {**load_own(self.artifacts, payload["ref"], payload["manifest"], 0, self.map_location),
+                       "world_size": payload["manifest"]["world_size"]}
+            payload = {**own, "rng_ranks": None}
+            rank = 0  # (each rank's own RNG state is the one its file gave)
+        elif is_sharded(r.model):
+            raise CheckpointError(f"this model is sharded with FSDP2, but checkpoint of epoch {payload.get('epoch')} "
+                                  "was saved from an unsharded one: resume this run with the model as it was saved")
+        else:
+            r.model.load_state_dict(payload["model"])
+            r.optimizer.load_state_dict(payload["optimizer"])
         if r.scheduler is not None and payload.get("scheduler") is not None:
             r.scheduler.load_state_dict(payload["scheduler"])
         if payload.get("scaler") is not None:
@@ -389,7 +412,6 @@ class Trainer:
         if payload.get("loader") is not None and stateful(r.train_data):
             r.train_data.load_state_dict(payload["loader"])
         ranks = payload.get("rng_ranks")
-        rank, world = r.shard()
         if ranks is not None and len(ranks) == world:  # each rank its own RNG state
             restore_rng(ranks[rank])
         elif rank == 0 or r.dist is None:
@@ -402,8 +424,7 @@ class Trainer:
         assert runner.run_id is not None
         resources = self._build(_start_state(self.log, runner.run_id), runner.run_id)
         note: dict[str, Any] = {}
-        ref, payload, origin, skipped = self._choose(
-            runner, lambda r: load_checkpoint(self.artifacts, self._here(r), map_location=self.map_location))
+        ref, payload, origin, skipped = self._choose(runner, self._payload)
         if ref is not None:
             self._apply(resources, payload)
             note["checkpoint"] = ref.path
@@ -466,11 +487,15 @@ class Trainer:
         if d.writer:
             try:
                 plan["start"] = _start_state(self.log, runner.run_id).to_json()
-                ref, blob, origin, skipped = self._choose(runner, lambda r: read_verified(self.artifacts,
-                                                                                          self._here(r)))
+                ref, got, origin, skipped = self._choose(runner, lambda r: self._payload(r) if is_sharded_ref(r)
+                                                         else read_verified(self.artifacts, self._here(r)))
                 after = origin.seq
                 if ref is not None:
                     plan["checkpoint"] = ref.path
+                    if isinstance(got, dict):  # a sharded checkpoint: every rank reads its own shards
+                        plan["sharded"] = got
+                    else:
+                        blob = got
                 plan.update(skipped=skipped, after=after, state=state_at(self.log, runner.run_id, after).to_json(),
                             events=list(self.log.events(runner.run_id, start=after + 1, end=runner.seq)))
                 if origin.prelude is not None:  # a fork: the parent's steps first
@@ -483,14 +508,16 @@ class Trainer:
         plan = d.agree(plan)
         if "error" in plan:
             raise RestoreFailed(f"restoring run {runner.run_id} on the log's rank failed: {plan['error']}")
-        data = d.broadcast_bytes(blob if "checkpoint" in plan else None) if "checkpoint" in plan else None
+        bytes_too = "checkpoint" in plan and "sharded" not in plan
+        data = d.broadcast_bytes(blob) if bytes_too else None
         resources = self._build(State.from_json(plan["start"]), runner.run_id)
         note: dict[str, Any] = {"world_size": d.world}
-        if data is not None:
-            payload = torch.load(io.BytesIO(data), map_location=self.map_location or d.device, weights_only=True)
+        if "checkpoint" in plan:
+            payload = plan["sharded"] if data is None else \
+                torch.load(io.BytesIO(data), map_location=self.map_location or d.device, weights_only=True)
             self._apply(resources, payload)
             note["checkpoint"] = plan["checkpoint"]
-            was = payload.get("world_size")
+            was = payload.get("world_size") if data is not None else payload["manifest"]["world_size"]
             if was is not None and was != d.world:
                 note["world_size_changed"] = {"from": was, "to": d.world, "bit_identical": False}
         if plan["skipped"]:

@@ -1,0 +1,319 @@
+"""Sharded checkpoints for models sharded with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+In a distributed run whose model is an ``FSDPModule``, every rank holds only its shards of the parameters and of
+the optimizer's state, so no rank can write the whole checkpoint.  A *sharded checkpoint* is a folder::
+
+    run<ID>/<stem>-<sha256[:12]>.dcp/
+        .metadata  __0_0.distcp  __1_0.distcp ...   # torch.distributed.checkpoint (DCP): each rank its shards
+        rank0.pt  rank1.pt ...                      # each rank's own small state: RNGs, LR scheduler, scaler, loader
+        manifest.json                               # the format, the world size, every file's size and sha256
+
+Each rank writes its shards (``dcp.save`` over a gloo group of its own, never the training's collectives), the
+files are fsynced, the ranks hash them (each a share), and the log's rank writes the manifest, renames the folder
+to its name with the manifest's hash, and only then is the Ref to ``manifest.json`` committed: a committed Ref
+always names a complete checkpoint whose every byte is hashed (spec/training.md §3c).  The folder must be on a
+filesystem every rank sees (one node, or a shared mount); a save where a rank cannot see the others' files fails
+with a :class:`~fsmtrain.errors.CheckpointError`, and nothing is committed.
+
+A restore verifies the manifest and every file before any rank reads one; every rank then loads its own shards
+(``dcp.load``).  At the world size of the save the resume is bit-identical; at another, DCP reshards the
+parameters and optimizer state, each rank takes rank 0's RNG state, and the restore's note says it is not
+bit-identical.  One process (``Trainer.load``, an export, a resume without ``distributed``) loads the whole
+state from the shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from ..state import Ref
+from .checkpoints import FORMAT, write_artifact
+from .saver import _trace, fsync_dir
+
+__all__ = ["MANIFEST", "is_sharded", "is_sharded_ref", "load_full", "load_sharded", "save_sharded", "shard_model",
+           "verify_sharded", "full_weights", "full_model_state", "even_out", "load_own"]
+
+MANIFEST = "manifest.json"
+KIND = "fsmtrain-sharded-checkpoint"
+
+
+def is_sharded(model: Any) -> bool:
+    """Whether ``model`` is sharded with FSDP2 (``fully_shard`` applied to it)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # (a torch without FSDP2)
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def is_sharded_ref(ref: Ref) -> bool:
+    """Whether ``ref`` names a sharded checkpoint (its manifest) rather than one checkpoint file."""
+    p = Path(ref.path)
+    return p.name == MANIFEST and p.parent.suffix == ".dcp"
+
+
+def shard_model(model: torch.nn.Module, *, units: tuple[type, ...] = (torch.nn.Linear, torch.nn.Embedding),
+                mesh: Any = None) -> torch.nn.Module:
+    """``model`` sharded with FSDP2 over every rank of the process group: ``fully_shard`` on each submodule of a
+    type in ``units`` (its own all-gather, so that only one unit's full parameters exist at a time), then on the
+    model.  Call it in the resource factory, before creating the optimizer (which must see the sharded
+    parameters); ``mesh`` defaults to a 1-D mesh over all ranks (CUDA with nccl, else the CPU)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if not dist.is_initialized():
+        raise CheckpointError("shard_model needs the process group: build the resources under "
+                              "Trainer(..., distributed=True), started by torchrun")
+    if mesh is None:
+        kind = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        mesh = init_device_mesh(kind, (dist.get_world_size(),))
+    for module in list(model.modules())[1:]:
+        if isinstance(module, units):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The sharded ``model``'s full parameters and buffers, on every rank (a collective: every rank calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return dict(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)))  # type: ignore[arg-type]
+
+
+def even_out(r: Any, ran: int, sample: Any) -> None:
+    """Run the sharded model forward until this rank has run as many forwards as the rank that ran most (``ran``:
+    this rank's count; ``sample``: inputs of one of its batches, or None): each forward of an FSDP model
+    all-gathers parameters with every rank, so a rank with one batch fewer would leave the others waiting."""
+    from .resources import batches
+
+    most = max(row[0] for row in r.dist.all_gather_ints([ran]))
+    if most <= ran:
+        return
+    if sample is None:
+        *sample, _ = next(iter(batches(r.val_data, 1, device=r.device)))
+    with torch.no_grad(), r.autocast():
+        for _ in range(most - ran):
+            r.model(*sample)  # (its outputs are not counted)
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            n += len(block)
+    return h.hexdigest(), n
+
+
+def save_sharded(r: Any, root: Path, folder: str, stem: str, own: Mapping[str, Any]) -> Ref:
+    """Save the sharded model and optimizer of resources ``r`` as ``root/folder/<stem>-<sha12>.dcp/`` with each
+    rank's ``own`` state (plain data: RNGs, scheduler...); every rank calls it and gets the committed Ref."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+    d = r.dist
+    group = d.save_group()
+    tmp = root / folder / f".{stem}.dcp.tmp"  # (the same name for the same step: a redone save writes the same bytes)
+    problem = None
+    if d.writer:
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)  # a save killed before its rename
+            tmp.mkdir(parents=True)
+        except OSError as e:
+            problem = f"cannot create {tmp}: {e}"
+    problem = d.agree(problem)
+    if problem:
+        raise CheckpointError(problem)
+    model_sd, optim_sd = get_state_dict(r.model, r.optimizer)
+    meta = dcp_save({"model": model_sd, "optimizer": optim_sd}, storage_writer=_writer(tmp, f"{folder}/{stem}"),
+                    process_group=group)
+    mine = f"rank{d.rank}.pt"
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **own}, buf)
+    write_artifact(tmp, mine, buf.getvalue())
+    dist.barrier(group=group)  # (every rank's files are written: DCP's before dcp.save returned, its own now)
+    _trace("sharded-written", stem)
+    names = sorted({v.relative_path for v in meta.storage_data.values()} | {".metadata"}
+                   | {f"rank{i}.pt" for i in range(d.world)})
+    missing = [n for n in names if not (tmp / n).exists()]
+    share = {"missing": missing[:3], "files": {n: _sha256_file(tmp / n) for n in names[d.rank::d.world]
+                                               if n not in missing}}
+    shares = d.gather(share)
+    ref: Ref | None = None
+    problem = None
+    if d.writer:
+        assert shares is not None
+        lacking = {i: s["missing"] for i, s in enumerate(shares) if s["missing"]}
+        if lacking:
+            problem = (f"a sharded checkpoint needs its folder on a filesystem every rank sees (one node, or a shared "
+                       f"mount): rank(s) {', '.join(map(str, lacking))} cannot see "
+                       f"{', '.join(sorted({n for v in lacking.values() for n in v}))} in {tmp}")
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            try:
+                ref = _commit(root, folder, stem, tmp, shares, d.world, own.get("epoch"))
+            except OSError as e:
+                problem = f"cannot finish the sharded checkpoint {tmp}: {e}"
+    said = d.agree(("error", problem) if problem else ("ref", ref))
+    if said[0] == "error":
+        raise CheckpointError(said[1])
+    dist.barrier(group=group)
+    committed: Ref = said[1]
+    return committed
+
+
+def _writer(path: Path, name: str) -> Any:
+    """DCP's file writer, with ``name`` as the save's id where DCP would put a random one (``.metadata`` holds it):
+    the same state gives the same bytes, so a step redone after a resume commits the same Ref."""
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Writer(FileSystemWriter):
+        def storage_meta(self) -> StorageMeta:
+            return StorageMeta(checkpoint_id=name, save_id=name)
+
+    return Writer(path)
+
+
+def _commit(root: Path, folder: str, stem: str, tmp: Path, shares: list[dict[str, Any]], world: int,
+            epoch: Any) -> Ref:
+    """The log's rank: the manifest of the hashed files, the folder renamed to its hash, then the manifest in it."""
+    files = {}
+    for s in shares:
+        files.update(s["files"])
+    manifest = {"kind": KIND, "version": 1, "world_size": world, "epoch": epoch,
+                "files": [{"path": n, "sha256": files[n][0], "size": files[n][1]} for n in sorted(files)]}
+    data = json.dumps(manifest, sort_keys=True, indent=1).encode()
+    final = root / folder / f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}.dcp"
+    if (final / MANIFEST).exists():
+        shutil.rmtree(tmp)  # the same checkpoint, saved before (a step redone): its files are these bytes
+    else:
+        if final.exists():
+            shutil.rmtree(final)  # a rename whose manifest was never written
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    _trace("sharded-renamed", stem)
+    ref = write_artifact(root, f"{folder}/{final.name}/{MANIFEST}", data)
+    _trace("sharded-durable", stem)
+    return ref
+
+
+def verify_sharded(root: Path, ref: Ref) -> dict[str, Any]:
+    """The manifest of sharded checkpoint ``ref`` once it and every file it lists match their size and sha256;
+    :class:`CheckpointError` naming what is missing or altered otherwise."""
+    from .checkpoints import read_verified
+
+    data = read_verified(root, ref)
+    try:
+        manifest = json.loads(data)
+        files = manifest["files"]
+        if manifest.get("kind") != KIND or not isinstance(files, list):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {ref.path} is not an fsmtrain sharded checkpoint manifest") from None
+    base = (root / ref.path).parent
+    for f in files:
+        path = base / f["path"]
+        if not path.is_file():
+            raise CheckpointError(f"sharded checkpoint {ref.path}: its file {f['path']} is missing")
+        digest, size = _sha256_file(path)
+        if size != f["size"] or digest != f["sha256"]:
+            raise CheckpointError(f"sharded checkpoint {ref.path}: its file {f['path']} does not match its recorded "
+                                  f"size and sha256 (truncated or altered)")
+    return dict(manifest)
+
+
+def load_own(root: Path, ref: Ref, manifest: Mapping[str, Any], rank: int, map_location: Any) -> dict[str, Any]:
+    """Rank ``rank``'s own state from the checkpoint (its RNGs...), checked against the manifest."""
+    name = f"rank{rank}.pt"
+    entry = next((f for f in manifest["files"] if f["path"] == name), None)
+    if entry is None:
+        raise CheckpointError(f"sharded checkpoint {ref.path} lists no {name}")
+    from .checkpoints import read_verified
+
+    rel = str(Path(ref.path).parent / name)
+    data = read_verified(root, Ref(rel, entry["sha256"], entry["size"]))
+    return dict(torch.load(io.BytesIO(data), map_location=map_location, weights_only=True))
+
+
+def load_sharded(r: Any, root: Path, ref: Ref, manifest: Mapping[str, Any], map_location: Any = None) -> dict[str, Any]:
+    """Load sharded checkpoint ``ref`` (verified: :func:`verify_sharded`) into resources ``r`` on every rank of a
+    distributed run; each rank reads its own shards (resharded by DCP at another world size).  Returns the rank's
+    own state (RNGs, scheduler...) with ``world_size`` of the save."""
+    from torch.distributed.checkpoint import state_dict_loader as dcp_load
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    d = r.dist
+    folder = (root / ref.path).parent
+    model_sd, optim_sd = get_state_dict(r.model, r.optimizer)
+    sd: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
+    try:
+        dcp_load.load(sd, checkpoint_id=str(folder), process_group=d.save_group())
+    except Exception as e:
+        raise CheckpointError(f"sharded checkpoint {ref.path} does not fit this model and optimizer "
+                              f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})"
+                              ) from None
+    set_state_dict(r.model, r.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
+    same = manifest["world_size"] == d.world
+    own = load_own(root, ref, manifest, d.rank if same else 0, map_location)
+    return {**own, "world_size": manifest["world_size"]}
+
+
+def load_full(root: Path, ref: Ref, model: torch.nn.Module, optimizer: Any = None) -> None:
+    """Load sharded checkpoint ``ref`` (verified) into an unsharded ``model`` (and ``optimizer``) in one process:
+    DCP gathers the shards."""
+    from torch.distributed.checkpoint import state_dict_loader as dcp_load
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    folder = str((root / ref.path).parent)
+    try:
+        with _one_process():
+            if optimizer is None:
+                whole: dict[str, Any] = {"model": model.state_dict()}
+                dcp_load.load(whole, checkpoint_id=folder, no_dist=True)
+                model.load_state_dict(whole["model"])
+                return
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            sd: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
+            dcp_load.load(sd, checkpoint_id=folder, no_dist=True)
+            set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
+    except Exception as e:
+        raise CheckpointError(f"sharded checkpoint {ref.path} does not fit this model and optimizer "
+                              f"({type(e).__name__}: {str(e).strip()[:300]})") from None
+
+
+def full_model_state(root: Path, ref: Ref) -> dict[str, torch.Tensor]:
+    """The whole model state dict of sharded checkpoint ``ref`` (verified), gathered from its shards in this
+    process (an export of the best model)."""
+    from torch.distributed.checkpoint import state_dict_loader as dcp_load
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+
+    sd: dict[str, Any] = {}
+    with _one_process():
+        dcp_load.load(sd, checkpoint_id=str((root / ref.path).parent), planner=_EmptyStateDictLoadPlanner(keys={"model"}),  # type: ignore[no-untyped-call]
+                 no_dist=True)
+    return dict(sd["model"])
+
+
+@contextlib.contextmanager
+def _one_process() -> Iterator[None]:
+    """DCP in this process alone, without its warning that it assumes so."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
+        yield

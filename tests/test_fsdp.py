@@ -1,0 +1,212 @@
+"""FSDP2 (``fully_shard``) under ``Trainer(distributed=True)``: sharded checkpoints through torch.distributed.checkpoint,
+committed by a manifest of hashed files, restored bit-identically after kills of one rank or of the group, and through
+DCP's resharding at another world size (recorded as not bit-identical).  Real torchrun processes, gloo, CPU."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fsmtrain import EventLog, state_at
+from tests.conftest import ROOT, env, env_of, tagged
+from tests.test_crash import events_in, kill_until_done
+
+torch = pytest.importorskip("torch")
+fsdp = pytest.importorskip("torch.distributed.fsdp")
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available() or not hasattr(fsdp, "fully_shard"),
+                                 reason="needs torch.distributed with FSDP2"),
+              pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]
+
+DEMO = [sys.executable, "-m", "fsmtrain", "demo", "--fsdp", "--epochs", "3", "--patience", "100", "--chunk", "4",
+        "--json"]
+
+
+def demo(log: Path, tag: str, nproc: int = 2, *extra: str) -> dict:
+    p = subprocess.run([*DEMO, "--nproc", str(nproc), "--log", str(log), *extra], cwd=ROOT, capture_output=True,
+                       text=True, env=env(tag), timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_fsdp_demo_saves_sharded_checkpoints_that_one_process_can_load(tmp_path, tag):
+    """`fsmtrain demo --nproc 2 --fsdp`: each checkpoint is a folder of DCP shards, each rank's own state and a
+    manifest hashing every file, named by the manifest's hash; the Ref names the manifest; retention removes whole
+    folders; and one process (Trainer.load) gathers the shards into an unsharded model."""
+    log = tmp_path / "f.db"
+    got = demo(log, tag)
+    assert got["sharded"] is True and got["world_size"] == 2 and got["status"] == "finished"
+    assert got["checkpoints"] == "sync" and got["best_checkpoint"].endswith(".dcp/manifest.json")
+    arts = Path(f"{log}.artifacts")
+    with EventLog(log, readonly=True) as lg:
+        assert lg.verify() == []
+        state = state_at(lg, 1)
+    kept = {Path(r.path).parent.name for r in state["checkpoints"]}
+    assert sorted(p.name for p in (arts / "run1").iterdir()) == sorted(kept)  # (older folders removed whole)
+    ref = state["checkpoint"]
+    folder = arts / ref.path
+    assert sha(folder) == ref.sha256 and folder.stat().st_size == ref.size
+    manifest = json.loads(folder.read_text())
+    assert manifest["world_size"] == 2
+    names = [f["path"] for f in manifest["files"]]
+    assert {".metadata", "rank0.pt", "rank1.pt"} <= set(names) and sum(n.endswith(".distcp") for n in names) == 2
+    for f in manifest["files"]:
+        assert sha(folder.parent / f["path"]) == f["sha256"] and (folder.parent / f["path"]).stat().st_size == f["size"]
+    assert hashlib.sha256(folder.read_bytes()).hexdigest()[:12] in folder.parent.name
+
+    from fsmtrain.train import demo as d
+    from fsmtrain.train.checkpoints import weights_sha256
+
+    with d.trainer(log) as trainer:
+        resources = trainer.load(1, "checkpoint")  # one process: no process group, an unsharded model
+    assert weights_sha256(resources.model) == got["weights_sha256"]  # (the last checkpoint is the final model)
+
+
+@pytest.mark.slow
+def test_killing_the_group_at_random_moments_resumes_bit_identically(tmp_path, tag):
+    want = demo(tmp_path / "ref.db", tag)
+    log = tmp_path / "k.db"
+    kills, out = kill_until_done([*DEMO, "--nproc", "2", "--log", str(log), "--delay", "0.05"], log,
+                                 random.Random(5), 4, 0.3, env=env(tag), group=True)
+    assert kills >= 2
+    assert json.loads(out.splitlines()[-1]) == want
+    with EventLog(log, readonly=True) as lg, EventLog(tmp_path / "ref.db", readonly=True) as ref:
+        assert lg.verify() == []
+        assert state_at(lg, 1).to_json() == state_at(ref, 1).to_json()
+    assert not [p for p in Path(f"{log}.artifacts/run1").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["sharded-written", "sharded-renamed", "sharded-durable"])
+def test_a_group_killed_in_each_phase_of_a_save_resumes_bit_identically(tmp_path, tag, phase):
+    """Killed once every rank wrote its shards (before the manifest), after the rename, and once the manifest is
+    durable but no step names it: the resume never loads the unfinished save, and the run ends as an uninterrupted
+    one; the unfinished folders are removed."""
+    want = demo(tmp_path / "ref.db", tag)
+    log, trace = tmp_path / "p.db", tmp_path / "trace"
+    e = {**env(tag), "FSMTRAIN_SAVE_TRACE": str(trace), "FSMTRAIN_SAVE_PAUSE": "0.3"}
+    p = subprocess.Popen([*DEMO, "--nproc", "2", "--log", str(log)], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        stems: list[str] = []
+        while len(stems) < 3:  # the third save reached the phase
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
+            time.sleep(0.002)
+            lines = trace.read_text().splitlines() if trace.exists() else []
+            stems = list(dict.fromkeys(line.split()[2] for line in lines if line.split()[1] == phase))
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    with EventLog(log, readonly=True) as lg:
+        named = {Path(r.path).parent.name for r in state_at(lg, 1).get("checkpoints") or []}
+    killed = stems[2]
+    assert not any(n.startswith(f"{killed}-") for n in named)  # (the save was killed before its step committed)
+    assert demo(log, tag) == want
+    with EventLog(log, readonly=True) as lg:
+        resume = [ev for ev in lg.events(1) if ev.kind == "resume"]
+        assert resume and resume[0].info["restore"]["checkpoint"].startswith(f"run1/{stems[1]}-")
+        kept = {Path(r.path).parent.name for r in state_at(lg, 1)["checkpoints"]}
+    assert sorted(p.name for p in Path(f"{log}.artifacts/run1").iterdir()) == sorted(kept)
+
+
+@pytest.mark.slow
+def test_one_rank_killed_alone_restarts_the_group_which_ends_identically(tmp_path, tag):
+    want = demo(tmp_path / "ref.db", tag)
+    log = tmp_path / "one.db"
+    p = subprocess.Popen([*DEMO, "--nproc", "2", "--log", str(log), "--delay", "0.1"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tag),
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while events_in(log) < 4:
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
+            time.sleep(0.02)
+        rank1 = [pid for pid in tagged(tag) if env_of(pid).get("RANK") == "1"
+                 and "torch.distributed.run" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+        assert len(rank1) == 1
+        os.kill(rank1[0], signal.SIGKILL)
+        out, err = p.communicate(timeout=600)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == 0, err[-3000:]
+    assert json.loads(out.splitlines()[-1]) == want
+    with EventLog(log, readonly=True) as lg:
+        assert lg.verify() == [] and any(e.kind == "resume" for e in lg.events(1))
+
+
+def _stop_after_checkpoints(log: Path, tag: str, n: int) -> None:
+    """Run the 2-rank demo until ``n`` checkpoints are committed, then kill the group."""
+    p = subprocess.Popen([*DEMO, "--nproc", "2", "--log", str(log), "--delay", "0.05"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tag),
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _committed(log) < n:
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
+            time.sleep(0.01)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+
+
+def _committed(log: Path) -> int:
+    if events_in(log) == 0:
+        return 0
+    try:
+        with EventLog(log, readonly=True) as lg:
+            return lg.conn.execute("SELECT count(*) FROM events WHERE action = 'checkpoint'").fetchone()[0]
+    except Exception:  # (a log being created)
+        return 0
+
+
+@pytest.mark.slow
+def test_a_damaged_shard_falls_back_to_an_older_checkpoint_and_still_ends_identically(tmp_path, tag):
+    want = demo(tmp_path / "ref.db", tag)
+    log = tmp_path / "d.db"
+    _stop_after_checkpoints(log, tag, 3)
+    with EventLog(log, readonly=True) as lg:
+        newest = state_at(lg, 1)["checkpoint"]
+    shard = Path(f"{log}.artifacts") / Path(newest.path).parent / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert demo(log, tag) == want
+    with EventLog(log, readonly=True) as lg:
+        note = next(ev for ev in lg.events(1) if ev.kind == "resume").info["restore"]
+    assert note["skipped"][0]["checkpoint"] == newest.path and "__1_0.distcp" in note["skipped"][0]["problem"]
+    assert note["fallback"] == "an earlier checkpoint"
+
+
+@pytest.mark.slow
+def test_another_world_size_reshards_and_says_it_is_not_bit_identical(tmp_path, tag):
+    """A run saved by 2 ranks continues on 1 (DCP reshards the parameters and Adam's state); the restore records
+    the change, and the run finishes."""
+    log = tmp_path / "w.db"
+    _stop_after_checkpoints(log, tag, 2)
+    got = demo(log, tag, 1)
+    assert got["status"] == "finished" and got["world_size"] == 1 and got["sharded"] is True
+    with EventLog(log, readonly=True) as lg:
+        note = next(ev for ev in lg.events(1) if ev.kind == "resume").info["restore"]
+        assert lg.verify() == []
+    assert note["world_size_changed"] == {"from": 2, "to": 1, "bit_identical": False}
