@@ -210,3 +210,37 @@ def test_another_world_size_reshards_and_says_it_is_not_bit_identical(tmp_path, 
         note = next(ev for ev in lg.events(1) if ev.kind == "resume").info["restore"]
         assert lg.verify() == []
     assert note["world_size_changed"] == {"from": 2, "to": 1, "bit_identical": False}
+
+
+@pytest.mark.slow
+def test_a_sharded_run_continues_on_another_node_from_its_home(tmp_path, tag):
+    """Node A trains 2 ranks with a directory home and is lost (its disk too); node B runs the same command with an
+    empty disk: the home gives it the log and the sharded checkpoint (manifest, shards, ranks' files, each checked
+    against the manifest), and the run ends as an uninterrupted one."""
+    from tests.test_home_battery import steps_in_home
+
+    want = demo(tmp_path / "ref.db", tag)
+    home = str(tmp_path / "home")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    e = {**env(tag), "FSMTRAIN_HOME": home}
+    p = subprocess.Popen([*DEMO, "--nproc", "2", "--log", str(a / "r.db"), "--delay", "0.1"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while steps_in_home(home, e) < 6:  # (a few chunks and their checkpoints are in the home)
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
+            time.sleep(0.01)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    p = subprocess.run([*DEMO, "--nproc", "2", "--log", str(b / "r.db")], cwd=ROOT, capture_output=True, text=True,
+                       env=e, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout.splitlines()[-1]) == want
+    with EventLog(b / "r.db", readonly=True) as lg:
+        note = next(ev for ev in lg.events(1) if ev.kind == "resume").info["restore"]
+    assert note["checkpoint"].endswith(".dcp/manifest.json") and "skipped" not in note

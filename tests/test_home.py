@@ -491,3 +491,51 @@ class TestSharedHomes:
         if "fsspec" in p.stderr and "cloud" in p.stderr:
             pytest.skip("fsspec/s3fs not installed")
         assert p.returncode == 1 and "cannot be reached" in p.stderr and "nothing was recorded" in p.stderr, p.stderr
+
+
+# -- a manifest (a sharded checkpoint) travels with the files it lists -------------------------------------------
+def _bundle(root: Path, files: dict[str, bytes]) -> str:
+    import hashlib
+
+    (root / "run1" / "e1-abc.dcp").mkdir(parents=True)
+    listed = []
+    for name, data in files.items():
+        (root / "run1" / "e1-abc.dcp" / name).write_bytes(data)
+        listed.append({"path": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+    (root / "run1" / "e1-abc.dcp" / "manifest.json").write_text(json.dumps({"files": listed}))
+    return "run1/e1-abc.dcp/manifest.json"
+
+
+def test_a_manifest_is_shipped_after_its_files_and_fetched_before_them(tmp_path):
+    import hashlib
+
+    from fsmtrain.log.home import Home
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    rel = _bundle(here, {".metadata": b"m" * 10, "__0_0.distcp": b"a" * 1000, "rank0.pt": b"r" * 7})
+    home = Home.open(str(tmp_path / "home"))
+    assert home.upload(here, rel) == 1017 + (here / rel).stat().st_size
+    data = (here / rel).read_bytes()
+    assert home.fetch(there, rel, hashlib.sha256(data).hexdigest(), len(data))
+    for name in (".metadata", "__0_0.distcp", "rank0.pt", "manifest.json"):
+        assert (there / "run1/e1-abc.dcp" / name).read_bytes() == (here / "run1/e1-abc.dcp" / name).read_bytes()
+
+    # a home that lost a listed file gives nothing that looks complete: no manifest here
+    shutil.rmtree(there)
+    (tmp_path / "home" / "artifacts/run1/e1-abc.dcp/__0_0.distcp").unlink()
+    with pytest.raises(CorruptLog, match="not run1/e1-abc.dcp/__0_0.distcp"):
+        home.fetch(there, rel, hashlib.sha256(data).hexdigest(), len(data))
+    assert not (there / rel).exists() and not list((there / "run1/e1-abc.dcp").glob("*.fetching"))
+
+
+def test_a_manifest_naming_a_file_outside_its_folder_is_refused(tmp_path):
+    from fsmtrain.log.home import manifest_files
+
+    for bad in ("../../etc/passwd", "/etc/passwd", ""):
+        (tmp_path / "x.dcp").mkdir(exist_ok=True)
+        (tmp_path / "x.dcp/manifest.json").write_text(json.dumps({"files": [{"path": bad, "sha256": "0", "size": 1}]}))
+        with pytest.raises(CorruptLog, match="outside its folder"):
+            manifest_files(tmp_path, "x.dcp/manifest.json")
+    (tmp_path / "x.dcp/manifest.json").write_text("[1, 2]")
+    with pytest.raises(CorruptLog, match="not a manifest"):
+        manifest_files(tmp_path, "x.dcp/manifest.json")

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import CorruptLog, HomeConflict, LogKeyError
@@ -234,9 +234,24 @@ class Home:
 
     # -- artifacts ----------------------------------------------------------------
     def upload(self, root: Path, path: str) -> int:
-        """Put the local file ``root/path`` in the home unless it is there; returns the bytes sent."""
+        """Put the local file ``root/path`` in the home unless it is there; returns the bytes sent.  A manifest
+        (:func:`manifest_files`: a sharded checkpoint) goes after every file it lists."""
         if path in self.uploaded:
             return 0
+        sent = 0
+        if Path(path).name == MANIFEST:
+            try:
+                listed = manifest_files(root, path)
+            except FileNotFoundError:
+                return 0  # (deleted here since: no longer named)
+            for f in listed:
+                got = self.upload(root, f["path"])
+                if f["path"] not in self.uploaded:
+                    return sent  # a listed file is gone (retention): the manifest is not named any more either
+                sent += got
+        return sent + self._upload_one(root, path)
+
+    def _upload_one(self, root: Path, path: str) -> int:
         key = f"artifacts/{path}"
         src = root / path
         sent = 0
@@ -254,8 +269,25 @@ class Home:
 
     def fetch(self, root: Path, path: str, sha256: str, size: int) -> bool:
         """Copy ``artifacts/path`` from the home to ``root/path`` when the home holds it with that content
-        (checked before it is moved into place); ``False`` when it does not."""
-        key = f"artifacts/{path}"
+        (checked before it is moved into place); ``False`` when it does not.  A manifest's listed files come
+        first, each checked the same way, and the manifest last: a manifest here means its files are too."""
+        if Path(path).name != MANIFEST:
+            return self._fetch_one(root, path, sha256, size)
+        staged = f"{path}.{uuid.uuid4().hex}.fetching"
+        try:
+            if not self._fetch_one(root, staged, sha256, size, key=f"artifacts/{path}"):
+                return False
+            for f in manifest_files(root, staged):
+                if not (root / f["path"]).exists() and not self._fetch_one(root, f["path"], f["sha256"], f["size"]):
+                    raise CorruptLog(f"the home holds {path} but not {f['path']}, which it lists; nothing was "
+                                     "taken from it")
+            os.replace(root / staged, root / path)
+        finally:
+            (root / staged).unlink(missing_ok=True)
+        return True
+
+    def _fetch_one(self, root: Path, path: str, sha256: str, size: int, key: str | None = None) -> bool:
+        key = key or f"artifacts/{path}"
         target = root / path
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -274,6 +306,29 @@ class Home:
         finally:
             tmp.unlink(missing_ok=True)
         return True
+
+
+MANIFEST = "manifest.json"
+"""The name of a file that lists others (a sharded checkpoint's): ``{"files": [{"path", "sha256", "size"}...]}``,
+each path relative to the manifest's folder.  A Ref to it stands for all of them: they are shipped before it and
+fetched before it."""
+
+
+def manifest_files(root: Path, path: str) -> list[dict[str, Any]]:
+    """The files the manifest ``root/path`` lists, as ``{"path", "sha256", "size"}`` with paths relative to ``root``;
+    :class:`CorruptLog` where it is not a manifest, or names a file outside its folder."""
+    try:
+        doc = json.loads((root / path).read_bytes())
+        files = doc["files"]
+        out = [{"path": str(PurePosixPath(path).parent / f["path"]), "sha256": str(f["sha256"]), "size": int(f["size"])}
+               for f in files]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptLog(f"{path} is not a manifest of files ({type(e).__name__})") from None
+    for given in files:
+        name = PurePosixPath(given["path"])
+        if name.is_absolute() or ".." in name.parts or str(name) in ("", "."):
+            raise CorruptLog(f"manifest {path} names {given['path']!r}, outside its folder")
+    return out
 
 
 def _sha256(path: Path) -> str:
