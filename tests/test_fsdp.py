@@ -244,3 +244,25 @@ def test_a_sharded_run_continues_on_another_node_from_its_home(tmp_path, tag):
     with EventLog(b / "r.db", readonly=True) as lg:
         note = next(ev for ev in lg.events(1) if ev.kind == "resume").info["restore"]
     assert note["checkpoint"].endswith(".dcp/manifest.json") and "skipped" not in note
+
+
+@pytest.mark.slow
+def test_a_gated_sharded_run_exports_its_best_model_gathered_in_one_file(tmp_path, tag):
+    """Go at the gate of a 2-rank FSDP run: the worker relaunches it on 2 ranks, and the export gathers the best
+    sharded checkpoint's model into one plain file, equal to what Trainer.load gathers."""
+    fsm = [sys.executable, "-m", "fsmtrain"]
+    p = subprocess.run(fsm + ["demo", "--log", "g.db", "--gate", "--nproc", "2", "--fsdp", "--epochs", "2"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env(tag), timeout=600)
+    assert p.returncode == 0 and "run 1 is waiting at `review`" in p.stdout, p.stderr[-3000:]
+    assert subprocess.run(fsm + ["approve", "g.db", "1"], cwd=tmp_path, env=env(tag), capture_output=True).returncode == 0
+    p = subprocess.run(fsm + ["worker", "g.db", "--machine", "fsmtrain.train.demo:gated_trainer", "--once"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env(tag), timeout=600)
+    assert p.returncode == 0 and p.stdout.strip() == "run 1: finished after 3 step(s); on 2 processes", p.stderr
+    from fsmtrain.train import demo as d
+
+    with EventLog(tmp_path / "g.db", readonly=True) as lg:
+        exported = state_at(lg, 1)["exported"]
+    model = torch.load(tmp_path / "g.db.artifacts" / exported.path, weights_only=True)["model"]
+    with d.gated_trainer(tmp_path / "g.db") as trainer:
+        best = trainer.load(1, "best").model.state_dict()
+    assert list(model) == list(best) and all(torch.equal(model[k], best[k]) for k in best)

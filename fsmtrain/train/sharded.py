@@ -300,15 +300,21 @@ def load_full(root: Path, ref: Ref, model: torch.nn.Module, optimizer: Any = Non
 
 def full_model_state(root: Path, ref: Ref) -> dict[str, torch.Tensor]:
     """The whole model state dict of sharded checkpoint ``ref`` (verified), gathered from its shards in this
-    process (an export of the best model)."""
+    process (an export of the best model): tensors shaped from DCP's metadata, then filled by ``dcp.load``."""
     from torch.distributed.checkpoint import state_dict_loader as dcp_load
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    sd: dict[str, Any] = {}
+    folder = str((root / ref.path).parent)
+    model: dict[str, Any] = {}
+    for key, meta in FileSystemReader(folder).read_metadata().state_dict_metadata.items():
+        if key.startswith("model.") and isinstance(meta, TensorStorageMetadata):
+            model[key[len("model."):]] = torch.empty(meta.size, dtype=meta.properties.dtype)
+    if not model:
+        raise CheckpointError(f"sharded checkpoint {ref.path} holds no model tensors")
     with _one_process():
-        dcp_load.load(sd, checkpoint_id=str((root / ref.path).parent), planner=_EmptyStateDictLoadPlanner(keys={"model"}),  # type: ignore[no-untyped-call]
-                 no_dist=True)
-    return dict(sd["model"])
+        dcp_load.load({"model": model}, checkpoint_id=folder, no_dist=True)
+    return model
 
 
 @contextlib.contextmanager
