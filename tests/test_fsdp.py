@@ -266,3 +266,37 @@ def test_a_gated_sharded_run_exports_its_best_model_gathered_in_one_file(tmp_pat
     with d.gated_trainer(tmp_path / "g.db") as trainer:
         best = trainer.load(1, "best").model.state_dict()
     assert list(model) == list(best) and all(torch.equal(model[k], best[k]) for k in best)
+
+
+SHARDING_MISUSE = """
+import sys, tempfile, torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from fsmtrain.errors import ResourceError
+from fsmtrain.train import Resources, Trainer
+from fsmtrain.train.demo import machine
+dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
+def build(half):
+    def make(state):
+        model = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.Linear(8, 10))
+        fully_shard(model[0])
+        if not half:
+            fully_shard(model)
+        x = torch.randn(16, 64)
+        return Resources(model=model, optimizer=torch.optim.Adam(model.parameters()),
+                         train_data=(x, torch.zeros(16, dtype=torch.long)), val_data=(x, torch.zeros(16, dtype=torch.long)))
+    return make
+for half in (True, False):
+    try:
+        Trainer(machine, build(half), log=tempfile.mktemp(suffix=".db")).start()
+    except ResourceError as e:
+        print(e)
+"""
+
+
+def test_a_sharded_model_outside_a_distributed_trainer_or_sharded_only_in_part_is_refused_by_name(tmp_path):
+    p = subprocess.run([sys.executable, "-c", SHARDING_MISUSE], cwd=ROOT, capture_output=True, text=True,
+                       env=env(), timeout=300)
+    lines = p.stdout.splitlines()
+    assert len(lines) == 2, p.stdout + p.stderr[-3000:]
+    assert "submodules sharded with fully_shard, but not the model itself" in lines[0]
+    assert "train it with Trainer(..., distributed=True)" in lines[1]

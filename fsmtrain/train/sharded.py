@@ -42,8 +42,8 @@ from ..state import Ref
 from .checkpoints import FORMAT, write_artifact
 from .saver import _trace, fsync_dir
 
-__all__ = ["MANIFEST", "is_sharded", "is_sharded_ref", "load_full", "load_sharded", "save_sharded", "shard_model",
-           "verify_sharded", "full_weights", "full_model_state", "even_out", "load_own"]
+__all__ = ["MANIFEST", "even_out", "full_model_state", "full_weights", "is_sharded", "is_sharded_ref", "load_full",
+           "load_own", "load_sharded", "save_sharded", "shard_model", "sharding_problem", "verify_sharded"]
 
 MANIFEST = "manifest.json"
 KIND = "fsmtrain-sharded-checkpoint"
@@ -56,6 +56,23 @@ def is_sharded(model: Any) -> bool:
     except ImportError:  # (a torch without FSDP2)
         return False
     return isinstance(model, FSDPModule)
+
+
+def sharding_problem(model: Any, distributed: bool) -> str | None:
+    """Why ``model``'s sharding cannot be trained here, or None: FSDP2 needs ``Trainer(distributed=True)``, and
+    ``fully_shard`` applied to the model itself (submodules alone would be wrapped in DDP, which cannot hold them)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return None
+    if not any(isinstance(m, FSDPModule) for m in model.modules()):
+        return None
+    if not isinstance(model, FSDPModule):
+        return ("the model has submodules sharded with fully_shard, but not the model itself: apply fully_shard to "
+                "the model too, after its submodules (or use fsmtrain.train.shard_model)")
+    if not distributed:
+        return "the model is sharded with FSDP2: train it with Trainer(..., distributed=True), started by torchrun"
+    return None
 
 
 def is_sharded_ref(ref: Ref) -> bool:

@@ -37,7 +37,7 @@ from .loop import Schedule as Schedule
 from .loop import training_machine
 from .resources import Resources, check, rank_seed, stateful
 from .saver import AsyncSaver
-from .sharded import is_sharded, is_sharded_ref, load_full, load_own, load_sharded, verify_sharded
+from .sharded import is_sharded, is_sharded_ref, load_full, load_own, load_sharded, sharding_problem, verify_sharded
 
 __all__ = ["Trainer", "training_machine"]
 
@@ -371,6 +371,8 @@ class Trainer:
         except Exception as e:
             raise ResourceError(f"the resource factory `{name}` raised {type(e).__name__}: {e}") from e
         resources = check(resources, name)
+        if (problem := sharding_problem(resources.model, self.dist is not None)) is not None:
+            raise ResourceError(f"the resource factory `{name}`: {problem}")
         resources.artifacts, resources.run_id, resources.saver = self.artifacts, run_id, self.saver
         if self.dist is not None:  # DDP over the ranks; each rank's own random stream from here on
             resources.dist = self.dist
