@@ -75,11 +75,12 @@ def test_the_fsdp_demo_saves_sharded_checkpoints_that_one_process_can_load(tmp_p
 
 
 @pytest.mark.slow
-def test_killing_the_group_at_random_moments_resumes_bit_identically(tmp_path, tag):
-    want = demo(tmp_path / "ref.db", tag)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_killing_the_group_at_random_moments_resumes_bit_identically(tmp_path, tag, mode):
+    want = demo(tmp_path / "ref.db", tag, 2, "--checkpoints", mode)
     log = tmp_path / "k.db"
-    kills, out = kill_until_done([*DEMO, "--nproc", "2", "--log", str(log), "--delay", "0.05"], log,
-                                 random.Random(5), 4, 0.3, env=env(tag), group=True)
+    kills, out = kill_until_done([*DEMO, "--nproc", "2", "--log", str(log), "--delay", "0.05", "--checkpoints", mode],
+                                 log, random.Random(5), 4, 0.3, env=env(tag), group=True)
     assert kills >= 2
     assert json.loads(out.splitlines()[-1]) == want
     with EventLog(log, readonly=True) as lg, EventLog(tmp_path / "ref.db", readonly=True) as ref:
@@ -89,16 +90,40 @@ def test_killing_the_group_at_random_moments_resumes_bit_identically(tmp_path, t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase", ["sharded-written", "sharded-renamed", "sharded-durable"])
-def test_a_group_killed_in_each_phase_of_a_save_resumes_bit_identically(tmp_path, tag, phase):
+def test_async_and_sync_sharded_checkpoints_train_bit_identically(tmp_path, tag):
+    """The same run with each rank's part written in the background: the same weights, histories and checkpoint
+    Refs (the same bytes) as with synchronous saves; its steps staged saves and committed them late."""
+    sync = demo(tmp_path / "s.db", tag, 2, "--checkpoints", "sync")
+    got = demo(tmp_path / "a.db", tag, 2, "--checkpoints", "async")
+    assert got.pop("checkpoints") == "async" and sync.pop("checkpoints") == "sync" and got == sync
+    with EventLog(tmp_path / "a.db", readonly=True) as a, EventLog(tmp_path / "s.db", readonly=True) as s:
+        sa, ss = json.loads(state_at(a, 1).to_json()), json.loads(state_at(s, 1).to_json())
+        assert {k: v for k, v in sa.items() if k != "checkpoint_mode"} == \
+            {k: v for k, v in ss.items() if k != "checkpoint_mode"}
+        steps = [e for e in a.events(1) if e.kind == "step"]
+        staged = [e for e in steps if "checkpoint_pending" in ((e.updates or {}).get("set") or {})
+                  and e.action == "checkpoint"]
+        late = [e for e in steps if isinstance(e.info, dict) and e.info.get("late", {}).get("checkpoint")]
+        assert len(staged) == len(late) >= 5  # (every staged save committed by a later step)
+        assert all(done.seq > began.seq for began, done in zip(staged, late, strict=True))
+
+
+# each phase of a save, sync and async ("staged": the action copied the shards; the rest run in the background)
+PHASES = [("sync", "sharded-written"), ("sync", "sharded-renamed"), ("sync", "sharded-durable"),
+          ("async", "staged"), ("async", "sharded-written"), ("async", "sharded-renamed"), ("async", "durable")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,phase", PHASES)
+def test_a_group_killed_in_each_phase_of_a_save_resumes_bit_identically(tmp_path, tag, mode, phase):
     """Killed once every rank wrote its shards (before the manifest), after the rename, and once the manifest is
-    durable but no step names it: the resume never loads the unfinished save, and the run ends as an uninterrupted
-    one; the unfinished folders are removed."""
-    want = demo(tmp_path / "ref.db", tag)
+    durable but no step names it (and, async, once the shards are staged): the resume never loads the unfinished
+    save, and the run ends as an uninterrupted one; the unfinished folders are removed."""
+    want = demo(tmp_path / "ref.db", tag, 2, "--checkpoints", mode)
     log, trace = tmp_path / "p.db", tmp_path / "trace"
     e = {**env(tag), "FSMTRAIN_SAVE_TRACE": str(trace), "FSMTRAIN_SAVE_PAUSE": "0.3"}
-    p = subprocess.Popen([*DEMO, "--nproc", "2", "--log", str(log)], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
+    p = subprocess.Popen([*DEMO, "--nproc", "2", "--log", str(log), "--checkpoints", mode], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         stems: list[str] = []
@@ -117,11 +142,13 @@ def test_a_group_killed_in_each_phase_of_a_save_resumes_bit_identically(tmp_path
         named = {Path(r.path).parent.name for r in state_at(lg, 1).get("checkpoints") or []}
     killed = stems[2]
     assert not any(n.startswith(f"{killed}-") for n in named)  # (the save was killed before its step committed)
-    assert demo(log, tag) == want
+    assert demo(log, tag, 2, "--checkpoints", mode) == want
     with EventLog(log, readonly=True) as lg:
         resume = [ev for ev in lg.events(1) if ev.kind == "resume"]
-        assert resume and resume[0].info["restore"]["checkpoint"].startswith(f"run1/{stems[1]}-")
+        restored = resume[0].info["restore"]["checkpoint"]
         kept = {Path(r.path).parent.name for r in state_at(lg, 1)["checkpoints"]}
+    # sync: the save before; async: that one, or the one before it when its late commit was lost with the kill
+    assert restored.startswith(f"run1/{stems[1]}-") or (mode == "async" and restored.startswith(f"run1/{stems[0]}-"))
     assert sorted(p.name for p in Path(f"{log}.artifacts/run1").iterdir()) == sorted(kept)
 
 

@@ -47,8 +47,9 @@ __all__ = ["demo"]
 @click.option("--checkpoints", "checkpoint_mode", type=click.Choice(["auto", "sync", "async"]), default="auto",
               show_default=True,
               help="async: write each checkpoint from a copy in memory in the background while training goes on "
-                   "(its Ref is committed once the file is durable; one process only); sync: the step commits once "
-                   "the file is durable; auto: async from 64 MiB of model and optimizer state (the demo's is small).")
+                   "(its Ref is committed once the file is durable; one process, or every rank with --fsdp); sync: "
+                   "the step commits once the file is durable; auto: async from 64 MiB of model and optimizer state "
+                   "(the demo's is small).")
 @click.option("--gate", is_flag=True,
               help="After training, wait at a go/no-go review gate; go exports the best model (see fsmtrain approve).")
 @home_option
@@ -81,14 +82,11 @@ def demo(log_path: Path, epochs: int, seed: int, patience: int, lr: float, data:
     from ..hooks import Hook
     from ..train import demo as d
 
-    if checkpoint_mode == "auto" and (nproc > 1 or distributed or fsdp):
-        checkpoint_mode = "sync"  # (a distributed run saves synchronously)
-    if checkpoint_mode == "async" and (nproc > 1 or distributed):
-        raise click.BadParameter("asynchronous checkpoints run in one process; with --nproc use --checkpoints sync",
-                                 param_hint="--checkpoints")
-    if fsdp and checkpoint_mode == "async":
-        raise click.BadParameter("sharded checkpoints (--fsdp) are written synchronously; use --checkpoints sync",
-                                 param_hint="--checkpoints")
+    if checkpoint_mode == "auto" and (nproc > 1 or distributed) and not fsdp:
+        checkpoint_mode = "sync"  # (a DDP run saves synchronously)
+    if checkpoint_mode == "async" and (nproc > 1 or distributed) and not fsdp:
+        raise click.BadParameter("asynchronous checkpoints run in one process, or on every rank of a sharded model: "
+                                 "with --nproc, use --checkpoints sync or add --fsdp", param_hint="--checkpoints")
     if (nproc > 1 or fsdp) and not distributed:  # start this same command on nproc processes, through torchrun
         import subprocess
 
@@ -199,8 +197,9 @@ def _demo_rank(log_path: Path, d: Any, gate: bool, progress: Any, as_json: bool,
         with EventLog(log_path, readonly=True) as lg:
             _waiting(lg, runner.run_id or 0, runner.state, as_json)
         return
-    _summary(runner.run_id, runner.status, runner.state, as_json, artifacts=trainer.artifacts,
-             extra={"world_size": dist.world, **({"sharded": True} if config.get("fsdp") else {})})
+    with EventLog(log_path, readonly=True) as lg:
+        _summary(runner.run_id, runner.status, runner.state, as_json, artifacts=trainer.artifacts, log=lg,
+                 extra={"world_size": dist.world, **({"sharded": True} if config.get("fsdp") else {})})
 
 
 def _waiting(lg: EventLog, run_id: int, state: Any, as_json: bool) -> None:
@@ -250,7 +249,7 @@ def _checkpoint_mode(state: Any, log: EventLog | None, run_id: int | None) -> st
     if mode != "auto":
         return str(mode)
     if log is None or run_id is None:
-        return "sync"  # (a distributed run: every save is synchronous)
+        return "sync"
     staged = log.conn.execute("SELECT 1 FROM events WHERE run_id = ? AND kind = 'step' AND "
                               "instr(updates, '\"checkpoint_pending\":{') > 0 LIMIT 1", (run_id,)).fetchone()
     return "async" if staged else "sync"

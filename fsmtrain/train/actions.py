@@ -351,7 +351,8 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
     :data:`AUTO_ASYNC_BYTES` (64 MiB; below that a synchronous save takes milliseconds and a background one
     buys nothing).  ``sync_when`` (a condition; ``training_machine`` passes its stop condition): where it holds, the save is
     synchronous (the run's last checkpoint: nothing is left to overlap it with, and a gate or the end follows).
-    One process only: a distributed run saves synchronously.
+    A distributed run saves synchronously, unless its model is sharded with FSDP2: then each rank's part is
+    written in the background (:mod:`fsmtrain.train.sharded_async`).
     """
     problems = []
     if mode not in ("min", "max"):
@@ -394,16 +395,21 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
         stem = f"e{epoch:05d}" if not offset else f"e{epoch:05d}s{state.get('steps', 0)}"  # mid-epoch: its step
         saved = {"path": f"{run_folder(r.run_id)}/{stem}", "epoch": epoch, "metric": monitor, "value": value,
                  "mode": mode, "keep_last": keep_last}
-        if sharded:  # FSDP2: every rank writes its shards and its own state (synchronously: spec/training.md §3c)
-            own = {"epoch": epoch, "rng": rng, "scheduler": r.scheduler.state_dict() if r.scheduler else None,
-                   "scaler": r.scaler.state_dict() if r.scaler is not None else None,
-                   "loader": r.train_data.state_dict() if stateful(r.train_data) else None}
-            return _committed(state, saved, save_sharded(r, r.artifacts or Path(), run_folder(r.run_id), stem, own),
-                              async_ is not False, at)
         wanted = _async_mode(state.get(async_.key), async_.key, name) if isinstance(async_, Setting) else async_
         if wanted == "auto":
             wanted = _state_bytes(r) >= AUTO_ASYNC_BYTES
-        background = wanted and r.dist is None and r.saver is not None and not _holds(sync_when, state)
+        background = wanted and r.saver is not None and not _holds(sync_when, state) and (r.dist is None or sharded)
+        if sharded:  # FSDP2: every rank writes its shards and its own state (spec/training.md §6b)
+            own = {"epoch": epoch, "rng": rng, "scheduler": r.scheduler.state_dict() if r.scheduler else None,
+                   "scaler": r.scaler.state_dict() if r.scaler is not None else None,
+                   "loader": r.train_data.state_dict() if stateful(r.train_data) else None}
+            if background:
+                r.saver.save(r, run_folder(r.run_id), stem, saved, own)
+                return {"checkpoint_pending": saved, **({at: state.get("steps", 0)} if at else {})}
+            if r.saver is not None:
+                r.saver.wait()
+            return _committed(state, saved, save_sharded(r, r.artifacts or Path(), run_folder(r.run_id), stem, own),
+                              async_ is not False, at)
         ref: Ref | None = None
         if r.dist is None or r.dist.writer:
             payload = {"format": FORMAT, "epoch": epoch, "model": r.model.state_dict(),

@@ -271,6 +271,10 @@ class AsyncSaver:
         self.stats["wait"].append(waited)
         return waited
 
+    def close(self) -> None:
+        """Wait for the save in flight (the Trainer closes)."""
+        self.wait()
+
     def protects(self, relpath: str) -> bool:
         """Whether ``relpath`` (relative to the artifacts) may belong to the save in flight or not yet committed:
         retention leaves such files alone."""

@@ -42,8 +42,9 @@ from ..state import Ref
 from .checkpoints import FORMAT, write_artifact
 from .saver import _trace, fsync_dir
 
-__all__ = ["MANIFEST", "even_out", "full_model_state", "full_weights", "is_sharded", "is_sharded_ref", "load_full",
-           "load_own", "load_sharded", "save_sharded", "shard_model", "sharding_problem", "verify_sharded"]
+__all__ = ["MANIFEST", "even_out", "finish", "full_model_state", "full_weights", "is_sharded", "is_sharded_ref",
+           "load_full", "load_own", "load_sharded", "own_bytes", "prepare", "save_sharded", "shard_model",
+           "sharding_problem", "state_dicts", "verify_sharded"]
 
 MANIFEST = "manifest.json"
 KIND = "fsmtrain-sharded-checkpoint"
@@ -139,12 +140,29 @@ def _sha256_file(path: Path) -> tuple[str, int]:
 def save_sharded(r: Any, root: Path, folder: str, stem: str, own: Mapping[str, Any]) -> Ref:
     """Save the sharded model and optimizer of resources ``r`` as ``root/folder/<stem>-<sha12>.dcp/`` with each
     rank's ``own`` state (plain data: RNGs, scheduler...); every rank calls it and gets the committed Ref."""
-    import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import get_state_dict
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
-    d = r.dist
-    group = d.save_group()
+    tmp = prepare(r.dist, root, folder, stem)
+    meta = dcp_save(state_dicts(r), storage_writer=_writer(tmp, f"{folder}/{stem}"), process_group=r.dist.save_group())
+    return finish(r.dist, root, folder, stem, tmp, meta, own_bytes(own), own.get("epoch"))
+
+
+def state_dicts(r: Any) -> dict[str, Any]:
+    """What DCP saves of resources ``r``: the model's and the optimizer's state dicts (sharded: each rank its own)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(r.model, r.optimizer)
+    return {"model": model_sd, "optimizer": optim_sd}
+
+
+def own_bytes(own: Mapping[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **own}, buf)
+    return buf.getvalue()
+
+
+def prepare(d: Any, root: Path, folder: str, stem: str) -> Path:
+    """The save's temp folder, made empty by the log's rank (every rank calls it: a collective)."""
     tmp = root / folder / f".{stem}.dcp.tmp"  # (the same name for the same step: a redone save writes the same bytes)
     problem = None
     if d.writer:
@@ -157,13 +175,17 @@ def save_sharded(r: Any, root: Path, folder: str, stem: str, own: Mapping[str, A
     problem = d.agree(problem)
     if problem:
         raise CheckpointError(problem)
-    model_sd, optim_sd = get_state_dict(r.model, r.optimizer)
-    meta = dcp_save({"model": model_sd, "optimizer": optim_sd}, storage_writer=_writer(tmp, f"{folder}/{stem}"),
-                    process_group=group)
-    mine = f"rank{d.rank}.pt"
-    buf = io.BytesIO()
-    torch.save({"format": FORMAT, **own}, buf)
-    write_artifact(tmp, mine, buf.getvalue())
+    return tmp
+
+
+def finish(d: Any, root: Path, folder: str, stem: str, tmp: Path, meta: Any, own: bytes, epoch: Any) -> Ref:
+    """After DCP wrote the shards into ``tmp`` (``meta``: what ``dcp.save`` returned): each rank's own file, the
+    files hashed (each rank a share), the manifest and the final name (the log's rank); the Ref, on every rank.
+    Every collective here is on the save group: a background thread may run it while training goes on."""
+    import torch.distributed as dist
+
+    group = d.save_group()
+    write_artifact(tmp, f"rank{d.rank}.pt", own)
     dist.barrier(group=group)  # (every rank's files are written: DCP's before dcp.save returned, its own now)
     _trace("sharded-written", stem)
     names = sorted({v.relative_path for v in meta.storage_data.values()} | {".metadata"}
@@ -171,28 +193,27 @@ def save_sharded(r: Any, root: Path, folder: str, stem: str, own: Mapping[str, A
     missing = [n for n in names if not (tmp / n).exists()]
     share = {"missing": missing[:3], "files": {n: _sha256_file(tmp / n) for n in names[d.rank::d.world]
                                                if n not in missing}}
-    shares = d.gather(share)
-    ref: Ref | None = None
-    problem = None
+    shares: list[Any] | None = [None] * d.world if d.writer else None
+    dist.gather_object(share, shares, dst=d.writer_rank, group=group)
+    said: list[Any] = [None]
     if d.writer:
         assert shares is not None
         lacking = {i: s["missing"] for i, s in enumerate(shares) if s["missing"]}
         if lacking:
-            problem = (f"a sharded checkpoint needs its folder on a filesystem every rank sees (one node, or a shared "
-                       f"mount): rank(s) {', '.join(map(str, lacking))} cannot see "
-                       f"{', '.join(sorted({n for v in lacking.values() for n in v}))} in {tmp}")
+            said[0] = ("error", f"a sharded checkpoint needs its folder on a filesystem every rank sees (one node, or "
+                                f"a shared mount): rank(s) {', '.join(map(str, lacking))} cannot see "
+                                f"{', '.join(sorted({n for v in lacking.values() for n in v}))} in {tmp}")
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             try:
-                ref = _commit(root, folder, stem, tmp, shares, d.world, own.get("epoch"))
+                said[0] = ("ref", _commit(root, folder, stem, tmp, shares, d.world, epoch))
             except OSError as e:
-                problem = f"cannot finish the sharded checkpoint {tmp}: {e}"
-    said = d.agree(("error", problem) if problem else ("ref", ref))
-    if said[0] == "error":
-        raise CheckpointError(said[1])
-    dist.barrier(group=group)
-    committed: Ref = said[1]
-    return committed
+                said[0] = ("error", f"cannot finish the sharded checkpoint {tmp}: {e}")
+    dist.broadcast_object_list(said, src=d.writer_rank, group=group)
+    if said[0][0] == "error":
+        raise CheckpointError(said[0][1])
+    ref: Ref = said[0][1]
+    return ref
 
 
 def _writer(path: Path, name: str) -> Any:

@@ -38,6 +38,7 @@ from .loop import training_machine
 from .resources import Resources, check, rank_seed, stateful
 from .saver import AsyncSaver
 from .sharded import is_sharded, is_sharded_ref, load_full, load_own, load_sharded, sharding_problem, verify_sharded
+from .sharded_async import ShardedSaver
 
 __all__ = ["Trainer", "training_machine"]
 
@@ -146,8 +147,10 @@ class Trainer:
         if self.dist is None or self.dist.writer:
             self._log = log if isinstance(log, EventLog) else EventLog(log, home=home, storage_options=storage_options)
         self.hooks = [_Retention(self), *hooks] if self._log is not None else []  # hooks run where the log is
-        # asynchronous checkpoints (checkpoint(async_=True)) write from here; one process only
-        self.saver: AsyncSaver | None = AsyncSaver(self.artifacts) if self.dist is None else None
+        # asynchronous checkpoints (checkpoint(async_=True)) write from here: one process's, or each rank's part of a
+        # sharded one (FSDP2; a DDP run saves synchronously)
+        self.saver: AsyncSaver | ShardedSaver = AsyncSaver(self.artifacts) if self.dist is None \
+            else ShardedSaver(self.artifacts, self.dist)
         self.max_attempts = max_attempts
         self.max_interruptions = max_interruptions
         self.map_location = map_location
@@ -170,8 +173,7 @@ class Trainer:
     def close(self) -> None:
         """Close the log (also done by ``with Trainer(...) as trainer:``), once an asynchronous save in flight has
         reached its file (a later process commits it, or drops it, as spec/training.md §3b says)."""
-        if self.saver is not None:
-            self.saver.wait()
+        self.saver.close()
         if self._log is not None:
             self._log.close()
 
@@ -216,8 +218,7 @@ class Trainer:
         its twin from the position the log's rank tells it (resources are rebuilt at the restore)."""
         if self.dist is None:
             made = make()
-            if self.saver is not None:
-                made.late = self.saver.late
+            made.late = self.saver.late
             return made
         runner: Runner | None = None
         error: BaseException | None = None
@@ -235,6 +236,7 @@ class Trainer:
         if runner is None:
             runner = Runner.follow(self.machine, said[1], sync=self.dist, resources=resources, restore=self._restore,
                                    max_attempts=self.max_attempts)
+        runner.late = self.saver.late  # (the ranks agree on its answer: a collective while a save is pending)
         return runner
 
     def runs(self, config: Mapping[str, Any] | None = None) -> list[Any]:
@@ -345,7 +347,7 @@ class Trainer:
 
     def _saving(self, relpath: str) -> bool:
         """Whether ``relpath`` may be the file of an asynchronous save not yet committed (retention spares it)."""
-        return self.saver is not None and self.saver.protects(relpath)
+        return self.saver.protects(relpath)
 
     def fork_refs(self, run_id: int | None) -> list[Ref]:
         """The run's files that its forks' start and latest states name."""
