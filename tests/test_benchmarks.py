@@ -22,6 +22,8 @@ FIGURES = {
     # checkpoints.py also asserts that none, sync and async end with the same weights (lightning_s: null without it)
     "checkpoints.py": ("params", "none_s", "sync_s", "async_s", "torch_save_s", "async_ratio", "sync_vs_torch_save",
                        "stall_s", "sync_save_s", "peak_rss_mb", "checkpoint_mb"),
+    # sharded.py also asserts that none, sync and async (FSDP2 on 2 ranks) end with the same weights
+    "sharded.py": ("params", "none_s", "sync_s", "async_s", "stall_s", "sync_save_s", "checkpoint_mb", "rank_mb"),
     "tuning.py": ("ms_per_trial", "ms_per_trial_step", "speedup_2_workers", "study_1_s", "study_2_s"),
     # distributed.py also asserts that fsmtrain's 2-rank run and the raw DDP loop end with the same weights
     "distributed.py": ("raw_ddp2_epoch_s", "fsm_ddp2_epoch_s", "fsm_1proc_epoch_s", "ddp_ratio"),
