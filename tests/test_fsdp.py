@@ -327,3 +327,62 @@ def test_a_sharded_model_outside_a_distributed_trainer_or_sharded_only_in_part_i
     assert len(lines) == 2, p.stdout + p.stderr[-3000:]
     assert "submodules sharded with fully_shard, but not the model itself" in lines[0]
     assert "train it with Trainer(..., distributed=True)" in lines[1]
+
+
+BUFFERS = """
+import sys, torch, torch.nn as nn
+from pathlib import Path
+from fsmtrain.train.distributed import Distributed
+from fsmtrain.train.sharded import load_sharded, local_buffers, save_sharded, shard_model, verify_sharded
+d = Distributed()
+torch.manual_seed(0)
+model = shard_model(nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 2)))
+opt = torch.optim.Adam(model.parameters())
+model(torch.randn(32, 8) + 3 * d.rank).sum().backward()  # each rank its own batch: its own running statistics
+opt.step()
+class R: pass
+r = R(); r.dist, r.model, r.optimizer = d, model, opt
+root = Path(sys.argv[1])
+mine = model[1].running_mean.clone()
+ref = save_sharded(r, root, "run1", "e00001", {"epoch": 1, "buffers": local_buffers(model)})
+with torch.no_grad():
+    model[1].running_mean.zero_()
+manifest = d.agree(verify_sharded(root, ref) if d.writer else None)
+load_sharded(r, root, ref, manifest)
+print(d.rank, torch.equal(model[1].running_mean, mine), round(float(mine.sum()), 4))
+"""
+
+
+def test_each_rank_gets_its_own_unsharded_buffers_back(tmp_path):
+    """FSDP2 leaves buffers (BatchNorm's running statistics) unsharded and different on each rank, and DCP keeps one
+    copy of a plain tensor: each rank's are saved in its own file and restored from there."""
+    from fsmtrain.launch import launch_command
+
+    (tmp_path / "buffers_check.py").write_text(BUFFERS)
+    cmd, e = launch_command(2, "buffers_check", [str(tmp_path / "ck")], max_restarts=0)
+    p = subprocess.run(cmd, env={**e, **env(), "PYTHONPATH": f"{ROOT}:{tmp_path}"}, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = sorted(line.split() for line in p.stdout.splitlines() if line[:2] in ("0 ", "1 "))
+    assert [row[:2] for row in rows] == [["0", "True"], ["1", "True"]], p.stdout
+    assert rows[0][2] != rows[1][2]  # (the ranks' statistics differed: one copy for both would not do)
+
+
+def test_dcp_failures_become_fsmtrain_errors():
+    """DCP raises CheckpointException (a BaseException in torch 2.13) carrying each rank's exception: a full disk
+    stays an OSError (the runner stops the run, resumable), anything else becomes a CheckpointError naming it."""
+    import errno
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from fsmtrain.errors import CheckpointError, environmental
+    from fsmtrain.train.sharded import _dcp
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError) as got, _dcp("saving x failed"):
+        raise CheckpointException("save failed", {1: (full, None)})
+    assert got.value is full and environmental(got.value)
+    with pytest.raises(CheckpointError, match=r"saving x failed \(ValueError: bad shape\)"), _dcp("saving x failed"):
+        raise CheckpointException("save failed", {0: (ValueError("bad shape"), None)})
+    with pytest.raises(CheckpointError, match=r"loading y \(KeyError"), _dcp("loading y"):
+        raise KeyError("model.0.weight")

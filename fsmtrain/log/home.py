@@ -239,7 +239,7 @@ class Home:
         if path in self.uploaded:
             return 0
         sent = 0
-        if Path(path).name == MANIFEST:
+        if is_manifest(path):
             try:
                 listed = manifest_files(root, path)
             except FileNotFoundError:
@@ -271,14 +271,17 @@ class Home:
         """Copy ``artifacts/path`` from the home to ``root/path`` when the home holds it with that content
         (checked before it is moved into place); ``False`` when it does not.  A manifest's listed files come
         first, each checked the same way, and the manifest last: a manifest here means its files are too."""
-        if Path(path).name != MANIFEST:
+        if not is_manifest(path):
             return self._fetch_one(root, path, sha256, size)
         staged = f"{path}.{uuid.uuid4().hex}.fetching"
         try:
             if not self._fetch_one(root, staged, sha256, size, key=f"artifacts/{path}"):
                 return False
             for f in manifest_files(root, staged):
-                if not (root / f["path"]).exists() and not self._fetch_one(root, f["path"], f["sha256"], f["size"]):
+                here = root / f["path"]
+                if here.exists() and here.stat().st_size == f["size"] and _sha256(here) == f["sha256"]:
+                    continue  # (already here, intact: a damaged one is fetched again)
+                if not self._fetch_one(root, f["path"], f["sha256"], f["size"]):
                     raise CorruptLog(f"the home holds {path} but not {f['path']}, which it lists; nothing was "
                                      "taken from it")
             os.replace(root / staged, root / path)
@@ -309,9 +312,15 @@ class Home:
 
 
 MANIFEST = "manifest.json"
-"""The name of a file that lists others (a sharded checkpoint's): ``{"files": [{"path", "sha256", "size"}...]}``,
-each path relative to the manifest's folder.  A Ref to it stands for all of them: they are shipped before it and
-fetched before it."""
+"""The name of a file that lists others, in a folder named ``*.dcp`` (a sharded checkpoint's):
+``{"files": [{"path", "sha256", "size"}...]}``, each path relative to the manifest's folder.  A Ref to it stands
+for all of them: they are shipped before it and fetched before it."""
+
+
+def is_manifest(path: str) -> bool:
+    """Whether the file a Ref names at ``path`` is a manifest of files (see :data:`MANIFEST`)."""
+    p = PurePosixPath(path)
+    return p.name == MANIFEST and p.parent.suffix == ".dcp"
 
 
 def manifest_files(root: Path, path: str) -> list[dict[str, Any]]:

@@ -23,7 +23,16 @@ from ..state import Ref, State, append
 from .checkpoints import FORMAT, capture_rng, load_checkpoint, save_checkpoint, weights_sha256
 from .resources import Resources, batches, feed, shard, stateful
 from .saver import commit_updates
-from .sharded import even_out, full_model_state, full_weights, is_sharded, is_sharded_ref, save_sharded, verify_sharded
+from .sharded import (
+    even_out,
+    full_model_state,
+    full_weights,
+    is_sharded,
+    is_sharded_ref,
+    local_buffers,
+    save_sharded,
+    verify_sharded,
+)
 
 __all__ = ["accuracy", "artifact_refs", "checkpoint", "evaluate", "export_best", "finish", "fits_a_classifier",
            "run_folder", "train_epoch", "train_steps"]
@@ -400,7 +409,8 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
             wanted = _state_bytes(r) >= AUTO_ASYNC_BYTES
         background = wanted and r.saver is not None and not _holds(sync_when, state) and (r.dist is None or sharded)
         if sharded:  # FSDP2: every rank writes its shards and its own state (spec/training.md §6b)
-            own = {"epoch": epoch, "rng": rng, "scheduler": r.scheduler.state_dict() if r.scheduler else None,
+            own = {"epoch": epoch, "rng": rng, "buffers": local_buffers(r.model),
+                   "scheduler": r.scheduler.state_dict() if r.scheduler else None,
                    "scaler": r.scaler.state_dict() if r.scaler is not None else None,
                    "loader": r.train_data.state_dict() if stateful(r.train_data) else None}
             if background:
@@ -506,11 +516,24 @@ def export_best(*, name: str = "export") -> Action:
         if r.artifacts is None:
             raise CheckpointError(f"action `{name}` has nowhere to write: run it with a Trainer and a log")
         ref = best["checkpoint"]
-        model = full_model_state(r.artifacts, ref) if is_sharded_ref(ref) and verify_sharded(r.artifacts, ref) \
-            else load_checkpoint(r.artifacts, ref, map_location="cpu")["model"]
-        exported = {"format": FORMAT, "model": model, "epoch": best["epoch"], "metric": best["metric"],
-                    "value": best["value"]}
-        return {"exported": save_checkpoint(r.artifacts, run_folder(r.run_id), "model", exported)}
+        if r.dist is not None and not r.dist.writer:  # (the log's rank writes the file: the others take its Ref)
+            said = r.dist.agree(None)
+            if said[0] == "error":
+                raise CheckpointError(f"action `{name}` failed on the log's rank: {said[1]}")
+            return {"exported": said[1]}
+        try:
+            model = full_model_state(r.artifacts, ref) if is_sharded_ref(ref) and verify_sharded(r.artifacts, ref) \
+                else load_checkpoint(r.artifacts, ref, map_location="cpu")["model"]
+            exported = {"format": FORMAT, "model": model, "epoch": best["epoch"], "metric": best["metric"],
+                        "value": best["value"]}
+            made = save_checkpoint(r.artifacts, run_folder(r.run_id), "model", exported)
+        except Exception as e:
+            if r.dist is not None:
+                r.dist.agree(("error", f"{type(e).__name__}: {e}"))
+            raise
+        if r.dist is not None:
+            r.dist.agree(("ref", made))
+        return {"exported": made}
 
     return Action(fn, name=name, reads=["best"], writes=["exported"])
 

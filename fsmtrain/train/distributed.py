@@ -66,6 +66,8 @@ class Distributed:
                                 "start the script with `torchrun --nproc-per-node N script.py` (or "
                                 "`python -m torch.distributed.run ...`)")
         self.timeout = _timeout(timeout)
+        # the save group's collectives wait for the slowest rank's shards to reach the disk: minutes on network storage
+        self.save_timeout = max(self.timeout, _timeout(None, "FSMTRAIN_SAVE_TIMEOUT", 900.0))
         if not dist.is_initialized():
             die_with_parent()  # torchrun's worker dies with torchrun (its own session would outlive it)
             backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
@@ -189,7 +191,7 @@ class Distributed:
         rank reaches together): DCP's planning and commit never share a communicator with training (a save
         on nccl would queue behind, or interleave with, the training's collectives)."""
         if self._save_group is None:
-            self._save_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=self.timeout))
+            self._save_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=self.save_timeout))
         return self._save_group
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -233,14 +235,15 @@ def peer_lost(error: BaseException) -> str | None:
     return None
 
 
-def _timeout(timeout: float | None) -> float:
-    """Seconds any collective, and joining the group, may take: given, else ``$FSMTRAIN_DIST_TIMEOUT``, else 120."""
+def _timeout(timeout: float | None, var: str = "FSMTRAIN_DIST_TIMEOUT", default: float = 120.0) -> float:
+    """Seconds any collective, and joining the group, may take: given, else ``$FSMTRAIN_DIST_TIMEOUT``, else 120
+    (``var``, ``default``: another limit's)."""
     if timeout is None:
-        text = os.environ.get("FSMTRAIN_DIST_TIMEOUT", "").strip()
+        text = os.environ.get(var, "").strip()
         try:
-            timeout = float(text) if text else 120.0
+            timeout = float(text) if text else default
         except ValueError:
-            raise ResourceError(f"FSMTRAIN_DIST_TIMEOUT must be a number of seconds, got {text!r}") from None
+            raise ResourceError(f"{var} must be a number of seconds, got {text!r}") from None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
         raise ResourceError(f"the distributed timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)

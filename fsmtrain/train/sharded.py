@@ -5,12 +5,12 @@ the optimizer's state, so no rank can write the whole checkpoint.  A *sharded ch
 
     run<ID>/<stem>-<sha256[:12]>.dcp/
         .metadata  __0_0.distcp  __1_0.distcp ...   # torch.distributed.checkpoint (DCP): each rank its shards
-        rank0.pt  rank1.pt ...                      # each rank's own small state: RNGs, LR scheduler, scaler, loader
+        rank0.pt  rank1.pt ...                      # each rank's own: RNGs, buffers, LR scheduler, scaler, loader
         manifest.json                               # the format, the world size, every file's size and sha256
 
 Each rank writes its shards (``dcp.save`` over a gloo group of its own, never the training's collectives), the
-files are fsynced, the ranks hash them (each a share), and the log's rank writes the manifest, renames the folder
-to its name with the manifest's hash, and only then is the Ref to ``manifest.json`` committed: a committed Ref
+files are fsynced, the ranks hash them (each a share), and the log's rank renames the folder to its name with the
+manifest's hash and writes the manifest into it; only then is the Ref to ``manifest.json`` committed: a committed Ref
 always names a complete checkpoint whose every byte is hashed (spec/training.md §3c).  The folder must be on a
 filesystem every rank sees (one node, or a shared mount); a save where a rank cannot see the others' files fails
 with a :class:`~fsmtrain.errors.CheckpointError`, and nothing is committed.
@@ -43,7 +43,7 @@ from .checkpoints import FORMAT, write_artifact
 from .saver import _trace, fsync_dir
 
 __all__ = ["MANIFEST", "even_out", "finish", "full_model_state", "full_weights", "is_sharded", "is_sharded_ref",
-           "load_full", "load_own", "load_sharded", "own_bytes", "prepare", "save_sharded", "shard_model",
+           "load_full", "load_own", "load_sharded", "local_buffers", "own_bytes", "prepare", "save_sharded", "shard_model",
            "sharding_problem", "state_dicts", "verify_sharded"]
 
 MANIFEST = "manifest.json"
@@ -121,8 +121,8 @@ def even_out(r: Any, ran: int, sample: Any) -> None:
     most = max(row[0] for row in r.dist.all_gather_ints([ran]))
     if most <= ran:
         return
-    if sample is None:
-        *sample, _ = next(iter(batches(r.val_data, 1, device=r.device)))
+    if sample is None:  # (this rank's share was empty; another's was not, so val_data has a first sample)
+        *sample, _ = next(iter(batches(r.val_data, 1, device=r.device, collate_fn=r.collate_fn)))
     with torch.no_grad(), r.autocast():
         for _ in range(most - ran):
             r.model(*sample)  # (its outputs are not counted)
@@ -143,7 +143,9 @@ def save_sharded(r: Any, root: Path, folder: str, stem: str, own: Mapping[str, A
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
     tmp = prepare(r.dist, root, folder, stem)
-    meta = dcp_save(state_dicts(r), storage_writer=_writer(tmp, f"{folder}/{stem}"), process_group=r.dist.save_group())
+    with _dcp(f"saving sharded checkpoint {folder}/{stem} failed"):
+        meta = dcp_save(state_dicts(r), storage_writer=_writer(tmp, f"{folder}/{stem}"),
+                        process_group=r.dist.save_group())
     return finish(r.dist, root, folder, stem, tmp, meta, own_bytes(own), own.get("epoch"))
 
 
@@ -181,39 +183,90 @@ def prepare(d: Any, root: Path, folder: str, stem: str) -> Path:
 def finish(d: Any, root: Path, folder: str, stem: str, tmp: Path, meta: Any, own: bytes, epoch: Any) -> Ref:
     """After DCP wrote the shards into ``tmp`` (``meta``: what ``dcp.save`` returned): each rank's own file, the
     files hashed (each rank a share), the manifest and the final name (the log's rank); the Ref, on every rank.
-    Every collective here is on the save group: a background thread may run it while training goes on."""
+    Every collective here is on the save group: a background thread may run it while training goes on.  A rank
+    whose part fails (a full disk) still enters every collective, so all ranks raise the same error together:
+    an ``OSError`` with the failing rank's errno (a full disk stops the run, resumable), else a CheckpointError."""
     import torch.distributed as dist
 
     group = d.save_group()
-    write_artifact(tmp, f"rank{d.rank}.pt", own)
+    problem: OSError | None = None
+    try:
+        write_artifact(tmp, f"rank{d.rank}.pt", own)
+    except OSError as e:
+        problem = e
     dist.barrier(group=group)  # (every rank's files are written: DCP's before dcp.save returned, its own now)
     _trace("sharded-written", stem)
     names = sorted({v.relative_path for v in meta.storage_data.values()} | {".metadata"}
                    | {f"rank{i}.pt" for i in range(d.world)})
     missing = [n for n in names if not (tmp / n).exists()]
-    share = {"missing": missing[:3], "files": {n: _sha256_file(tmp / n) for n in names[d.rank::d.world]
-                                               if n not in missing}}
+    files = {}
+    try:
+        files = {n: _sha256_file(tmp / n) for n in names[d.rank::d.world] if n not in missing}
+    except OSError as e:
+        problem = problem or e
+    share = {"missing": missing[:3], "files": files,
+             "error": (problem.errno, f"{type(problem).__name__}: {problem}") if problem else None}
     shares: list[Any] | None = [None] * d.world if d.writer else None
     dist.gather_object(share, shares, dst=d.writer_rank, group=group)
     said: list[Any] = [None]
     if d.writer:
         assert shares is not None
+        failed = {i: s["error"] for i, s in enumerate(shares) if s["error"]}
         lacking = {i: s["missing"] for i, s in enumerate(shares) if s["missing"]}
-        if lacking:
+        if failed:
+            i, (number, text) = next(iter(failed.items()))
+            said[0] = ("error", f"rank {i} could not write its part of sharded checkpoint {tmp}: {text}", number)
+        elif lacking:
             said[0] = ("error", f"a sharded checkpoint needs its folder on a filesystem every rank sees (one node, or "
                                 f"a shared mount): rank(s) {', '.join(map(str, lacking))} cannot see "
-                                f"{', '.join(sorted({n for v in lacking.values() for n in v}))} in {tmp}")
+                                f"{', '.join(sorted({n for v in lacking.values() for n in v}))} in {tmp}", None)
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             try:
                 said[0] = ("ref", _commit(root, folder, stem, tmp, shares, d.world, epoch))
             except OSError as e:
-                said[0] = ("error", f"cannot finish the sharded checkpoint {tmp}: {e}")
+                said[0] = ("error", f"cannot finish the sharded checkpoint {tmp}: {e}", e.errno)
     dist.broadcast_object_list(said, src=d.writer_rank, group=group)
     if said[0][0] == "error":
-        raise CheckpointError(said[0][1])
+        _, text, number = said[0]
+        if number is not None:
+            raise OSError(number, text)  # (environmental() judges it: a full disk stops the run, resumable)
+        raise CheckpointError(text)
     ref: Ref = said[0][1]
     return ref
+
+
+def dcp_error(e: BaseException) -> BaseException:
+    """The exception behind a DCP ``CheckpointException`` (a ``BaseException`` in torch 2.13, whose ``failures``
+    map ranks to ``(exception, traceback)``): the first failing rank's; else ``e``."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        inner = inner[0] if isinstance(inner, tuple) and inner else inner
+        if isinstance(inner, BaseException):
+            return inner
+    return e
+
+
+@contextlib.contextmanager
+def _dcp(what: str) -> Iterator[None]:
+    """DCP's failures as fsmtrain's: a full disk or a lost peer as the exception itself (the runner stops the run
+    resumable, or treats it as an interruption), anything else as a CheckpointError naming ``what``."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from ..errors import environmental
+    from .distributed import peer_lost
+
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (CheckpointException, Exception) as e:
+        inner = dcp_error(e)
+        if environmental(inner) or peer_lost(inner):
+            raise inner from None
+        text = str(inner).strip().splitlines()
+        raise CheckpointError(f"{what} ({type(inner).__name__}: {text[0][:300] if text else ''})") from None
 
 
 def _writer(path: Path, name: str) -> Any:
@@ -277,6 +330,23 @@ def verify_sharded(root: Path, ref: Ref) -> dict[str, Any]:
     return dict(manifest)
 
 
+def local_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's saved buffers that FSDP2 leaves unsharded and unsynchronised (BatchNorm's running statistics:
+    each rank its own), as CPU copies: DCP keeps one copy of a plain tensor for all ranks, so each rank's go in
+    its own file."""
+    keys = set(model.state_dict())
+    return {name: b.detach().cpu().clone() for name, b in model.named_buffers()
+            if name in keys and not _is_dtensor(b)}
+
+
+def _is_dtensor(t: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return False
+    return isinstance(t, DTensor)
+
+
 def load_own(root: Path, ref: Ref, manifest: Mapping[str, Any], rank: int, map_location: Any) -> dict[str, Any]:
     """Rank ``rank``'s own state from the checkpoint (its RNGs...), checked against the manifest."""
     name = f"rank{rank}.pt"
@@ -301,15 +371,16 @@ def load_sharded(r: Any, root: Path, ref: Ref, manifest: Mapping[str, Any], map_
     folder = (root / ref.path).parent
     model_sd, optim_sd = get_state_dict(r.model, r.optimizer)
     sd: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
-    try:
+    with _dcp(f"sharded checkpoint {ref.path} does not fit this model and optimizer"):
         dcp_load.load(sd, checkpoint_id=str(folder), process_group=d.save_group())
-    except Exception as e:
-        raise CheckpointError(f"sharded checkpoint {ref.path} does not fit this model and optimizer "
-                              f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})"
-                              ) from None
     set_state_dict(r.model, r.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
     same = manifest["world_size"] == d.world
     own = load_own(root, ref, manifest, d.rank if same else 0, map_location)
+    buffers = dict(r.model.named_buffers())
+    with torch.no_grad():
+        for name, value in (own.get("buffers") or {}).items():  # this rank's own (rank 0's at another world size)
+            if name in buffers and not _is_dtensor(buffers[name]):
+                buffers[name].copy_(value)
     return {**own, "world_size": manifest["world_size"]}
 
 
@@ -320,20 +391,16 @@ def load_full(root: Path, ref: Ref, model: torch.nn.Module, optimizer: Any = Non
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     folder = str((root / ref.path).parent)
-    try:
-        with _one_process():
-            if optimizer is None:
-                whole: dict[str, Any] = {"model": model.state_dict()}
-                dcp_load.load(whole, checkpoint_id=folder, no_dist=True)
-                model.load_state_dict(whole["model"])
-                return
-            model_sd, optim_sd = get_state_dict(model, optimizer)
-            sd: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
-            dcp_load.load(sd, checkpoint_id=folder, no_dist=True)
-            set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
-    except Exception as e:
-        raise CheckpointError(f"sharded checkpoint {ref.path} does not fit this model and optimizer "
-                              f"({type(e).__name__}: {str(e).strip()[:300]})") from None
+    with _dcp(f"sharded checkpoint {ref.path} does not fit this model and optimizer"), _one_process():
+        if optimizer is None:
+            whole: dict[str, Any] = {"model": model.state_dict()}
+            dcp_load.load(whole, checkpoint_id=folder, no_dist=True)
+            model.load_state_dict(whole["model"])
+            return
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        sd: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
+        dcp_load.load(sd, checkpoint_id=folder, no_dist=True)
+        set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
 
 
 def full_model_state(root: Path, ref: Ref) -> dict[str, torch.Tensor]:
@@ -350,7 +417,7 @@ def full_model_state(root: Path, ref: Ref) -> dict[str, torch.Tensor]:
             model[key[len("model."):]] = torch.empty(meta.size, dtype=meta.properties.dtype)
     if not model:
         raise CheckpointError(f"sharded checkpoint {ref.path} holds no model tensors")
-    with _one_process():
+    with _dcp(f"sharded checkpoint {ref.path} cannot be read"), _one_process():
         dcp_load.load({"model": model}, checkpoint_id=folder, no_dist=True)
     return model
 

@@ -31,7 +31,7 @@ import torch
 from ..errors import CheckpointError, environmental
 from ..state import Ref
 from .saver import LATE_KEYS, _trace, commit_updates
-from .sharded import finish, own_bytes, prepare, state_dicts
+from .sharded import dcp_error, finish, own_bytes, prepare, state_dicts
 
 __all__ = ["ShardedSaver"]
 
@@ -93,8 +93,8 @@ class ShardedSaver:
             meta = future.result()
             job.ref = finish(self.dist, self.root, job.folder, job.stem, tmp, meta, own, epoch)
             _trace("durable", job.stem)
-        except BaseException as e:  # reported by the step that would have committed it
-            job.error = e
+        except BaseException as e:  # reported by the step that would have committed it (DCP's failures unwrapped)
+            job.error = dcp_error(e)
         finally:
             self.stats["in_flight"].append(time.monotonic() - job.started)
             job.done.set()

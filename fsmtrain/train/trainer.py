@@ -423,6 +423,7 @@ class Trainer:
 
     def _restore(self, runner: Runner) -> dict[str, Any]:
         """Rebuild the resources and bring them to the runner's last committed step."""
+        self.saver.wait()  # (a retry's restore: a save in flight must not share the save group with the load)
         if self.dist is not None:
             return self._restore_distributed(runner)
         assert runner.run_id is not None
