@@ -333,29 +333,48 @@ BUFFERS = """
 import sys, torch, torch.nn as nn
 from pathlib import Path
 from fsmtrain.train.distributed import Distributed
-from fsmtrain.train.sharded import load_sharded, local_buffers, save_sharded, shard_model, verify_sharded
+from fsmtrain.train.sharded import (full_model_state, load_sharded, local_buffers, save_sharded, shard_model,
+                                    verify_sharded)
 d = Distributed()
+class M(nn.Module):  # an embedding tied to the output layer, and BatchNorm statistics
+    def __init__(self):
+        super().__init__()
+        self.emb, self.mid, self.bn = nn.Embedding(32, 8), nn.Linear(8, 8), nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 32, bias=False)
+        self.head.weight = self.emb.weight
+    def forward(self, x):
+        return self.head(self.bn(self.mid(self.emb(x))))
 torch.manual_seed(0)
-model = shard_model(nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 2)))
+model = shard_model(M())
 opt = torch.optim.Adam(model.parameters())
-model(torch.randn(32, 8) + 3 * d.rank).sum().backward()  # each rank its own batch: its own running statistics
+model(torch.randint(8 * d.rank, 8 * d.rank + 8, (32,))).sum().backward()  # each rank its own batch and statistics
 opt.step()
 class R: pass
 r = R(); r.dist, r.model, r.optimizer = d, model, opt
 root = Path(sys.argv[1])
-mine = model[1].running_mean.clone()
+mine, weights = model.bn.running_mean.clone(), model.emb.weight.full_tensor().clone()
 ref = save_sharded(r, root, "run1", "e00001", {"epoch": 1, "buffers": local_buffers(model)})
 with torch.no_grad():
-    model[1].running_mean.zero_()
+    model.bn.running_mean.zero_()
+    model.emb.weight.zero_()
 manifest = d.agree(verify_sharded(root, ref) if d.writer else None)
 load_sharded(r, root, ref, manifest)
-print(d.rank, torch.equal(model[1].running_mean, mine), round(float(mine.sum()), 4))
+out = [d.rank, torch.equal(model.bn.running_mean, mine), round(float(mine.sum()), 4),
+       torch.equal(model.emb.weight.full_tensor(), weights) and model.head.weight is model.emb.weight,
+       manifest["aliases"] == {"head.weight": "emb.weight"}]
+if d.writer:
+    full = full_model_state(root, ref)
+    out += [sorted(full) == ["bn.bias", "bn.num_batches_tracked", "bn.running_mean", "bn.running_var", "bn.weight",
+                             "emb.weight", "head.weight", "mid.bias", "mid.weight"],
+            torch.equal(full["head.weight"], weights)]
+(root / f"rank{d.rank}.txt").write_text(" ".join(map(str, out)))  # (a file each: the ranks' stdout interleave)
 """
 
 
-def test_each_rank_gets_its_own_unsharded_buffers_back(tmp_path):
+def test_each_rank_gets_its_own_buffers_back_and_tied_weights_are_saved_once(tmp_path):
     """FSDP2 leaves buffers (BatchNorm's running statistics) unsharded and different on each rank, and DCP keeps one
-    copy of a plain tensor: each rank's are saved in its own file and restored from there."""
+    copy of a plain tensor: each rank's are saved in its own file and restored from there.  An embedding tied to the
+    output layer is saved once (the manifest names the alias), restored tied, and an export has both names."""
     from fsmtrain.launch import launch_command
 
     (tmp_path / "buffers_check.py").write_text(BUFFERS)
@@ -363,8 +382,9 @@ def test_each_rank_gets_its_own_unsharded_buffers_back(tmp_path):
     p = subprocess.run(cmd, env={**e, **env(), "PYTHONPATH": f"{ROOT}:{tmp_path}"}, cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    rows = sorted(line.split() for line in p.stdout.splitlines() if line[:2] in ("0 ", "1 "))
-    assert [row[:2] for row in rows] == [["0", "True"], ["1", "True"]], p.stdout
+    rows = [(tmp_path / "ck" / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert [row[:2] + row[3:] for row in rows] == [["0", "True", "True", "True", "True", "True"],
+                                                   ["1", "True", "True", "True"]]  # (rank 0 also exported)
     assert rows[0][2] != rows[1][2]  # (the ranks' statistics differed: one copy for both would not do)
 
 

@@ -85,9 +85,10 @@ def is_sharded_ref(ref: Ref) -> bool:
 def shard_model(model: torch.nn.Module, *, units: tuple[type, ...] = (torch.nn.Linear, torch.nn.Embedding),
                 mesh: Any = None) -> torch.nn.Module:
     """``model`` sharded with FSDP2 over every rank of the process group: ``fully_shard`` on each submodule of a
-    type in ``units`` (its own all-gather, so that only one unit's full parameters exist at a time), then on the
-    model.  Call it in the resource factory, before creating the optimizer (which must see the sharded
-    parameters); ``mesh`` defaults to a 1-D mesh over all ranks (CUDA with nccl, else the CPU)."""
+    type in ``units`` (its own all-gather, so that only one unit's full parameters exist at a time) whose
+    parameters no module outside it shares (tied weights stay in the model's own unit), then on the model.  Call it
+    in the resource factory, before creating the optimizer (which must see the sharded parameters); ``mesh``
+    defaults to a 1-D mesh over all ranks (CUDA with nccl, else the CPU)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -98,9 +99,14 @@ def shard_model(model: torch.nn.Module, *, units: tuple[type, ...] = (torch.nn.L
     if mesh is None:
         kind = "cuda" if dist.get_backend() == "nccl" else "cpu"
         mesh = init_device_mesh(kind, (dist.get_world_size(),))
-    for module in list(model.modules())[1:]:
-        if isinstance(module, units):
-            fully_shard(module, mesh=mesh)
+    owners: dict[int, set[str]] = {}  # each parameter's modules (several where weights are tied)
+    for name, module in model.named_modules():
+        for param in module.parameters(recurse=False):
+            owners.setdefault(id(param), set()).add(name)
+    for name, module in list(model.named_modules())[1:]:
+        own = all(o == name or o.startswith(f"{name}.") for param in module.parameters() for o in owners[id(param)])
+        if own and any(isinstance(module, u) for u in units):
+            fully_shard(module, mesh=mesh)  # (a unit tied to a module outside it stays with the model's own unit)
     fully_shard(model, mesh=mesh)
     return model
 
@@ -143,18 +149,44 @@ def save_sharded(r: Any, root: Path, folder: str, stem: str, own: Mapping[str, A
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
     tmp = prepare(r.dist, root, folder, stem)
+    state, aliases = state_dicts(r)
     with _dcp(f"saving sharded checkpoint {folder}/{stem} failed"):
-        meta = dcp_save(state_dicts(r), storage_writer=_writer(tmp, f"{folder}/{stem}"),
-                        process_group=r.dist.save_group())
-    return finish(r.dist, root, folder, stem, tmp, meta, own_bytes(own), own.get("epoch"))
+        meta = dcp_save(state, storage_writer=_writer(tmp, f"{folder}/{stem}"), process_group=r.dist.save_group())
+    return finish(r.dist, root, folder, stem, tmp, meta, own_bytes(own), own.get("epoch"), aliases)
 
 
-def state_dicts(r: Any) -> dict[str, Any]:
-    """What DCP saves of resources ``r``: the model's and the optimizer's state dicts (sharded: each rank its own)."""
+def state_dicts(r: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """What DCP saves of resources ``r`` — the model's and the optimizer's state dicts (sharded: each rank its
+    own), each tensor once — and the model's tied entries left out (``{name: the entry it is}``)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(r.model, r.optimizer)
-    return {"model": model_sd, "optimizer": optim_sd}
+    aliases = _tied(r.model, model_sd)
+    for name in aliases:
+        del model_sd[name]
+    return {"model": model_sd, "optimizer": optim_sd}, aliases
+
+
+def _tied(model: torch.nn.Module, state: Mapping[str, Any]) -> dict[str, str]:
+    """The entries of ``state`` (the model's state dict) that are another entry's parameter or buffer (tied
+    weights: an output layer sharing the embedding), as ``{name: the first name}``; found from the module's own
+    registrations, so every rank finds the same, whatever its shards."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        if name not in state:
+            continue
+        if id(t) in first:
+            out[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return out
+
+
+def _untie(model_sd: dict[str, Any], aliases: Mapping[str, str]) -> None:
+    for name, same in aliases.items():
+        if same in model_sd:
+            model_sd[name] = model_sd[same]
 
 
 def own_bytes(own: Mapping[str, Any]) -> bytes:
@@ -180,7 +212,8 @@ def prepare(d: Any, root: Path, folder: str, stem: str) -> Path:
     return tmp
 
 
-def finish(d: Any, root: Path, folder: str, stem: str, tmp: Path, meta: Any, own: bytes, epoch: Any) -> Ref:
+def finish(d: Any, root: Path, folder: str, stem: str, tmp: Path, meta: Any, own: bytes, epoch: Any,
+           aliases: Mapping[str, str]) -> Ref:
     """After DCP wrote the shards into ``tmp`` (``meta``: what ``dcp.save`` returned): each rank's own file, the
     files hashed (each rank a share), the manifest and the final name (the log's rank); the Ref, on every rank.
     Every collective here is on the save group: a background thread may run it while training goes on.  A rank
@@ -223,7 +256,7 @@ def finish(d: Any, root: Path, folder: str, stem: str, tmp: Path, meta: Any, own
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             try:
-                said[0] = ("ref", _commit(root, folder, stem, tmp, shares, d.world, epoch))
+                said[0] = ("ref", _commit(root, folder, stem, tmp, shares, d.world, epoch, aliases))
             except OSError as e:
                 said[0] = ("error", f"cannot finish the sharded checkpoint {tmp}: {e}", e.errno)
     dist.broadcast_object_list(said, src=d.writer_rank, group=group)
@@ -283,13 +316,15 @@ def _writer(path: Path, name: str) -> Any:
 
 
 def _commit(root: Path, folder: str, stem: str, tmp: Path, shares: list[dict[str, Any]], world: int,
-            epoch: Any) -> Ref:
+            epoch: Any, aliases: Mapping[str, str]) -> Ref:
     """The log's rank: the manifest of the hashed files, the folder renamed to its hash, then the manifest in it."""
     files = {}
     for s in shares:
         files.update(s["files"])
     manifest = {"kind": KIND, "version": 1, "world_size": world, "epoch": epoch,
                 "files": [{"path": n, "sha256": files[n][0], "size": files[n][1]} for n in sorted(files)]}
+    if aliases:  # tied weights: saved once, under the first name
+        manifest["aliases"] = dict(sorted(aliases.items()))
     data = json.dumps(manifest, sort_keys=True, indent=1).encode()
     final = root / folder / f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}.dcp"
     if (final / MANIFEST).exists():
@@ -365,14 +400,14 @@ def load_sharded(r: Any, root: Path, ref: Ref, manifest: Mapping[str, Any], map_
     distributed run; each rank reads its own shards (resharded by DCP at another world size).  Returns the rank's
     own state (RNGs, scheduler...) with ``world_size`` of the save."""
     from torch.distributed.checkpoint import state_dict_loader as dcp_load
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import set_state_dict
 
     d = r.dist
     folder = (root / ref.path).parent
-    model_sd, optim_sd = get_state_dict(r.model, r.optimizer)
-    sd: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
+    sd, aliases = state_dicts(r)
     with _dcp(f"sharded checkpoint {ref.path} does not fit this model and optimizer"):
         dcp_load.load(sd, checkpoint_id=str(folder), process_group=d.save_group())
+    _untie(sd["model"], aliases)
     set_state_dict(r.model, r.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
     same = manifest["world_size"] == d.world
     own = load_own(root, ref, manifest, d.rank if same else 0, map_location)
@@ -388,18 +423,21 @@ def load_full(root: Path, ref: Ref, model: torch.nn.Module, optimizer: Any = Non
     """Load sharded checkpoint ``ref`` (verified) into an unsharded ``model`` (and ``optimizer``) in one process:
     DCP gathers the shards."""
     from torch.distributed.checkpoint import state_dict_loader as dcp_load
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import set_state_dict
 
     folder = str((root / ref.path).parent)
     with _dcp(f"sharded checkpoint {ref.path} does not fit this model and optimizer"), _one_process():
         if optimizer is None:
-            whole: dict[str, Any] = {"model": model.state_dict()}
-            dcp_load.load(whole, checkpoint_id=folder, no_dist=True)
-            model.load_state_dict(whole["model"])
+            whole = dict(model.state_dict())
+            aliases = _tied(model, whole)
+            template = {"model": {k: v for k, v in whole.items() if k not in aliases}}
+            dcp_load.load(template, checkpoint_id=folder, no_dist=True)
+            _untie(template["model"], aliases)
+            model.load_state_dict(template["model"])
             return
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        sd: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
+        sd, aliases = state_dicts(_Pair(model, optimizer))
         dcp_load.load(sd, checkpoint_id=folder, no_dist=True)
+        _untie(sd["model"], aliases)
         set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
 
 
@@ -419,7 +457,13 @@ def full_model_state(root: Path, ref: Ref) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"sharded checkpoint {ref.path} holds no model tensors")
     with _dcp(f"sharded checkpoint {ref.path} cannot be read"), _one_process():
         dcp_load.load({"model": model}, checkpoint_id=folder, no_dist=True)
+    _untie(model, json.loads((root / ref.path).read_bytes()).get("aliases") or {})
     return model
+
+
+class _Pair:
+    def __init__(self, model: torch.nn.Module, optimizer: Any) -> None:
+        self.model, self.optimizer = model, optimizer
 
 
 @contextlib.contextmanager

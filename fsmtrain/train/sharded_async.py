@@ -66,14 +66,15 @@ class ShardedSaver:
         waited = self.wait()
         tmp = prepare(self.dist, self.root, folder, stem)
         _trace("staging", stem)
-        future = async_save(state_dicts(r), storage_writer=_writer(tmp, f"{folder}/{stem}"),
+        state, aliases = state_dicts(r)
+        future = async_save(state, storage_writer=_writer(tmp, f"{folder}/{stem}"),
                             process_group=self.dist.save_group(), async_stager=self.stager())
         _trace("staged", stem)
         self.stats["staging"].append(time.perf_counter() - t0 - waited)
         self.stats["stall"].append(time.perf_counter() - t0)
         job = _Job(pending, folder, stem)
         data = own_bytes(own)
-        threading.Thread(target=self._finish, args=(job, future, tmp, data, own.get("epoch")),
+        threading.Thread(target=self._finish, args=(job, future, tmp, data, own.get("epoch"), aliases),
                          name="fsmtrain-sharded-writer", daemon=True).start()
         self._job = job
 
@@ -87,11 +88,11 @@ class ShardedSaver:
                                                         use_async_staging=False, use_non_blocking_copy=False))
         return self._stager
 
-    def _finish(self, job: _Job, future: Any, tmp: Path, own: bytes, epoch: Any) -> None:
+    def _finish(self, job: _Job, future: Any, tmp: Path, own: bytes, epoch: Any, aliases: dict[str, str]) -> None:
         try:
             _trace("writing", job.stem)
             meta = future.result()
-            job.ref = finish(self.dist, self.root, job.folder, job.stem, tmp, meta, own, epoch)
+            job.ref = finish(self.dist, self.root, job.folder, job.stem, tmp, meta, own, epoch, aliases)
             _trace("durable", job.stem)
         except BaseException as e:  # reported by the step that would have committed it (DCP's failures unwrapped)
             job.error = dcp_error(e)
