@@ -103,10 +103,10 @@ def shard_model(model: torch.nn.Module, *, units: tuple[type, ...] = (torch.nn.L
     for name, module in model.named_modules():
         for param in module.parameters(recurse=False):
             owners.setdefault(id(param), set()).add(name)
-    for name, module in list(model.named_modules())[1:]:
-        own = all(o == name or o.startswith(f"{name}.") for param in module.parameters() for o in owners[id(param)])
-        if own and any(isinstance(module, u) for u in units):
-            fully_shard(module, mesh=mesh)  # (a unit tied to a module outside it stays with the model's own unit)
+    chosen = [module for name, module in list(model.named_modules())[1:] if any(isinstance(module, u) for u in units)
+              and all(o == name or o.startswith(f"{name}.") for p in module.parameters() for o in owners[id(p)])]
+    for module in reversed(chosen):  # (decided before any is sharded, which replaces parameters; inner units first)
+        fully_shard(module, mesh=mesh)  # (a unit tied to a module outside it stays with the model's own unit)
     fully_shard(model, mesh=mesh)
     return model
 
