@@ -78,19 +78,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# -- one variant, in its own process -------------------------------------------------------------------------------
-def run_fsmtrain(c: dict[str, int], mode: str, folder: Path) -> dict[str, Any]:
-    from fsmtrain.hooks import Hook
+def chunked_machine(c: dict[str, int], mode: str) -> Any:
+    """``c["chunks"]`` chunks of ``c["steps"]`` steps, a checkpoint after each (none for ``mode`` "none")."""
     from fsmtrain.stopping import max_steps
-    from fsmtrain.train import Resources, Trainer, training_machine
+    from fsmtrain.train import training_machine
 
-    x, y = data(c)
+    every = "1000 chunks" if mode == "none" else 1
+    return training_machine(max_steps(c["steps"] * c["chunks"]), every=c["steps"], metrics={}, monitor=None,
+                            evaluate_every="1000 chunks", checkpoint_every=every,
+                            checkpoints="async" if mode == "async" else "sync")
 
-    def build(state: Any) -> Resources:
-        torch.manual_seed(0)
-        model = LM(c["vocab"], c["d"], c["layers"], c["heads"], c["seq"])
-        return Resources(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4), train_data=(x, y),
-                         val_data=(x[: c["batch"]], y[: c["batch"]]), batch_size=c["batch"], loss_fn=lm_loss)
+
+def clock_hook(chunks: int) -> Any:
+    """A hook that notes when each chunk ends and how long each checkpoint step takes (but the last's)."""
+    from fsmtrain.hooks import Hook
 
     class Clock(Hook):
         def __init__(self) -> None:
@@ -105,14 +106,26 @@ def run_fsmtrain(c: dict[str, int], mode: str, folder: Path) -> dict[str, Any]:
             now = time.perf_counter()
             if action == "train_steps":
                 self.chunk_ends.append(now)
-            elif action == "checkpoint" and len(self.chunk_ends) < c["chunks"]:
+            elif action == "checkpoint" and len(self.chunk_ends) < chunks:
                 self.saves.append(now - self.t0)
 
-    every = "1000 chunks" if mode == "none" else 1
-    machine = training_machine(max_steps(c["steps"] * c["chunks"]), every=c["steps"], metrics={}, monitor=None,
-                               evaluate_every="1000 chunks", checkpoint_every=every,
-                               checkpoints="async" if mode == "async" else "sync")
-    clock = Clock()
+    return Clock()
+
+
+# -- one variant, in its own process -------------------------------------------------------------------------------
+def run_fsmtrain(c: dict[str, int], mode: str, folder: Path) -> dict[str, Any]:
+    from fsmtrain.train import Resources, Trainer
+
+    x, y = data(c)
+
+    def build(state: Any) -> Resources:
+        torch.manual_seed(0)
+        model = LM(c["vocab"], c["d"], c["layers"], c["heads"], c["seq"])
+        return Resources(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4), train_data=(x, y),
+                         val_data=(x[: c["batch"]], y[: c["batch"]]), batch_size=c["batch"], loss_fn=lm_loss)
+
+    machine = chunked_machine(c, mode)
+    clock = clock_hook(c["chunks"])
     trainer = Trainer(machine, build, log=folder / f"{mode}.db", hooks=[clock])
     runner = trainer.fit()
     assert runner.status == "finished", runner.status

@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +39,9 @@ VARIANTS = ("none", "sync", "async")
 def rank_main(variant: str, quick: bool, folder: Path) -> None:
     """One rank of one variant (under torchrun): train, and the log's rank writes its figures."""
     import torch
-    from checkpoints import LM, SIZES, data, lm_loss
+    from checkpoints import LM, SIZES, chunked_machine, clock_hook, data, lm_loss
 
-    from fsmtrain.hooks import Hook
-    from fsmtrain.stopping import max_steps
-    from fsmtrain.train import Resources, Trainer, shard_model, training_machine
+    from fsmtrain.train import Resources, Trainer, shard_model
 
     c = SIZES["quick" if quick else "full"]
     x, y = data(c)
@@ -56,27 +53,8 @@ def rank_main(variant: str, quick: bool, folder: Path) -> None:
         return Resources(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4), train_data=(x, y),
                          val_data=(x[: c["batch"]], y[: c["batch"]]), batch_size=c["batch"] // 2, loss_fn=lm_loss)
 
-    class Clock(Hook):
-        def __init__(self) -> None:
-            self.chunk_ends: list[float] = []
-            self.saves: list[float] = []
-            self.t0 = 0.0
-
-        def on_step_start(self, *, action: str, **_: Any) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *, action: str, **_: Any) -> None:
-            now = time.perf_counter()
-            if action == "train_steps":
-                self.chunk_ends.append(now)
-            elif action == "checkpoint" and len(self.chunk_ends) < c["chunks"]:
-                self.saves.append(now - self.t0)
-
-    every = "1000 chunks" if variant == "none" else 1
-    machine = training_machine(max_steps(c["steps"] * c["chunks"]), every=c["steps"], metrics={}, monitor=None,
-                               evaluate_every="1000 chunks", checkpoint_every=every,
-                               checkpoints="async" if variant == "async" else "sync")
-    clock = Clock()
+    machine = chunked_machine(c, variant)
+    clock = clock_hook(c["chunks"])
     trainer = Trainer(machine, build, log=folder / f"{variant}.db", hooks=[clock], distributed=True)
     runner = trainer.fit()
     stats = trainer.saver.stats

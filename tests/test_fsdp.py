@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fsmtrain import EventLog, state_at
-from tests.conftest import ROOT, env, env_of, tagged
+from tests.conftest import ROOT, env
 from tests.test_crash import events_in, kill_until_done
 
 torch = pytest.importorskip("torch")
@@ -35,6 +35,24 @@ def demo(log: Path, tag: str, nproc: int = 2, *extra: str) -> dict:
                        text=True, env=env(tag), timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.splitlines()[-1])
+
+
+def kill_group_when(cmd: list[str], e: dict[str, str], ready) -> None:
+    """Start ``cmd`` (its own process group) and SIGKILL the whole group once ``ready()`` holds (observed progress,
+    never a guessed sleep); it must not exit before.  No process outlives the call."""
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ready():
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
+            time.sleep(0.005)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
 
 
 def sha(path: Path) -> str:
@@ -101,8 +119,8 @@ def test_async_and_sync_sharded_checkpoints_train_bit_identically(tmp_path, tag)
         assert {k: v for k, v in sa.items() if k != "checkpoint_mode"} == \
             {k: v for k, v in ss.items() if k != "checkpoint_mode"}
         steps = [e for e in a.events(1) if e.kind == "step"]
-        staged = [e for e in steps if "checkpoint_pending" in ((e.updates or {}).get("set") or {})
-                  and e.action == "checkpoint"]
+        staged = [e for e in steps if e.action == "checkpoint"  # (a save staged: not the pending one cleared)
+                  and isinstance(((e.updates or {}).get("set") or {}).get("checkpoint_pending"), dict)]
         late = [e for e in steps if isinstance(e.info, dict) and e.info.get("late", {}).get("checkpoint")]
         assert len(staged) == len(late) >= 5  # (every staged save committed by a later step)
         assert all(done.seq > began.seq for began, done in zip(staged, late, strict=True))
@@ -122,22 +140,15 @@ def test_a_group_killed_in_each_phase_of_a_save_resumes_bit_identically(tmp_path
     want = demo(tmp_path / "ref.db", tag, 2, "--checkpoints", mode)
     log, trace = tmp_path / "p.db", tmp_path / "trace"
     e = {**env(tag), "FSMTRAIN_SAVE_TRACE": str(trace), "FSMTRAIN_SAVE_PAUSE": "0.3"}
-    p = subprocess.Popen([*DEMO, "--nproc", "2", "--log", str(log), "--checkpoints", mode], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        stems: list[str] = []
-        while len(stems) < 3:  # the third save reached the phase
-            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
-            time.sleep(0.002)
-            lines = trace.read_text().splitlines() if trace.exists() else []
-            stems = list(dict.fromkeys(line.split()[2] for line in lines if line.split()[1] == phase))
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
+    stems: list[str] = []
+
+    def third_save_reached_the_phase() -> bool:
+        nonlocal stems
+        lines = trace.read_text().splitlines() if trace.exists() else []
+        stems = list(dict.fromkeys(line.split()[2] for line in lines if line.split()[1] == phase))
+        return len(stems) >= 3
+
+    kill_group_when([*DEMO, "--nproc", "2", "--log", str(log), "--checkpoints", mode], e, third_save_reached_the_phase)
     with EventLog(log, readonly=True) as lg:
         named = {Path(r.path).parent.name for r in state_at(lg, 1).get("checkpoints") or []}
     killed = stems[2]
@@ -154,47 +165,15 @@ def test_a_group_killed_in_each_phase_of_a_save_resumes_bit_identically(tmp_path
 
 @pytest.mark.slow
 def test_one_rank_killed_alone_restarts_the_group_which_ends_identically(tmp_path, tag):
-    want = demo(tmp_path / "ref.db", tag)
-    log = tmp_path / "one.db"
-    p = subprocess.Popen([*DEMO, "--nproc", "2", "--log", str(log), "--delay", "0.1"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tag),
-                         start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while events_in(log) < 4:
-            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
-            time.sleep(0.02)
-        rank1 = [pid for pid in tagged(tag) if env_of(pid).get("RANK") == "1"
-                 and "torch.distributed.run" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
-        assert len(rank1) == 1
-        os.kill(rank1[0], signal.SIGKILL)
-        out, err = p.communicate(timeout=600)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
-    assert p.returncode == 0, err[-3000:]
-    assert json.loads(out.splitlines()[-1]) == want
-    with EventLog(log, readonly=True) as lg:
-        assert lg.verify() == [] and any(e.kind == "resume" for e in lg.events(1))
+    from tests.test_distributed import one_rank_killed_alone
+
+    one_rank_killed_alone(tmp_path, tag, [*DEMO, "--nproc", "2"])
 
 
 def _stop_after_checkpoints(log: Path, tag: str, n: int) -> None:
     """Run the 2-rank demo until ``n`` checkpoints are committed, then kill the group."""
-    p = subprocess.Popen([*DEMO, "--nproc", "2", "--log", str(log), "--delay", "0.05"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tag),
-                         start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while _committed(log) < n:
-            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
-            time.sleep(0.01)
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
+    kill_group_when([*DEMO, "--nproc", "2", "--log", str(log), "--delay", "0.05"], env(tag),
+                    lambda: _committed(log) >= n)
 
 
 def _committed(log: Path) -> int:
@@ -251,19 +230,8 @@ def test_a_sharded_run_continues_on_another_node_from_its_home(tmp_path, tag):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     e = {**env(tag), "FSMTRAIN_HOME": home}
-    p = subprocess.Popen([*DEMO, "--nproc", "2", "--log", str(a / "r.db"), "--delay", "0.1"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while steps_in_home(home, e) < 6:  # (a few chunks and their checkpoints are in the home)
-            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
-            time.sleep(0.01)
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
+    kill_group_when([*DEMO, "--nproc", "2", "--log", str(a / "r.db"), "--delay", "0.1"], e,
+                    lambda: steps_in_home(home, e) >= 6)  # (a few chunks and their checkpoints are in the home)
     p = subprocess.run([*DEMO, "--nproc", "2", "--log", str(b / "r.db")], cwd=ROOT, capture_output=True, text=True,
                        env=e, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -277,14 +245,9 @@ def test_a_sharded_run_continues_on_another_node_from_its_home(tmp_path, tag):
 def test_a_gated_sharded_run_exports_its_best_model_gathered_in_one_file(tmp_path, tag):
     """Go at the gate of a 2-rank FSDP run: the worker relaunches it on 2 ranks, and the export gathers the best
     sharded checkpoint's model into one plain file, equal to what Trainer.load gathers."""
-    fsm = [sys.executable, "-m", "fsmtrain"]
-    p = subprocess.run(fsm + ["demo", "--log", "g.db", "--gate", "--nproc", "2", "--fsdp", "--epochs", "2"],
-                       cwd=tmp_path, capture_output=True, text=True, env=env(tag), timeout=600)
-    assert p.returncode == 0 and "run 1 is waiting at `review`" in p.stdout, p.stderr[-3000:]
-    assert subprocess.run(fsm + ["approve", "g.db", "1"], cwd=tmp_path, env=env(tag), capture_output=True).returncode == 0
-    p = subprocess.run(fsm + ["worker", "g.db", "--machine", "fsmtrain.train.demo:gated_trainer", "--once"],
-                       cwd=tmp_path, capture_output=True, text=True, env=env(tag), timeout=600)
-    assert p.returncode == 0 and p.stdout.strip() == "run 1: finished after 3 step(s); on 2 processes", p.stderr
+    from tests.test_distributed import gate_go_and_the_worker
+
+    gate_go_and_the_worker(tmp_path, tag, "--fsdp")
     from fsmtrain.train import demo as d
 
     with EventLog(tmp_path / "g.db", readonly=True) as lg:

@@ -34,7 +34,7 @@ import torch
 from ..errors import CheckpointError, environmental
 from ..state import Ref
 
-__all__ = ["LATE_KEYS", "AsyncSaver", "Stager", "better", "commit_updates", "fsync_dir", "save_streaming"]
+__all__ = ["LATE_KEYS", "AsyncSaver", "OneInFlight", "Stager", "better", "commit_updates", "fsync_dir", "save_streaming"]
 
 LATE_KEYS = ("checkpoint", "checkpoints", "best", "checkpoint_pending")
 """The state keys an asynchronous save commits late (in the first step after its file is durable)."""
@@ -223,14 +223,47 @@ class _Job:
         self.seconds = 0.0  # in flight: from the hand-over to the durable file
 
 
-class AsyncSaver:
+class OneInFlight:
+    """At most one save in flight: the newest handed over (``_job``: its ``folder``, ``stem`` and ``done`` event),
+    waited for before the next, and the seconds each save blocked the loop, waited and was in flight (``stats``).
+    The base of :class:`AsyncSaver` and of :class:`~fsmtrain.train.sharded_async.ShardedSaver`."""
+
+    def __init__(self) -> None:
+        self._job: Any = None  # the newest save handed over (in flight, or done and not yet committed)
+        self.stats: dict[str, list[float]] = {"stall": [], "staging": [], "wait": [], "in_flight": []}
+
+    def wait(self) -> float:
+        """Block until the save in flight (if any) is durable or failed; the seconds waited."""
+        job = self._job
+        if job is None or job.done.is_set():
+            return 0.0
+        t0 = time.perf_counter()
+        job.done.wait()
+        waited = time.perf_counter() - t0
+        self.stats["wait"].append(waited)
+        return waited
+
+    def close(self) -> None:
+        """Wait for the save in flight (the Trainer closes)."""
+        self.wait()
+
+    def protects(self, relpath: str) -> bool:
+        """Whether ``relpath`` (relative to the artifacts) may belong to the save in flight or not yet committed —
+        its file, its folder or a file in it, or its temp file or folder: retention leaves such paths alone."""
+        job = self._job
+        if job is None or not relpath.startswith(f"{job.folder}/"):
+            return False
+        name = relpath[len(job.folder) + 1:].split("/")[0]
+        return name.startswith(f"{job.stem}-") or name.startswith(f".{job.stem}.")
+
+
+class AsyncSaver(OneInFlight):
     """One writer in the background for a Trainer's run: at most one save in flight (see the module's doc)."""
 
     def __init__(self, root: Path) -> None:
+        super().__init__()
         self.root = root
         self.stager = Stager()
-        self._job: _Job | None = None  # the newest save handed over (in flight, or done and not yet committed)
-        self.stats: dict[str, list[float]] = {"stall": [], "staging": [], "wait": [], "in_flight": []}
 
     # -- the checkpoint action's side ---------------------------------------------------------------------------
     def save(self, folder: str, stem: str, pending: dict[str, Any], payload: Mapping[str, Any]) -> None:
@@ -259,30 +292,6 @@ class AsyncSaver:
             job.seconds = time.monotonic() - job.started
             self.stats["in_flight"].append(job.seconds)
             job.done.set()
-
-    def wait(self) -> float:
-        """Block until the save in flight (if any) is durable or failed; the seconds waited."""
-        job = self._job
-        if job is None or job.done.is_set():
-            return 0.0
-        t0 = time.perf_counter()
-        job.done.wait()
-        waited = time.perf_counter() - t0
-        self.stats["wait"].append(waited)
-        return waited
-
-    def close(self) -> None:
-        """Wait for the save in flight (the Trainer closes)."""
-        self.wait()
-
-    def protects(self, relpath: str) -> bool:
-        """Whether ``relpath`` (relative to the artifacts) may belong to the save in flight or not yet committed:
-        retention leaves such files alone."""
-        job = self._job
-        if job is None:
-            return False
-        folder, _, name = relpath.rpartition("/")
-        return folder == job.folder and (name.startswith(f"{job.stem}-") or name.startswith(f".{job.stem}."))
 
     # -- the runner's side: late updates ------------------------------------------------------------------------
     def late(self, state: Any, action: Any, terminal: bool, after: bool = False) -> dict[str, Any] | None:

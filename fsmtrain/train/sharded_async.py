@@ -30,7 +30,7 @@ import torch
 
 from ..errors import CheckpointError, environmental
 from ..state import Ref
-from .saver import LATE_KEYS, _trace, commit_updates
+from .saver import LATE_KEYS, OneInFlight, _trace, commit_updates
 from .sharded import dcp_error, finish, own_bytes, prepare, state_dicts
 
 __all__ = ["ShardedSaver"]
@@ -47,14 +47,13 @@ class _Job:
         self.started = time.monotonic()
 
 
-class ShardedSaver:
+class ShardedSaver(OneInFlight):
     """The background writer of one rank's part of a distributed run's sharded checkpoints."""
 
     def __init__(self, root: Path, dist: Any) -> None:
+        super().__init__()
         self.root, self.dist = root, dist
-        self._job: _Job | None = None
         self._stager: Any = None
-        self.stats: dict[str, list[float]] = {"stall": [], "staging": [], "wait": [], "in_flight": []}
 
     def save(self, r: Any, folder: str, stem: str, pending: Mapping[str, Any], own: Mapping[str, Any]) -> None:
         """Every rank: wait for this rank's save in flight, stage the shards, hand the write to the background."""
@@ -100,25 +99,6 @@ class ShardedSaver:
             self.stats["in_flight"].append(time.monotonic() - job.started)
             job.done.set()
 
-    def wait(self) -> float:
-        """Block until this rank's save in flight (if any) is done or failed; the seconds waited."""
-        job = self._job
-        if job is None or job.done.is_set():
-            return 0.0
-        t0 = time.perf_counter()
-        job.done.wait()
-        waited = time.perf_counter() - t0
-        self.stats["wait"].append(waited)
-        return waited
-
-    def protects(self, relpath: str) -> bool:
-        """Whether ``relpath`` may be the folder (or its manifest) of the save in flight or not yet committed."""
-        job = self._job
-        if job is None or not relpath.startswith(f"{job.folder}/"):
-            return False
-        name = relpath[len(job.folder) + 1:].split("/")[0]
-        return name.startswith(f"{job.stem}-") or name.startswith(f".{job.stem}.")
-
     def late(self, state: Any, action: Any, terminal: bool, after: bool = False) -> dict[str, Any] | None:
         """The late updates of the save ``state["checkpoint_pending"]`` describes, the same on every rank (see
         :meth:`fsmtrain.train.saver.AsyncSaver.late`): the ranks agree on whether every part is done."""
@@ -160,7 +140,7 @@ class ShardedSaver:
 
     def close(self) -> None:
         """Wait for the save in flight, then free the stager's buffers."""
-        self.wait()
+        super().close()
         if self._stager is not None:
             self._stager.close()
             self._stager = None
