@@ -195,14 +195,8 @@ class Distributed:
         return self._save_group
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` in DistributedDataParallel (its parameters broadcast from rank 0 once); a model sharded with
-        FSDP2 as it is (it synchronises its own gradients)."""
+        """``model`` in DistributedDataParallel (its parameters broadcast from rank 0 once)."""
         from torch.nn.parallel import DistributedDataParallel
-
-        from .sharded import is_sharded
-
-        if is_sharded(model):
-            return model
 
         ids = [self.local_rank] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)

@@ -378,7 +378,8 @@ class Trainer:
         resources.artifacts, resources.run_id, resources.saver = self.artifacts, run_id, self.saver
         if self.dist is not None:  # DDP over the ranks; each rank's own random stream from here on
             resources.dist = self.dist
-            resources._ddp = self.dist.wrap(resources.model)
+            # (a model sharded with FSDP2 synchronises its own gradients: it is not wrapped)
+            resources._ddp = resources.model if is_sharded(resources.model) else self.dist.wrap(resources.model)
             seed_everything(rank_seed(seed, self.dist.rank))
         return resources
 
