@@ -409,10 +409,7 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
             wanted = _state_bytes(r) >= AUTO_ASYNC_BYTES
         background = wanted and r.saver is not None and not _holds(sync_when, state) and (r.dist is None or sharded)
         if sharded:  # FSDP2: every rank writes its shards and its own state (spec/training.md §6b)
-            own = {"epoch": epoch, "rng": rng, "buffers": local_buffers(r.model),
-                   "scheduler": r.scheduler.state_dict() if r.scheduler else None,
-                   "scaler": r.scaler.state_dict() if r.scaler is not None else None,
-                   "loader": r.train_data.state_dict() if stateful(r.train_data) else None}
+            own = {"epoch": epoch, "rng": rng, "buffers": local_buffers(r.model), **_side_state(r)}
             if background:
                 r.saver.save(r, run_folder(r.run_id), stem, saved, own)
                 return {"checkpoint_pending": saved, **({at: state.get("steps", 0)} if at else {})}
@@ -422,14 +419,9 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
                               async_ is not False, at)
         ref: Ref | None = None
         if r.dist is None or r.dist.writer:
+            side = _side_state(r)
             payload = {"format": FORMAT, "epoch": epoch, "model": r.model.state_dict(),
-                       "optimizer": r.optimizer.state_dict(),
-                       "scheduler": r.scheduler.state_dict() if r.scheduler is not None else None,
-                       "rng": rng}
-            if r.scaler is not None:
-                payload["scaler"] = r.scaler.state_dict()
-            if stateful(r.train_data):
-                payload["loader"] = r.train_data.state_dict()
+                       "optimizer": r.optimizer.state_dict(), "scheduler": side.pop("scheduler"), "rng": rng, **side}
             if ranks is not None:  # ("rng" is rank 0's, whichever rank writes: the same file either way)
                 payload.update(rng=ranks[0], rng_ranks=ranks, world_size=len(ranks))
             if background:
@@ -444,6 +436,17 @@ def checkpoint(monitor: str | None = "val_loss", *, mode: str = "min", keep_last
 
     return Action(fn, name=name, reads=reads, writes=["checkpoint", "checkpoints", "best"] + ([at] if at else [])
                   + (["checkpoint_pending"] if async_ is not False else []))
+
+
+def _side_state(r: Resources) -> dict[str, Any]:
+    """What a checkpoint holds beside the model and the optimizer: the LR scheduler's state (None without one),
+    a GradScaler's and a stateful loader's (where there are)."""
+    side: dict[str, Any] = {"scheduler": r.scheduler.state_dict() if r.scheduler is not None else None}
+    if r.scaler is not None:
+        side["scaler"] = r.scaler.state_dict()
+    if stateful(r.train_data):
+        side["loader"] = r.train_data.state_dict()
+    return side
 
 
 def _committed(state: State, saved: dict[str, Any], ref: Ref, may_pend: bool, at: str | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..log.home import MANIFEST, is_manifest
 from ..state import Ref
 from .saver import fsync_dir, save_streaming
 
@@ -168,7 +169,7 @@ def unnamed(root: Path, folder: str, keep: Iterable[Ref], spare: Callable[[str],
     for p in sorted(base.iterdir()):
         if p.is_dir() and p.name not in kept_dirs and (p.suffix == ".dcp" or p.name.endswith(".dcp.tmp")):
             # a sharded checkpoint (named by its manifest, as its Ref names it) or one killed while being written
-            found.append(f"{folder}/{p.name}/manifest.json" if p.suffix == ".dcp" else f"{folder}/{p.name}")
+            found.append(f"{folder}/{p.name}/{MANIFEST}" if p.suffix == ".dcp" else f"{folder}/{p.name}")
         elif p.is_file() and p.name not in kept and (p.suffix == ".pt" or p.name.endswith(".tmp")):
             found.append(f"{folder}/{p.name}")
     return [f for f in found if not spare(f)] if spare is not None else found
@@ -178,7 +179,7 @@ def remove(root: Path, relpath: str) -> None:
     """Delete a checkpoint file, or a sharded checkpoint (its manifest's path: the manifest first, so that a
     deletion cut short never leaves a folder that looks complete; or a killed save's temp folder)."""
     path = root / relpath
-    if path.name == "manifest.json" and path.parent.suffix == ".dcp":
+    if is_manifest(relpath):
         path.unlink(missing_ok=True)
         shutil.rmtree(path.parent, ignore_errors=True)
     elif path.is_dir():

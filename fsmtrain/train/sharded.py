@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..log.home import MANIFEST, is_manifest
 from ..state import Ref
 from .checkpoints import FORMAT, write_artifact
 from .saver import _trace, fsync_dir
@@ -46,7 +47,6 @@ __all__ = ["MANIFEST", "even_out", "finish", "full_model_state", "full_weights",
            "load_full", "load_own", "load_sharded", "local_buffers", "own_bytes", "prepare", "save_sharded", "shard_model",
            "sharding_problem", "state_dicts", "verify_sharded"]
 
-MANIFEST = "manifest.json"
 KIND = "fsmtrain-sharded-checkpoint"
 
 
@@ -78,8 +78,7 @@ def sharding_problem(model: Any, distributed: bool) -> str | None:
 
 def is_sharded_ref(ref: Ref) -> bool:
     """Whether ``ref`` names a sharded checkpoint (its manifest) rather than one checkpoint file."""
-    p = Path(ref.path)
-    return p.name == MANIFEST and p.parent.suffix == ".dcp"
+    return is_manifest(ref.path)
 
 
 def shard_model(model: torch.nn.Module, *, units: tuple[type, ...] = (torch.nn.Linear, torch.nn.Embedding),

@@ -400,8 +400,7 @@ class Trainer:
                 load_full(self.artifacts, payload["ref"], r.model, r.optimizer)
                 own = {**load_own(self.artifacts, payload["ref"], payload["manifest"], 0, self.map_location),
                        "world_size": payload["manifest"]["world_size"]}
-            payload = {**own, "rng_ranks": None}
-            rank = 0  # (each rank's own RNG state is the one its file gave)
+            payload, rank = own, 0  # (each rank's "rng" is its own file's: restored below as rank 0's would be)
         elif is_sharded(r.model):
             raise CheckpointError(f"this model is sharded with FSDP2, but checkpoint of epoch {payload.get('epoch')} "
                                   "was saved from an unsharded one: resume this run with the model as it was saved")
